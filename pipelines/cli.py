@@ -1,0 +1,188 @@
+"""The `pyratok` command line: one argparse subcommand per entry in `COMMANDS`.
+
+User-facing tools of the design (DESIGN.md "Pipeline", "Scale story"); add a subcommand by adding
+an entry `name: Command(help, add_arguments, run)` below, with `run(args) -> exit code`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, NamedTuple
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---- pyratok shapes ---------------------------------------------------------------------------
+def _add_shapes_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, required=True, help="number of clips to write")
+    p.add_argument("--split", choices=["train", "heldout"], default="train")
+    p.add_argument("--out", type=Path, required=True, help="output folder (mp4 files + captions.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-frames", type=int, default=17)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--objects", type=int, choices=[1, 2], default=1)
+    p.add_argument("--textured-prob", type=float, default=0.0, help="share of clips on a dim textured background")
+
+
+def _json_boxes(boxes) -> list:
+    """(T, 4) tensor -> nested lists rounded to 0.01 px, NaN (object absent) -> null."""
+    return [[None if math.isnan(v) else round(v, 2) for v in row] for row in boxes.tolist()]
+
+
+def _label_record(sample: dict, file: str) -> dict:
+    """Everything but masks and pixels, JSON-ready; `file` + `caption` make it a VideoTextDataset index."""
+    return {
+        "file": file, "caption": sample["caption"], "colour": sample["colour"], "shape": sample["shape"],
+        "motion": sample["motion"], "split": sample["split"], "index": sample["index"], "fps": sample["fps"],
+        "boxes": _json_boxes(sample["boxes"]), "presence": sample["presence"].tolist(),
+        "object_boxes": [_json_boxes(b) for b in sample["object_boxes"]], "objects": sample["objects"],
+    }
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from pyratok.data.shapes import ShapesDataset, video_to_uint8
+    from pyratok.data.video_io import write_video
+
+    if args.n <= 0:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    ds = ShapesDataset(split=args.split, length=args.n, num_frames=args.num_frames, height=args.height,
+                       width=args.width, fps=args.fps, num_objects=args.objects,
+                       textured_prob=args.textured_prob, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(args.n):
+        sample = ds[i]
+        name = f"{args.split}_{i:06d}.mp4"
+        write_video(video_to_uint8(sample["video"]), args.out / name, fps=args.fps)
+        lines.append(json.dumps(_label_record(sample, name)))
+    tmp = args.out / f".captions.jsonl.{os.getpid()}.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, args.out / "captions.jsonl")
+    print(f"wrote {args.n} {args.split} clips ({args.num_frames}x{args.height}x{args.width}) "
+          f"and captions.jsonl to {args.out}")
+    return 0
+
+
+# ---- pyratok info -----------------------------------------------------------------------------
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment_info() -> dict:
+    """Versions, device and optional accelerators (xformers needs CUDA; DeepSpeed must import)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    info = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("diffusers", "transformers", "accelerate", "deepspeed", "av", "pyratok"):
+        info[dist] = _version(dist) or "not installed"
+    info["cuda_available"] = cuda
+    info["device"] = f"cuda ({torch.cuda.device_count()}x {torch.cuda.get_device_name(0)})" if cuda else "cpu"
+    has_xformers = importlib.util.find_spec("xformers") is not None
+    info["xformers_usable"] = bool(has_xformers and cuda)
+    info["xformers"] = ("usable" if cuda else "installed, unusable without CUDA") if has_xformers else "not installed"
+    info["deepspeed_importable"], error = _try_import_deepspeed()
+    if error:
+        info["deepspeed_error"] = error
+    return info
+
+
+def _try_import_deepspeed() -> tuple[bool, str | None]:
+    """Import DeepSpeed with its import-time stdout warnings muted (they would corrupt `info --json`)."""
+    ds_logger = logging.getLogger("DeepSpeed")  # the logger DeepSpeed itself creates and prints through
+    ds_logger.addFilter(_drop)
+    try:
+        importlib.import_module("deepspeed")
+        return True, None
+    except Exception as err:  # deepspeed raises assorted errors when its ops or CUDA are missing
+        return False, f"{type(err).__name__}: {err}"[:200]
+    finally:
+        ds_logger.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = environment_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+# ---- pyratok demo (placeholder until generation lands) ---------------------------------------
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--index", type=int, default=0)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pyratok.data.contact_sheet import save_contact_sheet
+    from pyratok.data.shapes import ShapesDataset, video_to_uint8
+    from pyratok.data.video_io import write_video
+
+    sample = ShapesDataset(length=args.index + 1, seed=args.seed)[args.index]
+    frames = video_to_uint8(sample["video"])
+    video = write_video(frames, args.out / "demo.mp4", fps=sample["fps"])
+    sheet = save_contact_sheet(frames, args.out / "demo.png", cols=9, scale=2)
+    print(f"caption: {sample['caption']}\nvideo:   {video}\nframes:  {sheet}")
+    return 0
+
+
+COMMANDS = MappingProxyType({
+    "shapes": Command("write Shapes clips + captions.jsonl", _add_shapes_args, run_shapes),
+    "info": Command("print versions, device and optional accelerators", _add_info_args, run_info),
+    "demo": Command("write a sample video and its contact sheet", _add_demo_args, run_demo),
+})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyratok", description="PyraTok: pyramidal video tokenizer + text-to-video")
+    parser.add_argument("--version", action="version", version=f"pyratok {_version('pyratok') or 'source'}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pyratok` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # user errors: one clear line, no traceback
+        print(f"pyratok {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Accelerator set-up shared by the training scripts: CPU-friendly process groups, TensorBoard.
+
+Supports the training of PyraTok's tokenizer and generator (§4) under `accelerate launch`:
+on machines without CUDA, multi-process runs use the gloo backend.
+"""
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+
+
+def launched_distributed() -> bool:
+    """True under `accelerate launch`/torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def make_accelerator(
+    output_dir: str | Path,
+    mixed_precision: str = "no",
+    find_unused_parameters: bool = False,
+    gradient_accumulation_steps: int = 1,
+) -> Accelerator:
+    """An Accelerator logging to `output_dir/logs` (TensorBoard); gloo when distributed without CUDA."""
+    handlers = []
+    if find_unused_parameters:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    if launched_distributed() and not torch.cuda.is_available():
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    out = Path(output_dir)
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        kwargs_handlers=handlers,
+    )
+
+
+def shutdown(accelerator: Accelerator) -> None:
+    """End trackers and tear the process group down cleanly (2-process gloo runs can abort at exit otherwise)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,90 @@
+"""The video VAE backbone: diffusers' `AutoencoderKLWan` plus encoder taps at several depths.
+
+Implements the "pretrained video VAE" of PyraTok §3.1 and the lateral feature taps that LaPQ
+quantizes. Taps are forward hooks on `encoder.down_blocks[i]`; Wan encodes causally in chunks
+(frame 0, then 4 frames at a time), so each hook fires once per chunk and the chunks are
+concatenated along time. Letters: b - batch, c - channels, t/h/w - time, height, width.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanResample
+
+
+@dataclass
+class BackboneConfig:
+    base_dim: int = 16
+    z_dim: int = 8
+    dim_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 1
+    temperal_downsample: list[bool] = field(default_factory=lambda: [False, True, True])
+    attn_scales: list[float] = field(default_factory=list)
+    # indices into encoder.down_blocks whose outputs feed LaPQ; None = every spatial downsample
+    tap_blocks: list[int] | None = None
+    # normalise latents with Wan's latents_mean/std (on for pretrained Wan 2.1 weights)
+    normalize_latents: bool = False
+
+    def wan_kwargs(self) -> dict:
+        return dict(
+            base_dim=self.base_dim,
+            z_dim=self.z_dim,
+            dim_mult=list(self.dim_mult),
+            num_res_blocks=self.num_res_blocks,
+            temperal_downsample=list(self.temperal_downsample),
+            attn_scales=list(self.attn_scales),
+        )
+
+
+def build_wan(config: BackboneConfig) -> AutoencoderKLWan:
+    return AutoencoderKLWan(**config.wan_kwargs())
+
+
+def default_tap_blocks(vae: AutoencoderKLWan) -> list[int]:
+    """Indices of the encoder's spatial downsample blocks (strides 2, 4, 8 for Wan 2.1)."""
+    return [i for i, m in enumerate(vae.encoder.down_blocks) if isinstance(m, WanResample)]
+
+
+def tap_channels(vae: AutoencoderKLWan, tap_blocks: list[int]) -> list[int]:
+    """Channels of each tapped block's output, read from its last conv."""
+    channels = []
+    for i in tap_blocks:
+        convs = [m for m in vae.encoder.down_blocks[i].modules() if isinstance(m, torch.nn.Conv3d | torch.nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"encoder.down_blocks[{i}] has no convolution to read its width from")
+        channels.append(convs[-1].out_channels)
+    return channels
+
+
+@contextmanager
+def capture_taps(vae: AutoencoderKLWan, tap_blocks: list[int]):
+    """Collect the outputs of `encoder.down_blocks[i]` while encoding; yields a list filled on exit.
+
+    The yielded list holds one (b, c_i, t_i, h_i, w_i) tensor per tap, chunks joined along time.
+    """
+    chunks: list[list[torch.Tensor]] = [[] for _ in tap_blocks]
+    taps: list[torch.Tensor] = []
+    handles = [
+        vae.encoder.down_blocks[i].register_forward_hook(lambda _m, _in, out, j=j: chunks[j].append(out))
+        for j, i in enumerate(tap_blocks)
+    ]
+    try:
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+    taps.extend(torch.cat(c, dim=2) for c in chunks)
+
+
+def latent_stats(vae: AutoencoderKLWan, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan's per-channel latents_mean / latents_std as (1, c, 1, 1, 1)."""
+    mean = torch.tensor(vae.config.latents_mean, device=device, dtype=dtype)
+    std = torch.tensor(vae.config.latents_std, device=device, dtype=dtype)
+    if mean.numel() != vae.config.z_dim:
+        raise ValueError(
+            f"normalize_latents needs {vae.config.z_dim} latents_mean values, the backbone has {mean.numel()}"
+        )
+    return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)

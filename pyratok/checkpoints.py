@@ -1,0 +1,57 @@
+"""Checkpoint helpers: find accelerate checkpoints to resume, load pretrained Wan VAE weights.
+
+Supports the training scripts of PyraTok (tokenizer and generator): `--resume_from_checkpoint
+latest` and `--pretrained_vae DIR`; nothing here downloads or unpickles.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from diffusers import AutoencoderKLWan
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def step_of(path: str | Path) -> int:
+    m = _CKPT.match(Path(path).name)
+    if not m:
+        raise ValueError(f"not a checkpoint folder (expected checkpoint-<step>): {path}")
+    return int(m.group(1))
+
+
+def find_checkpoint(output_dir: str | Path, resume: str) -> Path:
+    """'latest' -> the newest `checkpoints/checkpoint-N` under output_dir; else the given folder."""
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise ValueError(f"checkpoint folder not found: {resume}")
+        return path
+    root = Path(output_dir) / "checkpoints"
+    found = [p for p in root.glob("checkpoint-*") if _CKPT.match(p.name)] if root.is_dir() else []
+    if not found:
+        raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-<step> folder under {root}")
+    return max(found, key=step_of)
+
+
+def load_pretrained_wan(tokenizer, path: str | Path) -> None:
+    """Copy AutoencoderKLWan weights from a local diffusers folder into the tokenizer's backbone.
+
+    The backbone config must match the pretrained one (use configs/tokenizer/wan2.1.yaml for Wan 2.1).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"pretrained VAE folder not found: {path}")
+    sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    vae = AutoencoderKLWan.from_pretrained(sub, local_files_only=True)
+    mine, theirs = dict(tokenizer.backbone.config), dict(vae.config)
+    keys = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "attn_scales")
+    diff = {k: (mine.get(k), theirs.get(k)) for k in keys if list_or(mine.get(k)) != list_or(theirs.get(k))}
+    if diff:
+        raise ValueError(f"backbone config differs from the pretrained VAE at {sub}: {diff} (mine, pretrained)")
+    tokenizer.backbone.load_state_dict(vae.state_dict())
+    tokenizer.backbone.register_to_config(latents_mean=vae.config.latents_mean, latents_std=vae.config.latents_std)
+
+
+def list_or(v):
+    return list(v) if isinstance(v, (list, tuple)) else v

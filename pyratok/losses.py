@@ -1,0 +1,60 @@
+"""Reconstruction losses of the tokenizer: L1 and SSIM over video frames, and the VAE KL.
+
+Implements the reconstruction terms of PyraTok's tokenizer objective (§3.4); SSIM uses an
+11-tap Gaussian window per frame. Letters: b - batch, c - channels, t - frames, h/w - size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11) -> torch.Tensor:
+    """Mean SSIM of videos (b, c, t, h, w) in [-1, 1] (data_range 2), frame by frame."""
+    x2 = rearrange(x.float(), "b c t h w -> (b t) c h w")
+    y2 = rearrange(y.float(), "b c t h w -> (b t) c h w")
+    size = min(window, x2.shape[-1], x2.shape[-2])
+    size -= 1 - size % 2  # odd
+    g = _gaussian_window(size, 1.5 * size / 11, x2.device, x2.dtype)
+    c = x2.shape[1]
+    kx = g.view(1, 1, 1, -1).expand(c, 1, 1, size)
+    ky = g.view(1, 1, -1, 1).expand(c, 1, size, 1)
+
+    def blur(img):
+        return F.conv2d(F.conv2d(img, kx, groups=c), ky, groups=c)
+
+    mu_x, mu_y = blur(x2), blur(y2)
+    var_x = blur(x2 * x2) - mu_x**2
+    var_y = blur(y2 * y2) - mu_y**2
+    cov = blur(x2 * y2) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.mean()
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+    """PSNR in dB between tensors in [-1, 1] (data_range 2), over the whole batch."""
+    mse = (x.float() - y.float()).pow(2).mean().clamp_min(1e-12)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, ssim_weight: float = 0.2) -> dict:
+    l1 = (recon - target).abs().mean()
+    out = {"l1": l1, "loss": l1}
+    if ssim_weight > 0:
+        s = ssim(recon, target)
+        out["ssim"] = s
+        out["loss"] = l1 + ssim_weight * (1 - s)
+    return out
+
+
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), averaged per latent element."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()

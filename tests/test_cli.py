@@ -1,0 +1,80 @@
+"""Tests for the `pyratok` command line, called in-process through `main([...])`.
+
+Covers pipelines/cli.py: `shapes`, `info`, `demo` and error handling.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.cli import COMMANDS, build_parser, environment_info, main
+from pyratok.data.folder import VideoTextDataset
+from pyratok.data.shapes import HELDOUT_PAIRS, ShapesDataset, video_to_uint8
+from pyratok.data.video_io import read_video
+
+
+def test_shapes_command_writes_clips_and_labels(tmp_path, capsys):
+    out = tmp_path / "shapes"
+    assert main(["shapes", "--n", "3", "--out", str(out), "--seed", "5", "--num-frames", "9",
+                 "--height", "32", "--width", "32"]) == 0
+    assert "wrote 3" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == [f"train_{i:06d}.mp4" for i in range(3)]
+    reference = ShapesDataset(length=3, num_frames=9, height=32, width=32, seed=5)
+    for i, record in enumerate(records):
+        sample = reference[i]
+        assert {k: record[k] for k in ("caption", "colour", "shape", "motion")} == {
+            k: sample[k] for k in ("caption", "colour", "shape", "motion")}
+        assert np.allclose(record["boxes"], sample["boxes"].numpy(), atol=0.01)
+        assert "masks" not in record and record["presence"] == [[True] * 9]
+        frames, meta = read_video(out / record["file"])
+        assert frames.shape == (9, 32, 32, 3) and meta.fps == 8
+        assert np.abs(frames.astype(float) - video_to_uint8(sample["video"])).mean() < 3
+    folder = VideoTextDataset(out, num_frames=9, size=32, temporal_crop="centre")
+    assert folder[2]["caption"] == records[2]["caption"] and folder[2]["video"].shape == (3, 9, 32, 32)
+
+
+def test_shapes_command_heldout_multi_object(tmp_path):
+    out = tmp_path / "held"
+    assert main(["shapes", "--n", "2", "--split", "heldout", "--objects", "2", "--out", str(out),
+                 "--num-frames", "5", "--height", "16", "--width", "16"]) == 0
+    for line in (out / "captions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert len(record["objects"]) == 2 and len(record["presence"]) == 2
+        assert all((o["colour"], o["shape"]) in HELDOUT_PAIRS for o in record["objects"])
+
+
+@pytest.fixture(scope="module")
+def environment():
+    """Gathered once, outside capsys, so DeepSpeed's import-time log handler binds to pytest's own stdout."""
+    return environment_info()
+
+
+def test_info_command(environment, capsys):
+    assert environment["deepspeed_importable"] in (True, False)
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("python", "torch", "diffusers", "transformers", "accelerate", "device", "cuda_available",
+                "xformers_usable", "deepspeed_importable"):
+        assert key in info
+    assert info["xformers_usable"] is False or info["cuda_available"] is True
+    assert main(["info"]) == 0
+    assert "torch" in capsys.readouterr().out
+
+
+def test_demo_command(tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert read_video(tmp_path / "demo.mp4")[0].shape == (17, 64, 64, 3)
+    assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def test_errors_are_one_line_and_parser_is_extensible(tmp_path, capsys):
+    assert main(["shapes", "--n", "0", "--out", str(tmp_path)]) == 1
+    assert "--n must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert {"shapes", "info", "demo"} <= set(COMMANDS)
+    assert build_parser().parse_args(["shapes", "--n", "1", "--out", "x"]).command == "shapes"

@@ -1,0 +1,56 @@
+"""Configs: YAML round trip, overrides, and unknown keys named in the error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyratok.config import ConfigError, config_to_dict, load_config, save_config
+from pyratok.train import TokenizerTrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "wan2.1"])
+def test_tokenizer_configs_round_trip(name, tmp_path):
+    cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / f"{name}.yaml")
+    for suffix in (".yaml", ".json"):
+        again = load_config(TokenizerTrainConfig, save_config(cfg, tmp_path / f"cfg{suffix}"))
+        assert again == cfg
+        assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_overrides_parse_values():
+    cfg = load_config(
+        TokenizerTrainConfig,
+        CONFIGS / "tokenizer" / "tiny.yaml",
+        ["train.steps=7", "train.lr=1e-4", "model.quantizer.level_strides=[[2,2,2],[1,1,1]]", "train.pretrained_vae=null"],
+    )
+    assert cfg.train.steps == 7 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.model.quantizer.level_strides == [(2, 2, 2), (1, 1, 1)]
+    assert cfg.train.pretrained_vae is None
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("train.stepz=3", "train.stepz"), ("model.quantizer.bits=3", "model.quantizer.bits"), ("extra=1", "extra")],
+)
+def test_unknown_key_is_named(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "tiny.yaml", [override])
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  steps: 3\n  speed: fast\n")
+    with pytest.raises(ConfigError, match="train.speed"):
+        load_config(TokenizerTrainConfig, path)
+
+
+def test_wrong_type_and_bad_override():
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(TokenizerTrainConfig, None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(TokenizerTrainConfig, None, ["train.steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(TokenizerTrainConfig, "no/such/file.yaml")
