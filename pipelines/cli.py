@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, NamedTuple
 
+from pipelines import locate as _locate  # heavy imports stay inside _locate.run
+
 
 class Command(NamedTuple):
     help: str
@@ -138,30 +140,113 @@ def _add_info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-# ---- pyratok demo (placeholder until generation lands) ---------------------------------------
+# ---- pyratok generate / demo ----------------------------------------------------------------
+DEMO_PROMPT = "a red circle moving left"
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None,
+                   help="pipeline folder (default: the shipped checkpoints/pyratok-shapes-tiny)")
+    p.add_argument("--seed", type=int, default=0, help="video i of a batch uses seed + i")
+    p.add_argument("--num-frames", type=int, default=17, help="1 + 4k frames")
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's sample size)")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
+
+
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="?", default=None, help="one prompt (with -o); or use --prompts")
+    p.add_argument("-o", "--output", type=Path, default=None, help="mp4 file for the one prompt")
+    p.add_argument("--contact-sheet", type=Path, default=None, help="also write the frames as a PNG grid")
+    p.add_argument("--prompts", type=Path, default=None, help="batch: text file, one prompt per line")
+    p.add_argument("--out-dir", type=Path, default=None, help="batch: folder for the mp4s and manifest.jsonl")
+    p.add_argument("--batch-size", type=int, default=4, help="batch: videos per pipeline call")
+    _add_sampling_args(p)
+
+
+def _load(args: argparse.Namespace, state):
+    from pipelines.pipeline_pyratok_t2v import load_pipeline
+    from pyratok.default_model import default_model_path
+
+    model = (args.model or default_model_path()).resolve()
+    return load_pipeline(model, args.device or state.device), model
+
+
+def _generate_one(pipe, args: argparse.Namespace, prompt: str, output: Path, sheet: Path | None) -> None:
+    import torch
+
+    from pipelines.video_export import export_to_video, frames_to_uint8
+    from pyratok.data.contact_sheet import save_contact_sheet
+
+    frames = pipe(prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames, height=args.height,
+                  width=args.width, guidance_scale=args.guidance_scale, temperature=args.temperature,
+                  generator=[torch.Generator().manual_seed(args.seed)], output_type="np").frames[0]
+    print(f"prompt: {prompt}\nvideo:  {export_to_video(frames, output, fps=args.fps)}")
+    if sheet is not None:
+        print(f"frames: {save_contact_sheet(frames_to_uint8(frames), sheet, cols=9, scale=2)}")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from pipelines.batch import generate_batch, make_state, read_prompts
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise ValueError("give either one prompt (with -o OUT.mp4) or --prompts FILE (with --out-dir DIR)")
+    if args.prompt is not None and args.output is None:
+        raise ValueError("one prompt needs -o OUT.mp4")
+    if args.prompts is not None and (args.out_dir is None or args.output or args.contact_sheet):
+        raise ValueError("--prompts needs --out-dir DIR (and takes neither -o nor --contact-sheet)")
+    state = make_state()
+    pipe, model = _load(args, state)
+    if args.prompt is not None:
+        if state.is_main_process:
+            _generate_one(pipe, args, args.prompt, args.output, args.contact_sheet)
+        return 0
+    summary = generate_batch(
+        pipe, read_prompts(args.prompts), args.out_dir, seed=args.seed, batch_size=args.batch_size,
+        num_frames=args.num_frames, height=args.height, width=args.width, guidance_scale=args.guidance_scale,
+        temperature=args.temperature, negative_prompt=args.negative_prompt, fps=args.fps, model=str(model),
+        state=state,
+    )
+    if state.is_main_process:
+        print(json.dumps({**summary, "out_dir": str(args.out_dir)}))
+    _end_processes()
+    return 0
+
+
+def _end_processes() -> None:
+    """Tear a multi-process group down cleanly (2-process gloo runs can abort at exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="writes OUT/demo.mp4 and OUT/demo.png")
+    p.add_argument("--prompt", default=DEMO_PROMPT)
+    _add_sampling_args(p)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from pyratok.data.contact_sheet import save_contact_sheet
-    from pyratok.data.shapes import ShapesDataset, video_to_uint8
-    from pyratok.data.video_io import write_video
+    from pipelines.batch import make_state
 
-    sample = ShapesDataset(length=args.index + 1, seed=args.seed)[args.index]
-    frames = video_to_uint8(sample["video"])
-    video = write_video(frames, args.out / "demo.mp4", fps=sample["fps"])
-    sheet = save_contact_sheet(frames, args.out / "demo.png", cols=9, scale=2)
-    print(f"caption: {sample['caption']}\nvideo:   {video}\nframes:  {sheet}")
+    pipe, _ = _load(args, make_state())
+    _generate_one(pipe, args, args.prompt, args.out / "demo.mp4", args.out / "demo.png")
     return 0
 
 
 COMMANDS = MappingProxyType({
     "shapes": Command("write Shapes clips + captions.jsonl", _add_shapes_args, run_shapes),
     "info": Command("print versions, device and optional accelerators", _add_info_args, run_info),
-    "demo": Command("write a sample video and its contact sheet", _add_demo_args, run_demo),
+    "generate": Command("text to video: one prompt (-o OUT.mp4) or a prompts file (--out-dir)",
+                        _add_generate_args, run_generate),
+    "demo": Command("generate the demo video and its contact sheet with the default model", _add_demo_args, run_demo),
+    "locate": Command(_locate.HELP, _locate.add_arguments, _locate.run),
 })
 
 

@@ -23,6 +23,7 @@ _EXPORTS = {
     "ShapesDataset": "pyratok.data.shapes",
     "VideoTextDataset": "pyratok.data.folder",
     "PyraTokT2VPipeline": "pipelines",
+    "default_model_path": "pyratok.default_model",
 }
 
 

@@ -19,20 +19,30 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_with_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def make_accelerator(
     output_dir: str | Path,
     mixed_precision: str = "no",
     find_unused_parameters: bool = False,
     gradient_accumulation_steps: int = 1,
 ) -> Accelerator:
-    """An Accelerator logging to `output_dir/logs` (TensorBoard); gloo when distributed without CUDA."""
+    """An Accelerator logging to `output_dir/logs` (TensorBoard).
+
+    Without CUDA, processes talk over gloo: DDP runs as accelerate's MULTI_CPU (`cpu=True`; without it
+    accelerate reports DistributedType.NO and never wraps the model), DeepSpeed through deepspeed.comm.
+    """
+    on_cpu = not torch.cuda.is_available()
     handlers = []
     if find_unused_parameters:
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-    if launched_distributed() and not torch.cuda.is_available():
+    if launched_distributed() and on_cpu:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     out = Path(output_dir)
     return Accelerator(
+        cpu=on_cpu and not launched_with_deepspeed(),
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with="tensorboard",

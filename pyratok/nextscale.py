@@ -49,9 +49,11 @@ class NextScaleConfig:
             raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
-        for name in ("latent_channels", "num_bits", "depth", "num_levels", "max_text_len"):
+        for name in ("latent_channels", "num_bits", "num_levels", "max_text_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.depth < 0:  # depth 0 is allowed: callers use it to mean "no prior"
+            raise ValueError(f"depth must be >= 0, got {self.depth}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -99,6 +101,8 @@ class FourierPosition(nn.Module):
         freqs = math.pi * torch.logspace(0, math.log10(max_freq), num_freqs)
         self.register_buffer("freqs", freqs, persistent=False)
         self.proj = nn.Linear(3 * 2 * num_freqs, width)
+        nn.init.normal_(self.proj.weight, std=(3 * num_freqs) ** -0.5)  # unit-scale output: positions count from step 0
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, grid: Sequence[int]) -> torch.Tensor:
         coords = grid_coords(grid, self.freqs.device)  # (n, 3)
@@ -155,7 +159,9 @@ class NextScaleBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(d) if self.cross is not None else None
         self.norm2 = nn.LayerNorm(d)
         hidden = int(d * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Dropout(cfg.dropout), nn.Linear(hidden, d))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Dropout(cfg.dropout), nn.Linear(hidden, d)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask=None, past=None, text_kv=None, text_mask=None):
@@ -211,6 +217,7 @@ class NextScaleTransformer(nn.Module):
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.input_proj = nn.Linear(cfg.latent_channels, d)
         self.level_embed = nn.Embedding(cfg.num_levels, d)
+        nn.init.normal_(self.level_embed.weight, std=0.02)
         self.position = FourierPosition(d)
         self.start = nn.Parameter(torch.randn(d) * 0.02)  # level 0 has no coarser content
         self.text_proj = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
@@ -232,6 +239,9 @@ class NextScaleTransformer(nn.Module):
         if tuple(text_mask.shape) != (b, s):
             raise ValueError(f"text_mask must be {(b, s)}, got {tuple(text_mask.shape)}")
         text_mask = text_mask.bool()
+        if not text_mask.any(dim=1).all():  # an all-padding row would make attention NaN
+            rows = (~text_mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"text_mask rows {rows} have no valid token; pass the null text instead")
         if self.config.text_mode == "prefix" and s > self.config.max_text_len:
             raise ValueError(f"text length {s} exceeds max_text_len={self.config.max_text_len}")
         return self.text_proj(text_states.to(self.head.weight.dtype)), text_mask  # (b, s, d)
@@ -241,9 +251,8 @@ class NextScaleTransformer(nn.Module):
         if not 0 <= level < self.config.num_levels:
             raise ValueError(f"level {level} is outside [0, {self.config.num_levels})")
         if level_input.dim() != 5 or level_input.shape[1] != self.config.latent_channels:
-            raise ValueError(
-                f"level {level} input must be (b, {self.config.latent_channels}, t, h, w), got {tuple(level_input.shape)}"
-            )
+            c = self.config.latent_channels
+            raise ValueError(f"level {level} input must be (b, {c}, t, h, w), got {tuple(level_input.shape)}")
         x = self.input_proj(rearrange(level_input.to(self.head.weight.dtype), "b c t h w -> b (t h w) c"))
         x = x + self.level_embed.weight[level] + self.position(tuple(level_input.shape[-3:]))
         if level == 0:
@@ -308,10 +317,11 @@ class NextScaleTransformer(nn.Module):
     def new_cache(self, batch: int | None = None) -> KVCache:
         return KVCache(batch=batch)
 
-    def forward_level(self, level: int, level_input: torch.Tensor, text_states, text_mask, cache: KVCache) -> torch.Tensor:
+    def forward_level(self, level: int, level_input: torch.Tensor, text_states, text_mask, cache: KVCache):
         """Logits (b, t, h, w, k) of `level`; the cache must hold levels 0..level-1 (level 0: empty)."""
         if level != cache.levels_done:
-            raise ValueError(f"cache holds {cache.levels_done} level(s); the next level must be {cache.levels_done}, got {level}")
+            done = cache.levels_done
+            raise ValueError(f"cache holds {done} level(s); the next level must be {done}, got {level}")
         b = level_input.shape[0]
         if cache.batch is not None and b != cache.batch:
             raise ValueError(f"cache was made for batch {cache.batch}, got level input batch {b}")
@@ -322,7 +332,8 @@ class NextScaleTransformer(nn.Module):
         x = self._embed_level(level, level_input, text, text_mask)  # (b, n, d)
         n = x.shape[1]
         key_valid = torch.cat([cache.key_mask, torch.ones(b, n, dtype=torch.bool, device=x.device)], dim=1)
-        mask = rearrange(key_valid, "b m -> b 1 1 m")  # every token sees all cached levels and its own level
+        # every token sees all cached levels and its own level; no mask at all lets SDPA take its fastest kernel
+        mask = None if bool(key_valid.all()) else rearrange(key_valid, "b m -> b 1 1 m")
         text_kv_fn = (lambda i: cache.text_kv[i]) if cache.text_kv is not None else (lambda i: None)
         past_fn = (lambda i: (cache.keys[i], cache.values[i])) if cache.keys else None
         x, new_kv = self._run_blocks(x, mask, text_kv_fn, cache.text_mask, past_fn)

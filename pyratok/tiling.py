@@ -56,7 +56,7 @@ class TilingConfig:
     tile_sample_stride_height: int = 480
     tile_sample_stride_width: int = 480
     temporal_chunk: int | None = None
-    tile_batch: int = 2
+    first_frame_batch: int = 2
 
     def __post_init__(self) -> None:
         self.validate(_VAE_SPATIAL_FACTOR)
@@ -80,8 +80,9 @@ class TilingConfig:
         chunk = self.temporal_chunk
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"temporal_chunk={chunk!r} must be None or a positive int")
-        if isinstance(self.tile_batch, bool) or not isinstance(self.tile_batch, int) or self.tile_batch < 1:
-            raise ValueError(f"tile_batch={self.tile_batch!r} must be a positive int")
+        batch = self.first_frame_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"first_frame_batch={batch!r} must be a positive int")
 
 
 def tile_spans(length: int, tile: int, stride: int) -> list[tuple[int, int]]:
@@ -99,26 +100,34 @@ def tile_spans(length: int, tile: int, stride: int) -> list[tuple[int, int]]:
     return [(s, s + size) for s in starts]
 
 
-def blend_weights(spans: list[tuple[int, int]], scale: int) -> list[Tensor]:
+def blend_weights(spans: list[tuple[int, int]], scale: int, margin: float = 0.25) -> list[Tensor]:
     """Per-tile 1-D blend weights over the tile's `scale`-times upsampled extent, summing to 1 everywhere.
 
-    Each tile ramps linearly up over its overlap with the previous tile and down over its overlap with
-    the next one (weight 1 elsewhere); the ramps are then normalised by their sum over all tiles.
+    Where two tiles overlap, each tile's weight ramps linearly between 0 and 1 across the central part of
+    the overlap, skipping `margin` of the overlap at either end (weight 0 next to the tile's own cut edge,
+    where the decoder saw zero padding instead of the neighbours and is least right). The weights are
+    then normalised by their sum over all tiles.
     """
     px = [(a * scale, b * scale) for a, b in spans]
     raw = []
     for i, (a, b) in enumerate(px):
         pos = torch.arange(a, b, dtype=torch.float64) + 0.5  # pixel centres
         w = torch.ones(b - a, dtype=torch.float64)
-        if i > 0 and px[i - 1][1] > a:  # ramp in over [a, end of previous tile)
-            w = torch.minimum(w, (pos - a) / (px[i - 1][1] - a))
-        if i + 1 < len(px) and px[i + 1][0] < b:  # ramp out over [start of next tile, b)
-            w = torch.minimum(w, (b - pos) / (b - px[i + 1][0]))
+        if i > 0 and px[i - 1][1] > a:  # ramp in across the overlap [a, end of previous tile)
+            w = torch.minimum(w, _ramp(pos - a, px[i - 1][1] - a, margin))
+        if i + 1 < len(px) and px[i + 1][0] < b:  # ramp out across the overlap [start of next tile, b)
+            w = torch.minimum(w, _ramp(b - pos, b - px[i + 1][0], margin))
         raw.append(w)
     total = torch.zeros(px[-1][1], dtype=torch.float64)
     for (a, b), w in zip(px, raw):
         total[a:b] += w
     return [(w / total[a:b]).float() for (a, b), w in zip(px, raw)]
+
+
+def _ramp(dist: Tensor, overlap: int, margin: float) -> Tensor:
+    """0 for the first `margin * overlap` pixels from the cut edge, then linear up to 1 at the far margin."""
+    skip = math.floor(margin * overlap)
+    return ((dist - skip) / (overlap - 2 * skip)).clamp(0.0, 1.0)
 
 
 def _check_out(out: Tensor, shape: tuple[int, ...]) -> None:
@@ -168,43 +177,60 @@ def tiled_decode(
     col_w = [m.to(out.device, out.dtype) for m in blend_weights(cols, spatial)]
     n_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())  # cache slots
 
-    # Every tile has the same shape (tile_spans), so any `tile_batch` of them decode as one batch.
+    # Every tile has the same shape (tile_spans), so a group of them can share one decoder call.
     jobs = [(i, r, c) for i in range(b) for r in range(len(rows)) for c in range(len(cols))]
-    for g in range(0, len(jobs), config.tile_batch):
-        group = jobs[g : g + config.tile_batch]
+    for g in range(0, len(jobs), config.first_frame_batch):
+        group = jobs[g : g + config.first_frame_batch]
         z_tiles = torch.cat([z[i : i + 1, :, :, slice(*rows[r]), slice(*cols[c])] for i, r, c in group])
         targets = [
             (out[i, :, :, rows[r][0] * spatial : rows[r][1] * spatial, cols[c][0] * spatial : cols[c][1] * spatial],
              row_w[r], col_w[c])
             for i, r, c in group
         ]
-        _decode_tiles(vae, z_tiles, targets, config.temporal_chunk or 1, n_convs, patch)
+        _decode_group(vae, z_tiles, targets, config.temporal_chunk or 1, n_convs, patch)
     return out.clamp_(-1.0, 1.0)
 
 
-def _decode_tiles(
+def _decode_group(
     vae: AutoencoderKLWan, z_tiles: Tensor, targets: list[tuple[Tensor, Tensor, Tensor]], chunk: int,
     n_convs: int, patch: int,
 ) -> None:
-    """Decode k equal-shape latent tiles (k, c, t, h, w) over all frames; add each, weighted, into its target.
+    """Decode k equal-shape latent tiles (k, c, t, h, w); add each, weighted, into its target.
 
     targets[j] = (view of the output (3, T, H_tile, W_tile), row weights (H_tile,), column weights (W_tile,)).
+    Latent frame 0 of all k tiles goes through the decoder as one batch (it makes one output frame, so this
+    costs about what a later 4-frame chunk of one tile costs); then the cache is split and each tile decodes
+    its later frames alone, `chunk` latent frames per call, carrying its own slice of the causal cache.
     """
-    feat_cache: list = [None] * n_convs  # these tiles' causal cache, carried across time chunks
+    cache: list = [None] * n_convs  # causal feature cache of the k tiles, batched
+    dec = _decoder_call(vae, z_tiles[:, :, :1], cache, first_chunk=True, patch=patch)  # (k, C, 1, H_t, W_t)
+    for dec_j, target in zip(dec, targets):
+        _accumulate(dec_j, target, 0)
+    first = dec.shape[2]
+    del dec
     t = z_tiles.shape[2]
-    starts = [0] + list(range(1, t, chunk))  # frame 0 alone (the decoder's first chunk), then `chunk` per call
-    f0 = 0
-    for k, s in enumerate(starts):
-        e = 1 if k == 0 else min(s + chunk, t)
-        x = vae.post_quant_conv(z_tiles[:, :, s:e])
-        dec = vae.decoder(x, feat_cache=feat_cache, feat_idx=[0], first_chunk=(k == 0))  # (k, C, f, H_t, W_t)
-        if patch > 1:
-            dec = rearrange(dec, "k (c pw ph) f h w -> k c f (h ph) (w pw)", pw=patch, ph=patch)
-        f1 = f0 + dec.shape[2]
-        for dec_j, (out_j, wy, wx) in zip(dec, targets):
-            dec_j = dec_j.to(out_j.device, out_j.dtype)
-            if dec_j.requires_grad:  # keep autograd happy: no in-place on the decoder's output
-                out_j[:, f0:f1] += dec_j * wy[:, None] * wx
-            else:
-                out_j[:, f0:f1] += dec_j.mul_(wy[:, None]).mul_(wx)
-        f0 = f1
+    for j, target in enumerate(targets):
+        cache_j = [c[j : j + 1] if isinstance(c, Tensor) else c for c in cache]  # "Rep"/None stay as they are
+        f0 = first
+        for s in range(1, t, chunk):
+            dec = _decoder_call(vae, z_tiles[j : j + 1, :, s : s + chunk], cache_j, first_chunk=False, patch=patch)
+            _accumulate(dec[0], target, f0)
+            f0 += dec.shape[2]
+
+
+def _decoder_call(vae: AutoencoderKLWan, z: Tensor, cache: list, first_chunk: bool, patch: int) -> Tensor:
+    """One causal step of the Wan decoder on latent frames z (k, c, t', h, w) -> (k, 3, f, H, W), cache updated."""
+    dec = vae.decoder(vae.post_quant_conv(z), feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)
+    if patch > 1:
+        dec = rearrange(dec, "k (c pw ph) f h w -> k c f (h ph) (w pw)", pw=patch, ph=patch)
+    return dec
+
+
+def _accumulate(dec: Tensor, target: tuple[Tensor, Tensor, Tensor], f0: int) -> None:
+    """out[:, f0 : f0 + f] += dec (3, f, H_t, W_t) * row weights * column weights."""
+    out, wy, wx = target
+    dec = dec.to(out.device, out.dtype)
+    if dec.requires_grad:  # autograd: no in-place on the decoder's output
+        out[:, f0 : f0 + dec.shape[1]] += dec * wy[:, None] * wx
+    else:
+        out[:, f0 : f0 + dec.shape[1]] += dec.mul_(wy[:, None]).mul_(wx)

@@ -39,6 +39,7 @@ class TokenizerOutput:
     quant: LaPQOutput | None  # None in the continuous-VAE stage
     text_states: torch.Tensor
     text_mask: torch.Tensor
+    taps: list[torch.Tensor]
 
 
 class PyraTokTokenizer(ModelMixin, ConfigMixin):
@@ -230,4 +231,4 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             z_hat = mean + (0.5 * logvar).exp() * noise
         recon = self.decode_latent(z_hat)
-        return TokenizerOutput(recon, mean, logvar, quant, states, mask)
+        return TokenizerOutput(recon, mean, logvar, quant, states, mask, taps)

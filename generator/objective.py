@@ -1,0 +1,54 @@
+"""The generator's training objective: teacher-forced next-scale bit prediction.
+
+PyraTok generation stage, trained like VAR/Infinity: inputs z_hat_<l from the cached pyramid,
+~10% null text (for CFG), optional bitwise self-correction (Infinity), bitwise BCE per level.
+Letters: b - batch, t/h/w - a level's grid, k - bits, c - latent channels.
+"""
+from __future__ import annotations
+
+import torch
+
+from pyratok.nextscale import bitwise_loss
+
+
+def flip_bits(bits: list[torch.Tensor], prob: float, generator: torch.Generator) -> list[torch.Tensor]:
+    """Flip each bit of levels 0..L-2 with probability `prob` (the finest level feeds no input).
+
+    Infinity's bitwise self-correction, simplified: targets stay the clean bits, so the model
+    learns to predict the right level l from a slightly wrong z_hat_<l.
+    """
+    if prob <= 0:
+        return list(bits)
+    out = []
+    for level, b in enumerate(bits):
+        if level == len(bits) - 1:
+            out.append(b)
+            continue
+        flip = torch.rand(b.shape, generator=generator, device=generator.device).to(b.device) < prob
+        out.append(torch.where(flip, -b, b))
+    return out
+
+
+@torch.no_grad()
+def teacher_forcing_inputs(quantizer, bits: list[torch.Tensor], latent_grid, flip_prob: float = 0.0, generator=None):
+    """Level inputs (b, c, t_l, h_l, w_l) = z_hat_<l on grid l, from (possibly flipped) bits."""
+    if flip_prob > 0:
+        if generator is None:
+            raise ValueError("self-correction (flip_prob > 0) needs an explicit torch.Generator")
+        bits = flip_bits(bits, flip_prob, generator)
+    return quantizer.level_inputs(bits, tuple(latent_grid))
+
+
+def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cfg_dropout: float = 0.1,
+                   self_correction_prob: float = 0.0):
+    """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate).
+
+    batch: bits (list of (b, t_l, h_l, w_l, k) in {-1, +1}), text_states (b, s, d) or None,
+    text_mask (b, s) or None, latent_grid (t, h, w).
+    """
+    bits = batch["bits"]
+    b = bits[0].shape[0]
+    inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator)
+    drop = torch.rand(b, generator=generator, device=generator.device).to(bits[0].device) < cfg_dropout
+    logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop)
+    return bitwise_loss(logits, bits)

@@ -1,0 +1,196 @@
+"""Level-by-level sampling of a token pyramid: per-bit Bernoulli draws, CFG, per-level schedules.
+
+PyraTok's text-to-video generation by next-scale prediction (VAR/Infinity): L passes with a KV
+cache, classifier-free guidance against a learned null text, one torch.Generator per sample.
+Letters: b - batch, s - text length, d - text width, c - latent channels, k - bits per token.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from pyratok.pyramid import Grid, TokenPyramid, resample
+
+
+def per_level(value, num_levels: int, name: str) -> list[float]:
+    """A scalar for every level, or a list with exactly one value per level."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_levels:
+            raise ValueError(f"{name} has {len(value)} values but the pyramid has {num_levels} levels: {list(value)}")
+        return [float(v) for v in value]
+    return [float(value)] * num_levels
+
+
+def guidance_per_level(guidance_scale: float, schedule, num_levels: int) -> list[float]:
+    """None/"constant": the scale everywhere; "linear": 1.0 at level 0 rising to the scale at the
+    finest level; a list: one scale per level (guidance_scale is then ignored)."""
+    if schedule is None or schedule == "constant":
+        return per_level(guidance_scale, num_levels, "guidance_scale")
+    if schedule == "linear":
+        if num_levels == 1:
+            return [float(guidance_scale)]
+        return [1.0 + (guidance_scale - 1.0) * l / (num_levels - 1) for l in range(num_levels)]
+    if isinstance(schedule, (list, tuple)):
+        return per_level(schedule, num_levels, "guidance_schedule")
+    raise ValueError(f"guidance_schedule must be None, 'constant', 'linear' or a list per level, got {schedule!r}")
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """uncond + scale * (cond - uncond); exactly `cond` at scale 1."""
+    if scale == 1.0:
+        return cond
+    return uncond + scale * (cond - uncond)
+
+
+def make_generators(generator, batch: int):
+    """One torch.Generator for the whole batch, or a list with one per sample (checked)."""
+    if generator is None:  # fresh, non-deterministic; the global RNG is left alone
+        generator = torch.Generator()
+        generator.seed()
+        return generator
+    if isinstance(generator, torch.Generator):
+        return generator
+    generator = list(generator)
+    if len(generator) != batch:
+        raise ValueError(f"got {len(generator)} generators for a batch of {batch}; pass one per sample or a single one")
+    return generator
+
+
+def draw_uniform(shape: Sequence[int], generators, device) -> torch.Tensor:
+    """(b, ...) uniforms in [0, 1); sample i comes from generators[i] alone when a list is given."""
+    if isinstance(generators, torch.Generator):
+        return torch.rand(tuple(shape), generator=generators, device=generators.device).to(device)
+    return torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=g.device).to(device) for g in generators])
+
+
+def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None):
+    """Bits {-1, +1} from per-bit logits (b, t, h, w, k): bit on when u < sigmoid(logit / T).
+
+    top_k / top_p act on each bit's 2-way distribution: top_k=1 is greedy (top_k >= 2 keeps
+    both outcomes); top_p keeps only the likelier outcome where its probability is >= top_p.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature}")
+    p_on = torch.sigmoid(logits.float() / temperature)
+    on = uniforms < p_on
+    greedy = logits > 0
+    if top_k is not None:
+        if int(top_k) < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if int(top_k) == 1:
+            on = greedy
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        on = torch.where(torch.maximum(p_on, 1 - p_on) >= top_p, greedy, on)
+    return torch.where(on, 1.0, -1.0)
+
+
+def _pad_text(states: torch.Tensor, mask: torch.Tensor, s: int):
+    """(b, s0, d), (b, s0) -> (b, s, d), (b, s) with masked-out zero padding."""
+    pad = s - states.shape[1]
+    if pad <= 0:
+        return states, mask
+    b, _, d = states.shape
+    return (
+        torch.cat([states, states.new_zeros(b, pad, d)], dim=1),
+        torch.cat([mask, mask.new_zeros(b, pad)], dim=1),
+    )
+
+
+def _text_batch(model, prompt_embeds, prompt_mask, negative_embeds, negative_mask, batch, use_cfg, device):
+    """Conditional text (b, s, d) and, with CFG, [cond; uncond] (2b, s, d) plus masks."""
+    if prompt_embeds is None:
+        states, mask = model.null_text_like(batch, 1, device)
+    else:
+        states = prompt_embeds.to(device)
+        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=device) if prompt_mask is None else prompt_mask
+        mask = mask.to(device).bool()
+    if not use_cfg:
+        return states, mask
+    if negative_embeds is None:
+        neg, neg_mask = model.null_text_like(batch, 1, device)
+    else:
+        neg = negative_embeds.to(device)
+        if negative_mask is None:
+            negative_mask = torch.ones(neg.shape[:2], dtype=torch.bool)
+        neg_mask = negative_mask.to(device).bool()
+        if neg.shape[0] == 1 and batch > 1:
+            neg, neg_mask = neg.expand(batch, *neg.shape[1:]), neg_mask.expand(batch, -1)
+        if neg.shape[0] != batch:
+            raise ValueError(f"negative_prompt_embeds has batch {neg.shape[0]}, expected 1 or {batch}")
+    s = max(states.shape[1], neg.shape[1])
+    states, mask = _pad_text(states, mask, s)
+    neg, neg_mask = _pad_text(neg.to(states.dtype), neg_mask, s)
+    return torch.cat([states, neg]), torch.cat([mask, neg_mask])
+
+
+@torch.no_grad()
+def generate(
+    model,
+    quantizer,
+    prompt_embeds: torch.Tensor | None,
+    prompt_mask: torch.Tensor | None,
+    latent_grid: Grid,
+    guidance_scale: float = 3.0,
+    guidance_schedule=None,
+    temperature=1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_mask: torch.Tensor | None = None,
+    generator=None,
+    use_cache: bool = True,
+    callback: Callable[[int, TokenPyramid], None] | None = None,
+    batch_size: int | None = None,
+) -> TokenPyramid:
+    """Sample a TokenPyramid for text (b, s, d) + mask (b, s) on the quantizer's grids of latent_grid.
+
+    model: a PyraTokGenerator (anything with forward / new_cache / forward_level / null_text_like);
+    quantizer: a LaPQ (grids_for, dequantize_level, config.latent_channels). prompt_embeds None
+    with batch_size: unconditional. generator: one torch.Generator or a list, one per sample.
+    callback(level, pyramid_so_far) runs after each level.
+    """
+    if prompt_embeds is None and batch_size is None:
+        raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
+    if prompt_embeds is not None and prompt_embeds.dim() != 3:
+        raise ValueError(f"prompt_embeds must be (b, s, d), got {tuple(prompt_embeds.shape)}")
+    batch = prompt_embeds.shape[0] if prompt_embeds is not None else int(batch_size)
+    latent_grid = tuple(int(n) for n in latent_grid)
+    if len(latent_grid) != 3:
+        raise ValueError(f"latent_grid must be (t, h, w), got {latent_grid}")
+    grids = quantizer.grids_for(latent_grid)
+    num_levels = model.config.num_levels
+    if len(grids) != num_levels:
+        raise ValueError(f"the quantizer gives {len(grids)} levels for {latent_grid} but the model has {num_levels}")
+    scales = guidance_per_level(guidance_scale, guidance_schedule, num_levels)
+    temps = per_level(temperature, num_levels, "temperature")
+    use_cfg = prompt_embeds is not None and any(s != 1.0 for s in scales)
+    param = next(model.parameters())
+    text, text_mask = _text_batch(
+        model, prompt_embeds, prompt_mask, negative_prompt_embeds, negative_prompt_mask, batch, use_cfg, param.device
+    )
+    gens = make_generators(generator, batch)
+    q_param = next(quantizer.parameters())
+    z_hat = q_param.new_zeros(batch, quantizer.config.latent_channels, *latent_grid)  # (b, c, t, h, w)
+    cache = model.new_cache() if use_cache else None
+    inputs, bits = [], []
+    for level, grid in enumerate(grids):
+        x = resample(z_hat, grid).to(param.device, param.dtype)  # (b, c, t_l, h_l, w_l)
+        inputs.append(torch.cat([x, x]) if use_cfg else x)
+        if use_cache:
+            logits = model.forward_level(level, inputs[-1], text, text_mask, cache)
+        else:
+            logits = model(inputs, text, text_mask)[level]
+        if use_cfg:
+            cond, uncond = logits.chunk(2)
+            logits = guided_logits(cond, uncond, scales[level])
+        uniforms = draw_uniform(logits.shape, gens, logits.device)
+        level_bits = sample_bits(logits, uniforms, temps[level], top_k, top_p)  # (b, t_l, h_l, w_l, k)
+        bits.append(level_bits)
+        part = quantizer.dequantize_level(level_bits.to(q_param.device), level)
+        z_hat = z_hat + resample(part, latent_grid)
+        if callback is not None:
+            callback(level, TokenPyramid(list(bits), latent_grid, latent=z_hat))
+    return TokenPyramid(bits, latent_grid, latent=z_hat)

@@ -1,0 +1,210 @@
+"""Token cache: tokenizer pyramids and text embeddings computed once into safetensors shards.
+
+Feeds PyraTok's generator training (next-scale prediction over LaPQ tokens) without running the
+VAE per step; the cache also keeps the LaPQ dequantizer the generator's inputs are built with.
+Layout: index.json, shard_00000.safetensors ... (level{l}: (n, t_l, h_l, w_l) codebook indices,
+text_states: (n, s, d), text_mask: (n, s) bool), quantizer.safetensors + quantizer_config.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from pyratok.config import load_config, save_config
+from pyratok.lapq import LaPQ, LaPQConfig
+from pyratok.pyramid import TokenPyramid, indices_to_bits
+
+INDEX, Q_WEIGHTS, Q_CONFIG = "index.json", "quantizer.safetensors", "quantizer_config.json"
+FORMAT_VERSION = 1
+
+
+class TokenCacheWriter:
+    """Collects batches of (pyramid, text) and writes shards of `shard_size` samples."""
+
+    def __init__(self, out_dir, shard_size: int = 256, text_dtype: torch.dtype = torch.float16):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_size, self.text_dtype = shard_size, text_dtype
+        self.pending: list[dict] = []
+        self.shards: list[dict] = []
+        self.meta: dict | None = None
+
+    def add(self, pyramid: TokenPyramid, text_states: torch.Tensor | None = None, text_mask=None):
+        """pyramid of batch b; text_states (b, s, d), text_mask (b, s) bool or both None."""
+        meta = {"num_bits": pyramid.num_bits, "grids": [list(g) for g in pyramid.grids],
+                "latent_grid": list(pyramid.latent_grid), "has_text": text_states is not None,
+                "text_dim": None if text_states is None else int(text_states.shape[-1])}
+        if self.meta is None:
+            self.meta = meta
+        elif meta != self.meta:
+            raise ValueError(f"every sample of a cache must share grids and text layout: {meta} != {self.meta}")
+        indices = [i.cpu() for i in pyramid.indices]  # per level (b, t_l, h_l, w_l)
+        for j in range(pyramid.batch_size):
+            sample = {f"level{l}": idx[j] for l, idx in enumerate(indices)}
+            if text_states is not None:
+                s = text_states.shape[1]
+                mask = torch.ones(s, dtype=torch.bool) if text_mask is None else text_mask[j].cpu().bool()
+                sample["text_states"] = text_states[j].detach().cpu().to(self.text_dtype)
+                sample["text_mask"] = mask
+            self.pending.append(sample)
+            if len(self.pending) == self.shard_size:
+                self._flush()
+
+    def _flush(self):
+        if not self.pending:
+            return
+        index_dtype = torch.int32 if self.meta["num_bits"] <= 31 else torch.int64
+        tensors = {}
+        for name in self.pending[0]:
+            rows = [s[name] for s in self.pending]
+            if name.startswith("level"):
+                tensors[name] = torch.stack(rows).to(index_dtype)
+            else:  # pad text to the longest in this shard: (n, s, d) / (n, s)
+                s = max(r.shape[0] for r in rows)
+                pad = [torch.cat([r, r.new_zeros(s - r.shape[0], *r.shape[1:])]) for r in rows]
+                tensors[name] = torch.stack(pad).contiguous()
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        save_file(tensors, str(self.out_dir / name))
+        self.shards.append({"file": name, "num_samples": len(self.pending)})
+        self.pending = []
+
+    def close(self, quantizer: LaPQ | None = None) -> Path:
+        """Write the last shard, the index and (if given) the quantizer; returns the cache folder."""
+        self._flush()
+        if self.meta is None:
+            raise ValueError(f"no samples were added to the token cache in {self.out_dir}")
+        index = {"format": FORMAT_VERSION, "num_samples": sum(s["num_samples"] for s in self.shards),
+                 "num_levels": len(self.meta["grids"]), **self.meta, "shards": self.shards}
+        (self.out_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        if quantizer is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in quantizer.state_dict().items()},
+                      str(self.out_dir / Q_WEIGHTS))
+            save_config(quantizer.config, self.out_dir / Q_CONFIG)
+        return self.out_dir
+
+
+def _split_sample(sample):
+    """(video_or_latent, prompt or None) from a dict, a (video, prompt) pair or a bare tensor."""
+    if isinstance(sample, dict):
+        video = next((sample[k] for k in ("video", "latent", "pixel_values") if k in sample), None)
+        prompt = next((sample[k] for k in ("prompt", "caption", "text") if k in sample), None)
+        if video is None:
+            raise ValueError(f"dataset sample has no 'video' / 'latent' key: {sorted(sample)}")
+        return video, prompt
+    if isinstance(sample, (tuple, list)):
+        return sample[0], (sample[1] if len(sample) > 1 else None)
+    return sample, None
+
+
+@torch.no_grad()
+def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int = 8, shard_size: int = 256,
+                      text_dtype: torch.dtype = torch.float16, device=None, progress: bool = True) -> Path:
+    """Encode every sample of `dataset` once: `tokenizer.encode(video, prompt_embeds, prompt_mask)`
+    -> TokenPyramid, `text_encoder(prompts)` -> .hidden_states / .attention_mask (None: no text).
+    The tokenizer's `.quantizer` (a LaPQ) is stored with the cache for training."""
+    from tqdm.auto import tqdm
+
+    writer = TokenCacheWriter(out_dir, shard_size, text_dtype)
+    batch, bar = [], tqdm(desc="token cache", disable=not progress, unit="sample")
+
+    def flush():
+        videos = torch.stack([torch.as_tensor(v) for v, _ in batch])
+        if device is not None:
+            videos = videos.to(device)
+        prompts = [p for _, p in batch]
+        states = mask = None
+        if text_encoder is not None and all(p is not None for p in prompts):
+            out = text_encoder(prompts)
+            states, mask = out.hidden_states, out.attention_mask
+        pyramid = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask)
+        writer.add(pyramid.to("cpu"), states, mask)
+        bar.update(len(batch))
+        batch.clear()
+
+    for sample in dataset:
+        batch.append(_split_sample(sample))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    bar.close()
+    return writer.close(getattr(tokenizer, "quantizer", None))
+
+
+class QuantizerEncoder:
+    """`encode` over latents with a bare LaPQ (no VAE): caches from random latents in tests."""
+
+    def __init__(self, quantizer: LaPQ):
+        self.quantizer = quantizer
+
+    @torch.no_grad()
+    def encode(self, latents, prompt_embeds=None, prompt_mask=None) -> TokenPyramid:
+        return self.quantizer(latents, text_states=prompt_embeds, text_mask=prompt_mask).pyramid
+
+
+def random_latents(num: int, channels: int, latent_grid, generator: torch.Generator, prompts=None) -> list[dict]:
+    """`num` samples {"latent": (c, t, h, w) ~ N(0, 1), "prompt": str} for test caches."""
+    prompts = prompts or [f"sample {i}" for i in range(num)]
+    return [{"latent": torch.randn(channels, *latent_grid, generator=generator),
+             "prompt": prompts[i % len(prompts)]} for i in range(num)]
+
+
+class TokenCacheDataset(Dataset):
+    """Reads a token cache; items are {indices: list of (t_l, h_l, w_l), text_states, text_mask}."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir = Path(cache_dir)
+        path = self.cache_dir / INDEX
+        if not path.is_file():
+            raise FileNotFoundError(f"no token cache index at {path}; build one with build_token_cache")
+        self.index = json.loads(path.read_text())
+        if self.index.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported token cache format {self.index.get('format')!r}")
+        self.rows = [(s["file"], r) for s in self.index["shards"] for r in range(s["num_samples"])]
+        self.num_bits, self.num_levels = self.index["num_bits"], self.index["num_levels"]
+        self.latent_grid = tuple(self.index["latent_grid"])
+        self.grids = [tuple(g) for g in self.index["grids"]]
+        self.has_text = self.index["has_text"]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a token cache of {len(self)} samples")
+        file, row = self.rows[i]
+        with safe_open(str(self.cache_dir / file), framework="pt") as f:
+            item = {"indices": [f.get_slice(f"level{l}")[row].to(torch.int64) for l in range(self.num_levels)]}
+            if self.has_text:
+                item["text_states"] = f.get_slice("text_states")[row]
+                item["text_mask"] = f.get_slice("text_mask")[row]
+        return item
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s)."""
+        bits = [indices_to_bits(torch.stack([s["indices"][l] for s in samples]), self.num_bits)
+                for l in range(self.num_levels)]
+        batch = {"bits": bits, "latent_grid": self.latent_grid, "text_states": None, "text_mask": None}
+        if self.has_text:
+            s = max(x["text_states"].shape[0] for x in samples)
+            batch["text_states"] = torch.stack([torch.cat([x["text_states"], x["text_states"].new_zeros(
+                s - x["text_states"].shape[0], x["text_states"].shape[1])]) for x in samples]).float()
+            batch["text_mask"] = torch.stack([torch.cat([x["text_mask"], x["text_mask"].new_zeros(
+                s - x["text_mask"].shape[0])]) for x in samples]).bool()
+        return batch
+
+    def load_quantizer(self, device=None) -> LaPQ:
+        """The LaPQ the cache was made with, frozen, for teacher-forcing inputs."""
+        weights, config = self.cache_dir / Q_WEIGHTS, self.cache_dir / Q_CONFIG
+        if not weights.is_file():
+            raise FileNotFoundError(f"token cache {self.cache_dir} has no {Q_WEIGHTS}: the tokenizer had no .quantizer")
+        quantizer = LaPQ(load_config(LaPQConfig, config))
+        quantizer.load_state_dict(load_file(str(weights)))
+        return quantizer.to(device).eval().requires_grad_(False)

@@ -1,0 +1,109 @@
+"""Shared steps of zero-shot understanding: fit videos to the tokenizer, embed text, build similarity volumes.
+
+Supports PyraTok's zero-shot tasks (§5: classification, temporal localisation, segmentation): every task
+reads the same token–text cosine volume, all pyramid levels resampled to the finest latent grid and averaged.
+Letters: b - videos, m - texts, t/h/w - finest latent grid, T/H/W - video frames and pixels, d - text size.
+
+Video sizes: the tokenizer takes T = 1 + 4k frames and H, W multiples of 8. Nothing is dropped to get
+there: the last frame is repeated up to the next 1 + 4k and the right/bottom edges are replicated up to
+the next multiple of 8 (`fit_video`); every per-frame or per-pixel output is cropped back to (T, H, W).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..pyramid import TokenPyramid, resample
+
+
+def check_texts(texts: str | list[str] | tuple[str, ...]) -> list[str]:
+    """One string or a non-empty list of non-blank strings -> list; anything else raises ValueError."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise ValueError(f"texts must be a str or a list of str, got {type(texts).__name__}: {texts!r}")
+    if len(texts) == 0:
+        raise ValueError("texts is an empty list; give at least one text query")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text {i} must be a non-empty string, got {text!r}")
+    return list(texts)
+
+
+def check_text(text: str) -> str:
+    """One non-blank string, else ValueError naming what was given."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text must be one non-empty string, got {text!r}")
+    return text
+
+
+def as_video_batch(videos: torch.Tensor) -> torch.Tensor:
+    """(3, T, H, W) or (b, 3, T, H, W) float in [-1, 1] -> (b, 3, T, H, W); ValueError names what is wrong."""
+    if not isinstance(videos, torch.Tensor):
+        raise ValueError(f"video must be a torch.Tensor (3, T, H, W) or (b, 3, T, H, W), got {type(videos).__name__}")
+    if videos.dim() == 4:
+        videos = videos.unsqueeze(0)
+    if videos.dim() != 5 or videos.shape[1] != 3 or min(videos.shape) == 0:
+        raise ValueError(f"video must be (3, T, H, W) or (b, 3, T, H, W) with no empty axis, got {tuple(videos.shape)}")
+    if not videos.is_floating_point():
+        raise ValueError(f"video must be float in [-1, 1], got dtype {videos.dtype} (convert uint8 with x / 127.5 - 1)")
+    lo, hi = float(videos.min()), float(videos.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.01 or hi > 1.01:
+        raise ValueError(f"video values must lie in [-1, 1], got range [{lo:.3g}, {hi:.3g}]")
+    return videos
+
+
+def fitted_size(num_frames: int, height: int, width: int, temporal_factor: int,
+                spatial_factor: int) -> tuple[int, int, int]:
+    """Smallest (T', H', W') >= (T, H, W) the tokenizer takes: T' = 1 + tf*k, H' and W' multiples of sf."""
+    if min(num_frames, height, width) < 1:
+        raise ValueError(f"video needs at least 1 frame of 1x1 pixels, got {(num_frames, height, width)}")
+    frames = 1 + temporal_factor * math.ceil((num_frames - 1) / temporal_factor)
+    sf = spatial_factor
+    return frames, sf * math.ceil(height / sf), sf * math.ceil(width / sf)
+
+
+def fit_video(videos: torch.Tensor, temporal_factor: int, spatial_factor: int) -> torch.Tensor:
+    """(b, 3, T, H, W) -> (b, 3, T', H', W'): last frame repeated, right/bottom edges replicated (nothing cropped)."""
+    _, _, T, H, W = videos.shape
+    T2, H2, W2 = fitted_size(T, H, W, temporal_factor, spatial_factor)
+    if T2 > T:
+        tail = videos[:, :, -1:].expand(-1, -1, T2 - T, -1, -1)
+        videos = torch.cat([videos, tail], dim=2)
+    if (H2, W2) != (H, W):
+        videos = F.pad(videos, (0, W2 - W, 0, H2 - H, 0, 0), mode="replicate")
+    return videos
+
+
+def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
+    """Pooled text (m, d) on the tokenizer's device; ValueError when d is not the tokenizer's text size."""
+    pooled = text_encoder(texts).pooled
+    if pooled.dim() != 2 or pooled.shape[0] != len(texts):
+        raise ValueError(f"text encoder must give pooled ({len(texts)}, d), got {tuple(pooled.shape)}")
+    if pooled.shape[1] != tokenizer.cfg.text_dim:
+        raise ValueError(f"text encoder gives {pooled.shape[1]}-d pooled text, the tokenizer was trained "
+                         f"on {tokenizer.cfg.text_dim}-d: use the text encoder it was trained with")
+    return pooled.to(tokenizer.device)
+
+
+@torch.no_grad()
+def encode_videos(tokenizer, videos: torch.Tensor) -> TokenPyramid:
+    """(b, 3, T, H, W) in [-1, 1], any size -> TokenPyramid, encoded without a caption (null text)."""
+    fitted = fit_video(as_video_batch(videos), tokenizer.temporal_factor, tokenizer.spatial_factor)
+    return tokenizer.encode(fitted.to(tokenizer.device, tokenizer.dtype))
+
+
+@torch.no_grad()
+def similarity_volume(tokenizer, pyramid: TokenPyramid, text_pooled: torch.Tensor) -> torch.Tensor:
+    """(b, m, t, h, w) token–text cosine: each level's map resampled to the finest grid, levels averaged."""
+    maps = tokenizer.token_text_similarity(pyramid, text_pooled)  # per level (b, m, t_l, h_l, w_l)
+    finest = tuple(maps[-1].shape[-3:])
+    return torch.stack([resample(m.float(), finest) for m in maps]).mean(0)
+
+
+def frame_to_latent(num_frames: int, temporal_factor: int) -> torch.Tensor:
+    """(T,) latent frame of each video frame: frame 0 -> 0, frame f >= 1 -> 1 + (f - 1) // tf."""
+    f = torch.arange(num_frames)
+    return torch.where(f == 0, 0, 1 + (f - 1) // temporal_factor)

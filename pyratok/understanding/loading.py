@@ -1,0 +1,52 @@
+"""Load the models that zero-shot understanding needs: a PyraTok tokenizer and its text encoder.
+
+Accepts a pipeline folder (`tokenizer/`, `text_encoder/`, `text_tokenizer/` subfolders, as PyraTok's
+diffusers pipeline saves them) or a bare tokenizer folder (its text encoder is then the bundled MiniLM).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def tokenizer_folder(model_dir: str | Path) -> Path:
+    """`model_dir/tokenizer` for a pipeline folder, `model_dir` itself for a tokenizer folder."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist")
+    for candidate in (model_dir / "tokenizer", model_dir):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{model_dir} holds neither tokenizer/config.json nor config.json: "
+                            "pass a saved pipeline or tokenizer folder")
+
+
+def default_model_dir() -> Path:
+    """The shipped pipeline folder (`pyratok.default_model.default_model_path`)."""
+    try:
+        from pyratok.default_model import default_model_path
+    except ImportError as err:
+        raise FileNotFoundError(f"no default model is available ({err}); pass --model DIR") from None
+    return Path(default_model_path())
+
+
+def load_text_encoder(model_dir: str | Path, device: str | torch.device = "cpu"):
+    """The pipeline's `text_encoder/` (+ `text_tokenizer/`) when present, else the bundled MiniLM."""
+    from pyratok.text_encoder import TextEncoder
+
+    model_dir = Path(model_dir)
+    encoder = model_dir / "text_encoder"
+    if (encoder / "config.json").is_file():
+        words = model_dir / "text_tokenizer"
+        return TextEncoder.from_pretrained(encoder, device=device, tokenizer_path=words if words.is_dir() else None)
+    return TextEncoder.from_pretrained(device=device)
+
+
+def load_models(model_dir: str | Path | None = None, device: str | torch.device = "cpu"):
+    """(tokenizer in eval mode, text encoder) from `model_dir`, default: the shipped model."""
+    from pyratok.tokenizer import PyraTokTokenizer
+
+    model_dir = default_model_dir() if model_dir is None else Path(model_dir)
+    tokenizer = PyraTokTokenizer.from_pretrained(tokenizer_folder(model_dir)).to(device).eval()
+    return tokenizer, load_text_encoder(model_dir, device)

@@ -1,0 +1,69 @@
+"""Zero-shot segmentation: where in each frame does a text query appear?
+
+Implements PyraTok's zero-shot video segmentation (§5) from per-token text similarity: the level-averaged
+volume mapped to video frames, upsampled to pixels, normalised per video to [0, 1], then thresholded.
+Letters: t/h/w - finest latent grid, T/H/W - video frames and pixels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .common import (as_video_batch, check_text, encode_texts, encode_videos, fitted_size, frame_to_latent,
+                     similarity_volume)
+from .thresholds import resolve_threshold
+
+
+class SegmentationResult(NamedTuple):
+    heatmaps: torch.Tensor  # (T, H, W) float in [0, 1], normalised over the whole video
+    masks: torch.Tensor  # (T, H, W) bool: heatmaps >= threshold
+    threshold: float  # on the normalised heatmaps
+
+
+def pixel_similarity(volume: torch.Tensor, size: tuple[int, int, int], temporal_factor: int,
+                     spatial_factor: int) -> torch.Tensor:
+    """(t, h, w) similarity on the fitted video's latent grid -> (T, H, W): frames mapped, bilinear up, cropped."""
+    T, H, W = size
+    _, H2, W2 = fitted_size(T, H, W, temporal_factor, spatial_factor)
+    if tuple(volume.shape[-2:]) != (H2 // spatial_factor, W2 // spatial_factor):
+        raise ValueError(f"volume grid {tuple(volume.shape)} does not belong to a {T}x{H}x{W} video")
+    per_frame = volume[frame_to_latent(T, temporal_factor).to(volume.device)]  # (T, h, w)
+    up = F.interpolate(rearrange(per_frame, "T h w -> T 1 h w").float(), size=(H2, W2), mode="bilinear",
+                       align_corners=False)
+    return rearrange(up, "T 1 H W -> T H W")[:, :H, :W]
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """Min–max to [0, 1] over the whole tensor; a constant tensor becomes all zeros."""
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+
+
+def segment_volume(volume: torch.Tensor, size: tuple[int, int, int], temporal_factor: int, spatial_factor: int,
+                   threshold: float | str | None = None) -> SegmentationResult:
+    """(t, h, w) similarity -> SegmentationResult at pixel size (T, H, W)."""
+    heat = normalise(pixel_similarity(volume, size, temporal_factor, spatial_factor))
+    if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"a fixed segmentation threshold applies to [0, 1] heatmaps, got {threshold!r}")
+    value = resolve_threshold(heat, threshold)
+    return SegmentationResult(heat, heat >= value, value)
+
+
+def segment(tokenizer, text_encoder, video: torch.Tensor, text: str,
+            threshold: float | str | None = None) -> SegmentationResult:
+    """Heatmaps and masks of `text` in one video (3, T, H, W) in [-1, 1] (any size, see `common`).
+
+    threshold: None or "otsu" (adaptive, over all pixels of the video), "midpoint" (0.5 after
+    normalisation), or a value in [0, 1] on the normalised heatmaps.
+    """
+    text = check_text(text)
+    video = as_video_batch(video)
+    if video.shape[0] != 1:
+        raise ValueError(f"segment takes one video (3, T, H, W), got a batch of {video.shape[0]}")
+    size = tuple(video.shape[-3:])
+    pyramid = encode_videos(tokenizer, video)
+    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [text]))[0, 0]  # (t, h, w)
+    return segment_volume(volume.cpu(), size, tokenizer.temporal_factor, tokenizer.spatial_factor, threshold)

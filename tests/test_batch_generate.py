@@ -1,0 +1,229 @@
+"""Tests for batch generation (pipelines/batch.py), `pyratok generate` / `demo` and evaluate_shapes.
+
+Tiny random pipeline on one thread; a cut-short run is resumed, two processes are simulated with threads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_pipeline import SMALL, get_dummy_components
+
+from pipelines import evaluate_shapes
+from pipelines.batch import MANIFEST, generate_batch, is_valid_video, output_name
+from pipelines.cli import main
+from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline
+from pyratok.data.shapes import HELDOUT_PAIRS
+from pyratok.data.video_io import read_video
+from pyratok.default_model import default_model_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["a red circle moving left", "a blue square growing", "green triangle going up", "a white circle"]
+SIZE_ARGS = ["--num-frames", "5", "--height", "16", "--width", "16"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> PyraTokT2VPipeline:
+    pipe = PyraTokT2VPipeline(**get_dummy_components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def model_dir(pipe, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "pipe"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+
+
+def decoded(out: Path, record: dict) -> np.ndarray:
+    return read_video(out / record["file"])[0]
+
+
+class FailAfter:
+    """Wraps a pipeline and raises on call number `calls + 1`: a run cut short."""
+
+    def __init__(self, pipe, calls: int):
+        self.pipe, self.calls = pipe, calls
+
+    def default_size(self):
+        return self.pipe.default_size()
+
+    def __call__(self, *args, **kwargs):
+        if self.calls == 0:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls -= 1
+        return self.pipe(*args, **kwargs)
+
+
+def test_batch_outputs_do_not_depend_on_batch_size(pipe, tmp_path):
+    a = generate_batch(pipe, PROMPTS, tmp_path / "a", seed=10, batch_size=3, **SMALL)
+    b = generate_batch(pipe, PROMPTS, tmp_path / "b", seed=10, batch_size=1, **SMALL)
+    assert a == b == {"prompts": 4, "skipped": 0, "written": 4, "finished": 4}
+    records = manifest(tmp_path / "a")
+    assert [r["index"] for r in records] == [0, 1, 2, 3] and [r["seed"] for r in records] == [10, 11, 12, 13]
+    assert records[1]["file"] == output_name(1, PROMPTS[1]) == "000001_a-blue-square-growing.mp4"
+    assert records[0]["prompt"] == PROMPTS[0] and records[0]["guidance_scale"] == 3.0 and records[0]["height"] == 16
+    for ra, rb in zip(records, manifest(tmp_path / "b")):
+        assert np.abs(decoded(tmp_path / "a", ra).astype(int) - decoded(tmp_path / "b", rb)).max() <= 1
+    direct = pipe(PROMPTS[2], generator=[torch.Generator().manual_seed(12)], output_type="np", **SMALL).frames[0]
+    assert np.abs(decoded(tmp_path / "a", records[2]) - direct * 255).mean() < 20  # lossy h264, 16x16 noise
+
+
+def test_resume_after_interruption(pipe, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        generate_batch(FailAfter(pipe, calls=2), PROMPTS, out, batch_size=1, **SMALL)
+    assert len((out / "manifest.rank0.jsonl").read_text().splitlines()) == 2  # files 0 and 1 finished
+    (out / f".{output_name(2, PROMPTS[2])[:-4]}.123.deadbeef.mp4").write_bytes(b"\x00" * 100)  # a partial temp
+    first = out / output_name(0, PROMPTS[0])
+    first.write_bytes(first.read_bytes()[:200])  # a corrupt mp4 that the manifest lists as done
+    summary = generate_batch(pipe, PROMPTS, out, batch_size=3, **SMALL)
+    assert summary == {"prompts": 4, "skipped": 1, "written": 3, "finished": 4}
+    records = manifest(out)
+    assert [r["index"] for r in records] == [0, 1, 2, 3]  # no duplicates
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [r["file"] for r in records])
+    assert all(is_valid_video(out / r["file"], 5, 16, 16) for r in records)
+    assert generate_batch(pipe, PROMPTS, out, **SMALL)["written"] == 0  # finished: nothing to do
+    assert manifest(out) == records
+
+
+def test_resume_refuses_other_settings(pipe, tmp_path):
+    generate_batch(pipe, PROMPTS[:1], tmp_path, **SMALL)
+    with pytest.raises(ValueError, match="guidance_scale: 3.0 != 5.0.*fresh --out-dir"):
+        generate_batch(pipe, PROMPTS[:1], tmp_path, guidance_scale=5.0, **SMALL)
+
+
+class ThreadState:
+    """accelerate's PartialState for process `rank` of `n`, with threads standing in for processes."""
+
+    def __init__(self, rank: int, n: int, barrier: threading.Barrier):
+        self.process_index, self.num_processes, self.barrier = rank, n, barrier
+        self.is_main_process = rank == 0
+
+    def wait_for_everyone(self):
+        self.barrier.wait(timeout=120)
+
+    @contextmanager
+    def split_between_processes(self, items):
+        yield items[self.process_index :: self.num_processes]
+
+
+def test_two_processes_share_the_work(pipe, tmp_path):
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def run(rank):
+        try:
+            results[rank] = generate_batch(pipe, PROMPTS + ["a cyan square"], tmp_path, batch_size=2,
+                                           state=ThreadState(rank, 2, barrier), **SMALL)
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results[0]["written"] == 3 and results[1]["written"] == 2 and results[0]["finished"] == 5
+    assert [r["index"] for r in manifest(tmp_path)] == [0, 1, 2, 3, 4]
+    assert not list(tmp_path.glob("manifest.rank*"))
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(model_dir, tmp_path):
+    """The real thing: `accelerate launch` with 2 CPU processes (gloo); about 40 s on 2 busy cores."""
+    prompts, out = tmp_path / "prompts.txt", tmp_path / "out"
+    prompts.write_text("\n".join(PROMPTS + ["a cyan square"]) + "\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.batch",
+           "--prompts", str(prompts), "--out-dir", str(out), "--model", str(model_dir), "--batch-size", "2",
+           *SIZE_ARGS]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["written"] == 3 and summary["finished"] == 5  # rank 0 made 3 of the 5 videos, rank 1 the rest
+    assert [r["index"] for r in manifest(out)] == [0, 1, 2, 3, 4]
+    assert all(is_valid_video(out / r["file"], 5, 16, 16) for r in manifest(out))
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [r["file"] for r in manifest(out)])
+
+
+def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
+    video, sheet = tmp_path / "one.mp4", tmp_path / "one.png"
+    assert main(["generate", PROMPTS[0], "-o", str(video), "--model", str(model_dir), "--seed", "4",
+                 "--contact-sheet", str(sheet), *SIZE_ARGS]) == 0
+    assert read_video(video)[0].shape == (5, 16, 16, 3) and sheet.stat().st_size > 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[1]}\n")
+    out = tmp_path / "batch"
+    assert main(["generate", "--prompts", str(prompts), "--out-dir", str(out), "--model", str(model_dir),
+                 "--seed", "4", "--batch-size", "2", *SIZE_ARGS]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["finished"] == 2
+    records = manifest(out)
+    assert [r["prompt"] for r in records] == PROMPTS[:2] and records[0]["model"] == str(model_dir.resolve())
+    np.testing.assert_array_equal(decoded(out, records[0]), read_video(video)[0])  # seed 4 either way
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "x"], "one prompt needs -o OUT.mp4"),
+    (["generate"], "give either one prompt"),
+    (["generate", "--prompts", "p.txt"], "--prompts needs --out-dir"),
+    (["generate", "x", "-o", "x.mp4", "--model", "/nonexistent/pipe"], "/nonexistent/pipe is not a PyraTok pipeline"),
+])
+def test_cli_generate_errors(argv, message, capsys):
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_demo_command(model_dir, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--model", str(model_dir), *SIZE_ARGS]) == 0
+    assert read_video(tmp_path / "demo.mp4")[0].shape == (5, 16, 16, 3)
+    assert (tmp_path / "demo.png").stat().st_size > 0
+    assert "a red circle moving left" in capsys.readouterr().out
+    if not (default_model_folder() / "model_index.json").is_file():
+        assert main(["demo", "--out", str(tmp_path / "x")]) == 1
+        assert f"the default model is missing: expected a pipeline folder with model_index.json at " \
+               f"{default_model_folder()}" in capsys.readouterr().err
+
+
+def test_evaluate_shapes(model_dir, tmp_path, capsys):
+    prompts = evaluate_shapes.evaluation_prompts()
+    assert len(prompts["train"]) == 48 and len(set(prompts["train"])) == 48 and len(prompts["heldout"]) == 24
+    assert not {(c, s) for c, s, _ in prompts["train"]} & set(HELDOUT_PAIRS)
+    assert prompts == evaluate_shapes.evaluation_prompts()  # a fixed subset
+    assert len(evaluate_shapes.evaluation_prompts(num_train=0)["train"]) == 120
+    argv = ["--model", str(model_dir), "--num-seeds", "2", "--train-prompts", "2", "--heldout-prompts", "1",
+            "--out", str(tmp_path), "--batch-size", "4", *SIZE_ARGS]
+    assert evaluate_shapes.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert printed["splits"] == result["splits"] and set(result["splits"]) == {"train", "heldout"}
+    for split, n in (("train", 4), ("heldout", 2)):
+        stats = result["splits"][split]
+        assert stats["num_videos"] == n and stats["num_prompts"] == n // 2
+        assert all(0 <= stats[k] <= 1 for k in ("colour_acc", "shape_acc", "motion_acc", "all_acc", "found_rate"))
+        assert (tmp_path / f"{split}_sheet.png").stat().st_size > 0
+    assert len({v["seed"] for v in result["videos"]}) == 6

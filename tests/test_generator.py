@@ -1,0 +1,177 @@
+"""Tests for generator.model / generator.sampling: level-by-level sampling, per-sample generators,
+classifier-free guidance, KV-cache sampling, save/load, and a 50-step overfit (tiny, one thread).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generator import GeneratorConfig, PyraTokGenerator, generate
+from generator.objective import flip_bits, generator_loss
+from generator.sampling import guidance_per_level, guided_logits, sample_bits
+from pyratok.lapq import LaPQ, LaPQConfig
+
+LATENT = (2, 4, 4)  # default strides -> grids (1,1,1) (1,1,1) (1,2,2) (2,4,4): 38 tokens
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seeded(seed, fn, *args, **kwargs):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def quantizer() -> LaPQ:
+    return seeded(0, LaPQ, LaPQConfig(use_text=False)).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> PyraTokGenerator:
+    return seeded(1, PyraTokGenerator, width=32, depth=2, heads=4).eval()
+
+
+def text(batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(batch, 5, 384, generator=g)
+    mask = torch.ones(batch, 5, dtype=torch.bool)
+    mask[0, 2:] = False
+    return states, mask
+
+
+def gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_generate_shapes_and_callback(model, quantizer):
+    states, mask = text()
+    seen = []
+    pyramid = model.generate(quantizer, states, mask, LATENT, generator=gens([0, 1, 2]),
+                             callback=lambda level, p: seen.append((level, p.num_levels)))
+    assert pyramid.grids == quantizer.grids_for(LATENT)
+    assert pyramid.num_tokens == 38 and pyramid.batch_size == 3
+    assert all(set(b.unique().tolist()) <= {-1.0, 1.0} for b in pyramid.bits)
+    assert seen == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    torch.testing.assert_close(pyramid.latent, quantizer.reconstruct(pyramid.bits, LATENT))
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_batch_equals_one_by_one(model, quantizer, scale):
+    states, mask = text()
+    batch = generate(model, quantizer, states, mask, LATENT, guidance_scale=scale, generator=gens([7, 8, 9]))
+    for i, seed in enumerate([7, 8, 9]):
+        single = generate(model, quantizer, states[i:i + 1], mask[i:i + 1], LATENT, guidance_scale=scale,
+                          generator=gens([seed]))
+        for level, (b, s) in enumerate(zip(batch.bits, single.bits)):
+            assert torch.equal(b[i:i + 1], s), f"sample {i} level {level} differs"
+
+
+def test_same_seed_same_tokens_and_seeds_matter(model, quantizer):
+    states, mask = text()
+    a = generate(model, quantizer, states, mask, LATENT, generator=torch.Generator().manual_seed(3))
+    b = generate(model, quantizer, states, mask, LATENT, generator=torch.Generator().manual_seed(3))
+    c = generate(model, quantizer, states, mask, LATENT, generator=torch.Generator().manual_seed(4))
+    assert all(torch.equal(x, y) for x, y in zip(a.bits, b.bits))
+    assert not all(torch.equal(x, y) for x, y in zip(a.bits, c.bits))
+
+
+def test_guidance_one_equals_the_conditional_branch(model, quantizer):
+    cond, uncond = torch.randn(2, 4, 16), torch.randn(2, 4, 16)
+    assert guided_logits(cond, uncond, 1.0) is cond
+    states, mask = text()
+    plain = generate(model, quantizer, states, mask, LATENT, guidance_scale=1.0, generator=gens([1, 2, 3]))
+    # scale 1 on levels 0-2 inside a doubled (cond + uncond) batch: identical tokens there
+    mixed = generate(model, quantizer, states, mask, LATENT, guidance_schedule=[1.0, 1.0, 1.0, 5.0],
+                     generator=gens([1, 2, 3]))
+    for level in range(3):
+        assert torch.equal(plain.bits[level], mixed.bits[level])
+    assert not torch.equal(plain.bits[3], mixed.bits[3])
+
+
+def test_cached_and_uncached_sampling_agree(model, quantizer):
+    states, mask = text()
+    negative = torch.randn(1, 3, 384, generator=torch.Generator().manual_seed(5))
+    kwargs = dict(guidance_scale=3.0, guidance_schedule="linear", negative_prompt_embeds=negative, temperature=[1, 1, .8, .9])
+    a = generate(model, quantizer, states, mask, LATENT, use_cache=True, generator=gens([4, 5, 6]), **kwargs)
+    b = generate(model, quantizer, states, mask, LATENT, use_cache=False, generator=gens([4, 5, 6]), **kwargs)
+    assert all(torch.equal(x, y) for x, y in zip(a.bits, b.bits))
+
+
+def test_schedules_and_argument_errors(model, quantizer):
+    assert guidance_per_level(4.0, "linear", 4) == [1.0, 2.0, 3.0, 4.0]
+    assert guidance_per_level(2.0, None, 3) == [2.0] * 3
+    assert guidance_per_level(9.0, [1, 2, 3], 3) == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="'cosine'"):
+        guidance_per_level(2.0, "cosine", 4)
+    states, mask = text()
+    with pytest.raises(ValueError, match="guidance_schedule has 2 values"):
+        generate(model, quantizer, states, mask, LATENT, guidance_schedule=[1.0, 2.0])
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        generate(model, quantizer, states, mask, LATENT, generator=gens([0, 1]))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generate(model, quantizer, states, mask, LATENT, temperature=0.0)
+    with pytest.raises(ValueError, match="5 levels"):
+        bigger = LaPQ(LaPQConfig(use_text=False, level_strides=[(16,) * 3, (8,) * 3, (4,) * 3, (2,) * 3, (1,) * 3]))
+        generate(model, bigger, states, mask, LATENT)
+
+
+def test_greedy_and_top_p():
+    logits = torch.tensor([[3.0, -2.0, 0.1, -0.1]])
+    u = torch.tensor([[0.99, 0.01, 0.9, 0.1]])  # would flip every bit when sampled
+    assert sample_bits(logits, u).tolist() == [[-1.0, 1.0, -1.0, 1.0]]
+    assert sample_bits(logits, u, top_k=1).tolist() == [[1.0, -1.0, 1.0, -1.0]]
+    # top_p 0.8: bits 0, 1 are confident (p >= 0.8) -> greedy; bits 2, 3 keep their samples
+    assert sample_bits(logits, u, top_p=0.8).tolist() == [[1.0, -1.0, -1.0, 1.0]]
+
+
+def test_unconditional_and_null_text(model, quantizer):
+    pyramid = generate(model, quantizer, None, None, LATENT, batch_size=2, generator=torch.Generator().manual_seed(0))
+    assert pyramid.batch_size == 2
+    states, mask = text(2)
+    dropped, dmask = model.apply_text_dropout(states, mask, torch.tensor([True, False]))
+    assert torch.equal(dropped[1], states[1]) and torch.equal(dmask[1], mask[1])
+    assert torch.equal(dropped[0, 0], model.null_text[0]) and dmask[0].tolist() == [True] + [False] * 4
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "gen")
+    assert (tmp_path / "gen" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = PyraTokGenerator.from_pretrained(tmp_path / "gen").eval()
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(model.config)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    cfg = GeneratorConfig(width=32, depth=1, heads=2, text_mode="prefix")
+    assert PyraTokGenerator.from_generator_config(cfg).config.text_mode == "prefix"
+
+
+def test_flip_bits_keeps_the_finest_level():
+    bits = [torch.ones(2, 1, 2, 2, 16), torch.ones(2, 2, 4, 4, 16)]
+    flipped = flip_bits(bits, 0.5, torch.Generator().manual_seed(0))
+    assert 0.3 < (flipped[0] < 0).float().mean() < 0.7
+    assert torch.equal(flipped[1], bits[1])
+
+
+def test_overfit_50_steps(quantizer):
+    """Two cached pyramids are memorised to >= 95% bit accuracy in 50 AdamW steps."""
+    model = seeded(0, PyraTokGenerator, width=128, depth=2, heads=4, mlp_ratio=8.0).train()
+    latents = torch.randn(2, 8, *LATENT, generator=torch.Generator().manual_seed(0))
+    states, mask = text(2)
+    batch = {"bits": quantizer(latents).pyramid.bits, "text_states": states, "text_mask": mask, "latent_grid": LATENT}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        loss, _ = generator_loss(model, quantizer, batch, rng, cfg_dropout=0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, stats = generator_loss(model, quantizer, batch, rng, cfg_dropout=0.0)
+    assert stats["bit_acc"] >= 0.95, {k: round(float(v), 4) for k, v in stats.items()}

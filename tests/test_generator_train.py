@@ -1,0 +1,199 @@
+"""Tests for the generator's token cache and training script: cache round trip, configs, exact
+resume, and two-process DDP / DeepSpeed ZeRO-2 runs under `accelerate launch` (CPU, gloo).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from generator import GeneratorTrainConfig, PyraTokGenerator, TokenCacheDataset, build_token_cache
+from generator.token_cache import QuantizerEncoder, random_latents
+from generator.train import main as train_main
+from pyratok.config import load_config
+from pyratok.lapq import LaPQ, LaPQConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+LATENT = (2, 4, 4)
+TINY = ["model.width=32", "model.depth=1", "model.heads=2", "batch_size=2", "log_every=1", "warmup_steps=2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster on a shared 2-core box
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeTextEncoder:
+    """Deterministic stand-in for TextEncoder: hidden states from the prompt length, 3-6 tokens."""
+
+    def __call__(self, prompts):
+        n = max(3 + len(p) % 4 for p in prompts)
+        states = torch.stack([torch.randn(n, 384, generator=torch.Generator().manual_seed(len(p))) for p in prompts])
+        mask = torch.stack([torch.arange(n) < 3 + len(p) % 4 for p in prompts])
+        return type("Out", (), {"hidden_states": states, "attention_mask": mask})()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        quantizer = LaPQ(LaPQConfig(use_text=True)).eval()
+    samples = random_latents(6, 8, LATENT, torch.Generator().manual_seed(0), prompts=["a", "red ball", "two cats"])
+    out = tmp_path_factory.mktemp("cache")
+    return build_token_cache(QuantizerEncoder(quantizer), FakeTextEncoder(), samples, out,
+                             batch_size=4, shard_size=4, progress=False)
+
+
+def test_token_cache_round_trip(cache_dir):
+    ds = TokenCacheDataset(cache_dir)
+    assert len(ds) == 6 and ds.latent_grid == LATENT and ds.num_bits == 16
+    assert sorted(p.name for p in cache_dir.glob("shard_*")) == ["shard_00000.safetensors", "shard_00001.safetensors"]
+    quantizer = ds.load_quantizer()
+    samples = random_latents(6, 8, LATENT, torch.Generator().manual_seed(0), prompts=["a", "red ball", "two cats"])
+    text = FakeTextEncoder()([s["prompt"] for s in samples])
+    latents = torch.stack([s["latent"] for s in samples])
+    expected = quantizer(latents, text_states=text.hidden_states, text_mask=text.attention_mask).pyramid
+    batch = ds.collate([ds[i] for i in range(6)])
+    for got, want in zip(batch["bits"], expected.bits):
+        assert torch.equal(got, want)
+    s = batch["text_states"].shape[1]
+    valid = text.attention_mask[:, :s]
+    assert torch.equal(batch["text_mask"], valid)
+    torch.testing.assert_close(batch["text_states"][valid], text.hidden_states[:, :s][valid], atol=2e-3, rtol=1e-3)
+    with pytest.raises(IndexError, match="index 6"):
+        ds[6]
+
+
+def test_cache_without_text(tmp_path):
+    quantizer = LaPQ(LaPQConfig(use_text=False))
+    samples = [s["latent"] for s in random_latents(3, 8, LATENT, torch.Generator().manual_seed(1))]
+    ds = TokenCacheDataset(build_token_cache(QuantizerEncoder(quantizer), None, samples, tmp_path, progress=False))
+    batch = ds.collate([ds[0], ds[1]])
+    assert batch["text_states"] is None and len(batch["bits"]) == 4
+    with pytest.raises(FileNotFoundError, match="no token cache index"):
+        TokenCacheDataset(tmp_path / "missing")
+
+
+def test_cache_from_a_pyratok_tokenizer(tmp_path):
+    """Any object with `encode` works; a real (tiny, untrained) PyraTokTokenizer included."""
+    tokenizer_mod = pytest.importorskip("pyratok.tokenizer")
+    backbone = {"base_dim": 8, "z_dim": 8, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
+                "temperal_downsample": [False, True, True]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tokenizer = tokenizer_mod.PyraTokTokenizer(backbone_config=backbone, quantizer_config={"hidden_dim": 32},
+                                                   prior_config={"depth": 0}).eval()
+    videos = torch.rand(3, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    samples = [{"video": v, "prompt": p} for v, p in zip(videos, ["a", "red ball", "two cats"])]
+    ds = TokenCacheDataset(build_token_cache(tokenizer, FakeTextEncoder(), samples, tmp_path, batch_size=2,
+                                             progress=False))
+    text = FakeTextEncoder()(["a", "red ball"])
+    with torch.no_grad():
+        expected = tokenizer.encode(videos[:2], prompt_embeds=text.hidden_states, prompt_mask=text.attention_mask)
+    batch = ds.collate([ds[0], ds[1]])
+    assert ds.latent_grid == expected.latent_grid
+    for got, want in zip(batch["bits"], expected.bits):
+        assert torch.equal(got, want)
+    quantizer = ds.load_quantizer()
+    for key, value in tokenizer.quantizer.state_dict().items():
+        assert torch.equal(quantizer.state_dict()[key], value), key
+
+
+def test_config_files_are_valid():
+    for path in sorted((ROOT / "configs/generator").glob("*.yaml")):
+        cfg = load_config(GeneratorTrainConfig, path)
+        assert cfg.model.width % cfg.model.heads == 0, path
+    base = load_config(GeneratorTrainConfig, ROOT / "configs/generator/base.yaml")
+    assert base.model.gradient_checkpointing and base.mixed_precision == "bf16"
+    for path in (ROOT / "configs/deepspeed").glob("*.json"):
+        ds = json.loads(path.read_text())
+        assert "optimizer" not in ds and ds["train_micro_batch_size_per_gpu"] == "auto"
+    for name in ("single", "multi_gpu", "deepspeed_zero2", "deepspeed_zero3"):
+        acc = yaml.safe_load((ROOT / f"configs/accelerate/{name}.yaml").read_text())
+        assert acc["num_machines"] == 1
+        if "deepspeed_config" in acc:
+            assert (ROOT / acc["deepspeed_config"]["deepspeed_config_file"]).is_file()
+    with pytest.raises(ValueError, match="cfg_dropout must be in"):
+        GeneratorTrainConfig(cfg_dropout=1.5)
+
+
+def _train_in_process(args: list[str]) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        assert train_main(args) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _exported(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "generator" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
+    """3 batches per epoch; stop after step 2 (mid-epoch), resume to 5: same weights as 5 straight steps."""
+    common = [f"token_cache_dir={cache_dir}", "save_every=2", "cfg_dropout=0.5", "self_correction_prob=0.1", *TINY]
+    sets = lambda out, steps: sum((["--set", s] for s in [*common, f"output_dir={out}", f"max_steps={steps}"]), [])  # noqa: E731
+    _train_in_process(sets(tmp_path / "straight", 5))
+    _train_in_process(sets(tmp_path / "resumed", 2))
+    first = _exported(tmp_path / "resumed")
+    _train_in_process([*sets(tmp_path / "resumed", 5), "--resume_from_checkpoint", "latest"])
+    straight, resumed = _exported(tmp_path / "straight"), _exported(tmp_path / "resumed")
+    assert not all(torch.equal(first[k], resumed[k]) for k in first)  # it did train after resuming
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+    assert list((tmp_path / "straight" / "logs").rglob("events.out.tfevents*"))
+    model = PyraTokGenerator.from_pretrained(tmp_path / "straight" / "generator")
+    assert model.config.width == 32
+
+
+def _launch(launch_args: list[str], cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    # DeepSpeed JIT-compiles its CPU comm op once: keep the build in a stable temp folder
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "pyratok_torch_extensions"))
+    sets = [f"token_cache_dir={cache_dir}", f"output_dir={out}", "max_steps=3", "save_every=2",
+            "write_param_checksum=true", *TINY]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "-m", "generator.train",
+           "--config", "configs/generator/tiny.yaml", *sum((["--set", s] for s in sets), [])]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _check_two_ranks(result: subprocess.CompletedProcess, out: Path, kind: str) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert f"2 process(es), DistributedType.{kind}" in result.stdout + result.stderr
+    sums = [(out / f"param_checksum_rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1], "ranks ended with different parameters"
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and (out / "generator" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_ddp(cache_dir, tmp_path):
+    out = tmp_path / "ddp"
+    result = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                      "--dynamo_backend", "no"], cache_dir, out)
+    _check_two_ranks(result, out, "MULTI_CPU")
+
+
+@pytest.mark.slow
+def test_two_process_deepspeed_zero2(cache_dir, tmp_path):
+    out = tmp_path / "zero2"
+    result = _launch(["--config_file", "configs/accelerate/deepspeed_zero2.yaml"], cache_dir, out)
+    _check_two_ranks(result, out, "DEEPSPEED")
+    assert (out / "checkpoints" / "checkpoint-2" / "pytorch_model").is_dir()  # DeepSpeed's own layout

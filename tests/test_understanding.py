@@ -1,0 +1,261 @@
+"""Tests for zero-shot understanding: thresholds, segments, localisation, segmentation, retrieval, CLI, benchmark.
+
+Covers pyratok/understanding/, pipelines/locate.py and bench/eval_understanding.py on synthetic signals and a
+tiny random tokenizer (numbers are chance-level; shapes, ranges and errors are what is checked).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pyratok.understanding import (
+    classify, fit_video, fitted_size, frame_scores, iou, localize, localize_scores, otsu_threshold, recall_at_k,
+    resolve_threshold, retrieve, segment, segment_volume, segments_from_scores, temporal_iou,
+)
+
+TINY = dict(
+    backbone_config={"base_dim": 8, "z_dim": 4, "num_res_blocks": 1},
+    quantizer_config={"hidden_dim": 32, "num_bits": 16, "bits_per_group": 4,
+                      "level_strides": [[4, 4, 4], [2, 2, 2], [1, 1, 1]]},
+    alignment_config={"embed_dim": 16, "hidden_dim": 16},
+    prior_config={"width": 32, "depth": 1, "heads": 2},
+    text_dim=384,
+)
+
+
+class FakeTextEncoder:
+    """Stands in for MiniLM: a fixed random unit vector per text (seeded by its crc32)."""
+
+    def __init__(self, dim: int = 384):
+        self.dim = dim
+
+    def __call__(self, texts: list[str]) -> SimpleNamespace:
+        rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
+        return SimpleNamespace(pooled=torch.nn.functional.normalize(torch.stack(rows), dim=-1))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from pyratok.tokenizer import PyraTokTokenizer
+
+    torch.manual_seed(0)
+    return PyraTokTokenizer(**TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tokenizer, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def random_video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, frames, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# ---- pure functions -----------------------------------------------------------------------------
+def test_segments_from_scores_finds_runs_merges_gaps_and_drops_short_ones():
+    x = np.zeros(20)
+    x[5:12] = 1.0
+    assert segments_from_scores(x, 0.5) == [(5, 12, 1.0)]
+    x[[3, 4]] = 0.8  # touches the run: one segment from 3
+    x[15], x[19] = 0.9, 0.7  # a blip and a run at the very end
+    segs = segments_from_scores(x, 0.5)
+    assert [(s.start, s.end) for s in segs] == [(3, 12), (15, 16), (19, 20)]
+    assert [(s.start, s.end) for s in segments_from_scores(x, 0.5, min_len=2)] == [(3, 12)]
+    merged = segments_from_scores(x, 0.5, min_len=2, merge_gap=3)
+    assert [(s.start, s.end) for s in merged] == [(3, 20)]  # gaps of 3 merge before the length filter
+    assert merged[0].score == pytest.approx(x[3:20].mean())
+    assert segments_from_scores(np.zeros(5), 0.5) == [] and segments_from_scores(np.ones(5), 1.0) == [(0, 5, 1.0)]
+
+
+def test_segments_recovered_from_noisy_signal_with_adaptive_thresholds():
+    rng = np.random.default_rng(0)
+    truth = np.zeros(60, bool)
+    truth[10:25] = truth[40:52] = True
+    x = np.where(truth, 0.6, 0.1) + rng.normal(0, 0.08, 60)
+    for rule in (None, "otsu", "midpoint"):
+        value = resolve_threshold(x, rule)
+        assert 0.2 < value < 0.5
+        segs = segments_from_scores(x, value, min_len=3, merge_gap=2)
+        assert [(s.start, s.end) for s in segs] == [(10, 25), (40, 52)], rule
+        assert temporal_iou(segs, torch.from_numpy(truth)) == 1.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scores": []}, "non-empty 1-D"), ({"scores": np.zeros((2, 3))}, "non-empty 1-D"),
+    ({"scores": [0.1, float("nan")]}, "finite"), ({"threshold": float("inf")}, "threshold"),
+    ({"min_len": 0}, "min_len"), ({"merge_gap": -1}, "merge_gap"), ({"min_len": 1.5}, "min_len"),
+])
+def test_segments_from_scores_rejects_bad_inputs(kwargs, match):
+    args = {"scores": [0.0, 1.0], "threshold": 0.5} | kwargs
+    with pytest.raises(ValueError, match=match):
+        segments_from_scores(**args)
+
+
+def test_thresholds():
+    assert 0.2 < otsu_threshold([0.1, 0.12, 0.11, 0.9, 0.95]) < 0.9
+    assert otsu_threshold(torch.full((7,), 0.3)) == pytest.approx(0.3)
+    assert resolve_threshold([0.0, 1.0, 0.2], "midpoint") == 0.5
+    assert resolve_threshold([0.0, 1.0], 0.25) == 0.25 and resolve_threshold([0.0], np.float32(0.5)) == 0.5
+    for bad in ("mean", True, float("nan"), [0.5]):
+        with pytest.raises(ValueError, match="threshold"):
+            resolve_threshold([0.0, 1.0], bad)
+    with pytest.raises(ValueError, match="empty"):
+        otsu_threshold([])
+
+
+def test_fit_video_pads_without_dropping_frames_or_pixels():
+    video = random_video(6, 12, 17)[None]  # (1, 3, 6, 12, 17)
+    fitted = fit_video(video, 4, 8)
+    assert fitted.shape == (1, 3, 9, 16, 24) and fitted_size(6, 12, 17, 4, 8) == (9, 16, 24)
+    assert torch.equal(fitted[:, :, :6, :12, :17], video)
+    assert torch.equal(fitted[:, :, 8, :12, :17], video[:, :, 5])  # last frame repeated
+    assert torch.equal(fitted[:, :, :6, 15, :17], video[:, :, :, 11])  # bottom row replicated
+    assert fit_video(video[:, :, :5, :8, :16], 4, 8).shape == (1, 3, 5, 8, 16)  # already valid: unchanged
+    assert fitted_size(1, 1, 1, 4, 8) == (1, 8, 8)
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        fitted_size(0, 8, 8, 4, 8)
+
+
+def test_frame_scores_map_latent_frames_to_video_frames_and_localise():
+    volume = torch.zeros(5, 4, 4)  # 17 frames -> latent t = 5
+    volume[2:4, 1, 2] = 1.0  # one hot token in latent frames 2 and 3 = video frames 5..12
+    scores = frame_scores(volume, 17, temporal_factor=4, top_fraction=1 / 16)
+    assert scores.shape == (17,) and scores[5:13].eq(1).all() and scores[:5].eq(0).all() and scores[13:].eq(0).all()
+    ramp = torch.arange(5.0)[:, None, None].expand(5, 2, 2)  # latent frame j scores j
+    assert frame_scores(ramp, 17, 4).tolist() == [0] + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    found = localize_scores(scores)
+    assert [(s.start, s.end) for s in found.segments] == [(5, 13)] and 0 < found.threshold < 1
+    assert frame_scores(volume, 14, 4).shape == (14,)  # a padded clip: cropped back to its own frames
+    with pytest.raises(ValueError, match="top_fraction"):
+        frame_scores(volume, 17, 4, top_fraction=0.0)
+    with pytest.raises(ValueError, match="latent frames"):
+        frame_scores(volume, 21, 4)
+
+
+def test_segment_volume_upsamples_crops_and_normalises():
+    volume = torch.zeros(3, 2, 3)  # a 9x12x20 clip, fitted to 9x16x24
+    volume[1, 0, 2] = 1.0  # latent frame 1 = video frames 1..4, top-right token
+    seg = segment_volume(volume, (9, 12, 20), temporal_factor=4, spatial_factor=8)
+    assert seg.heatmaps.shape == seg.masks.shape == (9, 12, 20) and seg.masks.dtype == torch.bool
+    assert float(seg.heatmaps.min()) == 0.0 and float(seg.heatmaps.max()) == 1.0
+    assert seg.masks[1:5, :4, -4:].all() and not seg.masks[0].any() and not seg.masks[5:].any()
+    assert not seg.masks[1:5, :, :8].any()
+    assert segment_volume(torch.zeros(3, 2, 3), (9, 12, 20), 4, 8).heatmaps.eq(0).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        segment_volume(volume, (9, 12, 20), 4, 8, threshold=1.5)
+    with pytest.raises(ValueError, match="does not belong"):
+        segment_volume(volume, (9, 32, 32), 4, 8)
+
+
+def test_metrics():
+    ranked = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2]])
+    assert recall_at_k(ranked, torch.tensor([0, 1, 2]), 1) == pytest.approx(1 / 3)
+    assert recall_at_k(ranked, torch.tensor([0, 1, 2]), 3) == 1.0
+    assert iou(torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)) == 1.0
+    assert temporal_iou([(2, 6, 1.0)], torch.tensor([0, 0, 0, 1, 1, 1, 1, 1], dtype=torch.bool)) == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(ranked, torch.tensor([0, 1, 2]), 4)
+
+
+# ---- with a tiny random tokenizer ------------------------------------------------------------------
+def test_localize_and_segment_on_any_video_size(tokenizer):
+    video = random_video(6, 20, 28)  # neither 1 + 4k frames nor multiples of 8
+    found = localize(tokenizer, FakeTextEncoder(), video, "a red circle")
+    assert found.scores.shape == (6,) and torch.isfinite(found.scores).all() and found.scores.abs().max() <= 1
+    assert all(0 <= s.start < s.end <= 6 for s in found.segments)
+    assert json.loads(json.dumps(found.to_dict(fps=8)))["segments"] == found.to_dict(fps=8)["segments"]
+    heat, masks, value = segment(tokenizer, FakeTextEncoder(), video, "a red circle", threshold=0.5)
+    assert heat.shape == masks.shape == (6, 20, 28) and masks.dtype == torch.bool and value == 0.5
+    assert 0.0 <= float(heat.min()) and float(heat.max()) <= 1.0
+    assert localize(tokenizer, FakeTextEncoder(), video[:, :1], "a red circle").scores.shape == (1,)
+
+
+def test_classify_and_retrieve(tokenizer):
+    videos = torch.stack([random_video(5, 16, 16, seed=s) for s in range(3)])
+    texts = ["a red circle", "a blue square", "a green triangle", "a white circle"]
+    result = classify(tokenizer, FakeTextEncoder(), videos, texts, batch_size=2)
+    assert result.scores.shape == result.probs.shape == (3, 4) and result.labels.shape == (3,)
+    assert torch.allclose(result.probs.sum(-1), torch.ones(3)) and result.scores.abs().max() <= 1 + 1e-5
+    ranked = retrieve(tokenizer, FakeTextEncoder(), videos, texts)
+    assert torch.allclose(ranked.scores, result.scores, atol=1e-5)
+    assert ranked.text_to_video.shape == (4, 3) and ranked.video_to_text.shape == (3, 4)
+    assert (ranked.text_to_video.sort(-1).values == torch.arange(3)).all()
+    assert (ranked.scores.gather(1, ranked.video_to_text).diff(dim=1) <= 0).all()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda tok, te, v: classify(tok, te, v, []), "empty list"),
+    (lambda tok, te, v: retrieve(tok, te, v, ["a red circle", "  "]), "text 1"),
+    (lambda tok, te, v: localize(tok, te, v, ""), "non-empty string"),
+    (lambda tok, te, v: segment(tok, te, v, None), "non-empty string"),
+    (lambda tok, te, v: localize(tok, te, torch.stack([v, v]), "a red circle"), "one video"),
+    (lambda tok, te, v: localize(tok, te, ((v + 1) * 127.5).to(torch.uint8), "a red circle"), "float"),
+    (lambda tok, te, v: segment(tok, te, v * 3, "a red circle"), r"\[-1, 1\]"),
+    (lambda tok, te, v: localize(tok, te, v[0], "a red circle"), r"\(3, T, H, W\)"),
+    (lambda tok, te, v: localize(tok, FakeTextEncoder(512), v, "a red circle"), "512-d"),
+])
+def test_bad_inputs_raise_clear_errors(tokenizer, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tokenizer, FakeTextEncoder(), random_video(5, 16, 16))
+
+
+# ---- command line and benchmark (real MiniLM text encoder) -----------------------------------------
+def test_locate_command_writes_curve_overlay_and_segments(tokenizer_dir, tmp_path, capsys):
+    from pipelines.cli import main
+    from pyratok.data.shapes import ShapesDataset, video_to_uint8
+    from pyratok.data.video_io import read_video, write_video
+
+    clip = ShapesDataset(length=1, num_frames=10, height=40, width=36, seed=3)[0]
+    path = write_video(video_to_uint8(clip["video"]), tmp_path / "clip.mp4", fps=8)
+    out = tmp_path / "out"
+    assert main(["locate", "a red circle", str(path), "-o", str(out), "--model", str(tokenizer_dir)]) == 0
+    assert "segment(s) in 10 frames" in capsys.readouterr().out
+    record = json.loads((out / "segments.json").read_text())
+    assert record["num_frames"] == 10 and len(record["scores"]) == 10 and record["fps"] == 8
+    assert all(0 <= s["start_frame"] < s["end_frame"] <= 10 and "start_s" in s for s in record["segments"])
+    assert (out / "scores.png").stat().st_size > 0
+    assert read_video(out / "heatmap.mp4")[0].shape == (10, 40, 36, 3)
+
+
+def test_locate_command_errors(tokenizer_dir, tmp_path, capsys):
+    from pipelines.cli import main
+    from pyratok.data.video_io import write_video
+
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    cases = [(["locate", " ", str(tmp_path / "broken.mp4")], "non-empty string"),
+             (["locate", "a red circle", str(tmp_path / "broken.mp4")], "broken.mp4"),
+             (["locate", "a red circle", str(tmp_path / "missing.mp4")], "file not found")]
+    for argv, match in cases:
+        assert main([*argv, "-o", str(tmp_path / "o"), "--model", str(tokenizer_dir)]) == 1
+        assert match in capsys.readouterr().err
+    good = write_video(np.zeros((5, 16, 16, 3), np.uint8), tmp_path / "good.mp4")
+    assert main(["locate", "a red circle", str(good), "-o", str(tmp_path / "o"),
+                 "--model", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_eval_understanding_runs_on_a_tiny_tokenizer(tokenizer_dir, tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "eval_understanding.py"
+    spec = importlib.util.spec_from_file_location("eval_understanding", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--tokenizer", str(tokenizer_dir), "--n", "6", "--out", str(tmp_path),
+                         "--ablation", str(tmp_path / "missing")])
+    printed = capsys.readouterr().out
+    assert "chance" in printed and "not available" in printed and "t2v R@1" in printed
+    results = report["results"]
+    for name in ("tokenizer", "chance"):
+        assert 0 <= results[name]["t2v R@1"] <= 1 and 0 <= results[name]["seg mIoU"] <= 1
+    assert "error" in results["ablation"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["protocol"]["seed"] == 9001
+    for picture in ("retrieval.png", "segmentation.png"):
+        assert (tmp_path / picture).stat().st_size > 0
