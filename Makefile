@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench clean default-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pyratok info
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pyratok demo --out outputs/demo
+	mkdir -p outputs
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pyratok generate "a red circle moving left" --seed 0 \
+	  -o outputs/demo.mp4 --contact-sheet outputs/demo.png
+	@echo "wrote outputs/demo.mp4 and outputs/demo.png"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
@@ -28,3 +31,19 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs runs
+
+# The shipped default model, retrained from scratch with the project's own scripts (CPU, hours).
+# Each step resumes or reuses what the previous run left under runs/.
+RUNS := runs/default
+TOK_STEPS ?= 1500
+GEN_STEPS ?= 1500
+CACHE_N ?= 2000
+default-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml \
+	  --set train.steps=$(TOK_STEPS) train.output_dir=$(RUNS)/tokenizer
+	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/tokenizer/tokenizer \
+	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
+	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/tiny.yaml \
+	  --set max_steps=$(GEN_STEPS) token_cache_dir=$(RUNS)/token_cache output_dir=$(RUNS)/generator
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/tokenizer/tokenizer \
+	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, Pr
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pyratok.accelerate_utils import param_checksum
 from pyratok.config import config_to_dict, load_config, save_config
 
 from .config import GeneratorTrainConfig
@@ -56,15 +56,6 @@ def resolve_checkpoint(output_dir, which: str | None) -> Path | None:
     if not path.is_dir() or not CHECKPOINT_RE.match(path.name):
         raise ValueError(f"--resume_from_checkpoint must be 'latest' or a checkpoint-<step> folder, got {which!r}")
     return path
-
-
-def param_checksum(state_dict: dict) -> str:
-    """sha256 over names and float32 bytes of every tensor: equal only if bitwise equal."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        digest.update(name.encode())
-        digest.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def flat_hparams(cfg: GeneratorTrainConfig) -> dict:

@@ -6,6 +6,7 @@ on machines without CUDA, multi-process runs use the gloo backend.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 from pathlib import Path
 
@@ -58,3 +59,12 @@ def shutdown(accelerator: Accelerator) -> None:
     gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def param_checksum(state_dict: dict) -> str:
+    """sha256 over names and float32 bytes of every tensor: equal only if bitwise equal."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

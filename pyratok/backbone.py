@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanResample
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
 
 
 @dataclass
@@ -88,3 +88,20 @@ def latent_stats(vae: AutoencoderKLWan, device, dtype) -> tuple[torch.Tensor, to
             f"normalize_latents needs {vae.config.z_dim} latents_mean values, the backbone has {mean.numel()}"
         )
     return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+
+
+def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    """Wan decoding (b, c, t, h, w) -> (b, 3, T, H, W) without the final clamp to [-1, 1].
+
+    Training decodes this way: a clamp has zero gradient outside [-1, 1], so a decoder that
+    drifts below -1 on mostly black frames (Shapes) would never come back.
+    """
+    if vae.config.patch_size is not None:
+        raise ValueError("decode_unclamped does not support patchified (Wan 2.2) backbones")
+    cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+    x = vae.post_quant_conv(z)
+    frames = [
+        vae.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0)
+        for i in range(x.shape[2])
+    ]
+    return torch.cat(frames, dim=2)

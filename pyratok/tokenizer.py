@@ -14,7 +14,15 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from .alignment import AlignmentConfig, AlignmentHead
-from .backbone import BackboneConfig, build_wan, capture_taps, default_tap_blocks, latent_stats, tap_channels
+from .backbone import (
+    BackboneConfig,
+    build_wan,
+    capture_taps,
+    decode_unclamped,
+    default_tap_blocks,
+    latent_stats,
+    tap_channels,
+)
 from .config import config_from_dict, config_to_dict
 from .lapq import LaPQ, LaPQConfig, LaPQOutput
 from .nextscale import NextScaleConfig, NextScaleTransformer
@@ -182,12 +190,17 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
     def disable_tiling(self) -> None:
         self.tiling = None
 
-    def decode_latent(self, z_hat: torch.Tensor) -> torch.Tensor:
-        """(b, c, t, h, w) latent (normalised space) -> video (b, 3, T, H, W) in [-1, 1]."""
+    def decode_latent(self, z_hat: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """(b, c, t, h, w) latent (normalised space) -> video (b, 3, T, H, W) in [-1, 1].
+
+        `clamp=False` (training) skips the final clamp so that out-of-range pixels keep a gradient.
+        """
         if self.cfg.backbone.normalize_latents:
             mu, std = latent_stats(self.backbone, z_hat.device, z_hat.dtype)
             z_hat = z_hat * std + mu
         z_hat = z_hat.to(self.dtype)
+        if not clamp:
+            return decode_unclamped(self.backbone, z_hat)
         if self.tiling is not None:
             return tiled_decode(self.backbone, z_hat, self.tiling)
         return self.backbone.decode(z_hat).sample
@@ -230,5 +243,5 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
             quant = None
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             z_hat = mean + (0.5 * logvar).exp() * noise
-        recon = self.decode_latent(z_hat)
+        recon = self.decode_latent(z_hat, clamp=False)
         return TokenizerOutput(recon, mean, logvar, quant, states, mask, taps)

@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .accelerate_utils import make_accelerator, shutdown
+from .accelerate_utils import make_accelerator, param_checksum, shutdown
 from .checkpoints import find_checkpoint, load_pretrained_wan, step_of
 from .config import config_to_dict, load_config, save_config
 from .data.mix import DataConfig, build_dataset, collate_videos
@@ -46,6 +46,7 @@ class TrainLoopConfig:
     mixed_precision: str = "no"
     pretrained_vae: str | None = None  # local folder with AutoencoderKLWan weights (Wan 2.1)
     text_encoder: str | None = None  # local folder; None = the installed MiniLM
+    write_param_checksum: bool = False  # each rank writes param_checksum_rank{i}.txt (tests DDP sync)
 
 
 @dataclass
@@ -146,8 +147,11 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
             accelerator.save_state(str(out / "checkpoints" / f"checkpoint-{done}"))
 
     accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(objective).tokenizer
+    if tc.write_param_checksum:
+        (out / f"param_checksum_rank{accelerator.process_index}.txt").write_text(param_checksum(trained.state_dict()))
     if accelerator.is_main_process:
-        accelerator.unwrap_model(objective).tokenizer.save_pretrained(out / "tokenizer")
+        trained.save_pretrained(out / "tokenizer")
     del objective, optimizer, loader, text_encoder
     shutdown(accelerator)
     return out / "tokenizer"

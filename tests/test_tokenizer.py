@@ -183,3 +183,17 @@ def test_token_text_similarity_shapes(model):
     assert [m.shape for m in maps] == [(2, 3, *g) for g in pyramid.grids]
     assert all(m.abs().max() <= 1 + 1e-5 for m in maps)
     assert model.video_text_similarity(pyramid, torch.randn(3, 24)).shape == (2, 3)
+
+
+def test_training_decode_is_unclamped(model):
+    """A clamp would zero the gradient of every pixel pushed below -1 (black Shapes backgrounds)."""
+    z = torch.randn(1, 4, 2, 4, 4) * 5
+    with torch.no_grad():
+        clamped = model.decode_latent(z)
+        free = model.decode_latent(z, clamp=False)
+    assert free.abs().max() > 1 and clamped.abs().max() <= 1
+    assert torch.allclose(free.clamp(-1, 1), clamped, atol=1e-6)
+    z.requires_grad_(True)
+    out = model.decode_latent(z, clamp=False)
+    (out.clamp_min(-1) - out).sum().backward()  # only out-of-range pixels contribute
+    assert z.grad.abs().sum() > 0

@@ -46,7 +46,8 @@ def _write_config(path: Path, out: Path) -> Path:
         "model": MICRO_MODEL,
         "data": {"shapes_weight": 1.0, "num_frames": 5, "height": 32, "width": 32, "length": 64},
         "train": {"output_dir": str(out), "steps": 2, "batch_size": 1, "log_every": 1,
-                  "image_every": 100, "save_every": 1, "warmup_steps": 1},
+                  "image_every": 100, "save_every": 1, "warmup_steps": 1,
+                  "write_param_checksum": True},
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -67,6 +68,8 @@ def test_two_process_run_resumes_from_checkpoint(tmp_path):
     first = _launch(config)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    sums = [(out / f"param_checksum_rank{r}.txt").read_text() for r in (0, 1)]
+    assert sums[0] == sums[1], "DDP ranks ended with different parameters"
     second = _launch(config, "--resume_from_checkpoint", "latest", "--set", "train.steps=3")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout + second.stderr and "at step 2" in second.stdout + second.stderr

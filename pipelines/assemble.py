@@ -1,0 +1,34 @@
+"""Assemble a pipeline folder from a trained tokenizer and generator (the shipped default model).
+
+Last step of the default-model recipe (`make default-model`): the MiniLM text encoder is not
+copied, it loads from its installed package.
+    python -m pipelines.assemble --tokenizer runs/tok/tokenizer --generator runs/gen/generator --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+
+from generator import PyraTokGenerator
+from pyratok.tokenizer import PyraTokTokenizer
+
+from .pipeline_pyratok_t2v import PyraTokT2VPipeline
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--generator", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--sample-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    pipe = PyraTokT2VPipeline(
+        tokenizer=PyraTokTokenizer.from_pretrained(args.tokenizer),
+        generator=PyraTokGenerator.from_pretrained(args.generator),
+        sample_size=args.sample_size,
+    )
+    pipe.save_pretrained(args.out, include_text_encoder=False)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
