@@ -18,10 +18,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pyratok info
-	mkdir -p outputs
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pyratok generate "a red circle moving left" --seed 0 \
-	  -o outputs/demo.mp4 --contact-sheet outputs/demo.png
-	@echo "wrote outputs/demo.mp4 and outputs/demo.png"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pyratok demo --prompt "a red circle moving left" --seed 0 --out outputs
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests

@@ -234,9 +234,33 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from pipelines.batch import make_state
+    from pyratok.default_model import default_model_path
 
+    if args.model is None:
+        try:
+            default_model_path()
+        except FileNotFoundError as missing:
+            return _demo_without_model(args, missing)
     pipe, _ = _load(args, make_state())
     _generate_one(pipe, args, args.prompt, args.out / "demo.mp4", args.out / "demo.png")
+    return 0
+
+
+def _demo_without_model(args: argparse.Namespace, missing: Exception) -> int:
+    """No shipped model in this checkout: write the Shapes clip the prompt describes, and say so."""
+    from pyratok.data.contact_sheet import save_contact_sheet
+    from pyratok.data.shapes import ShapesDataset, video_to_uint8
+    from pyratok.data.shapes_judge import parse_prompt
+    from pyratok.data.video_io import write_video
+
+    colour, shape, motion = parse_prompt(args.prompt)
+    frames = video_to_uint8(ShapesDataset(split="train").render(colour, shape, motion, seed=0)["video"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_video(frames, args.out / "demo.mp4", fps=8)
+    save_contact_sheet(frames, args.out / "demo.png", cols=9, scale=2)
+    print(f"note: {missing}\nno trained default model yet, so this is the Shapes clip that {args.prompt!r} "
+          f"describes, not a generated one (`make default-model` trains and assembles the model).\n"
+          f"wrote {args.out / 'demo.mp4'} and {args.out / 'demo.png'}")
     return 0
 
 
