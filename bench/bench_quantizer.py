@@ -22,7 +22,7 @@ def run_case(kind: str, bits: int, tokens: int, repeats: int) -> dict:
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread for both: steady under load, no OpenMP oversubscription
     if kind == "lapq":
         from pyratok.lapq import LaPQ, LaPQConfig
 
