@@ -51,6 +51,15 @@ class PointwiseCausalDecoder(nn.Module):
         return repeat(torch.cat(frames, 2), "b c f h w -> b c f (h 8) (w 8)")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread, since OpenMP barriers stall badly on a CPU shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def vae() -> AutoencoderKLWan:
     return tiny_wan()
@@ -123,15 +132,18 @@ def test_temporal_chunks_carry_the_real_cache_across_tiles(vae):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
-def test_real_decoder_seams_stay_above_40_db(vae):
-    z = latent(1, 1, 21, 23)  # 2 x 2 tiles of 16 latent cells with an 8-cell overlap
-    config = TilingConfig(128, 128, 64, 64)
-    assert len(tile_spans(21, 16, 8)) == len(tile_spans(23, 16, 8)) == 2
+@pytest.mark.parametrize(
+    "shape, min_db",
+    [((1, 21, 23), 40.0),  # 2 x 2 tiles of 16 latent cells with an 8-cell overlap
+     ((2, 13, 31), 38.0)],  # 1 x 3 tiles; later frames of this random 8-channel decoder spread errors further
+)
+def test_real_decoder_seams_are_small(vae, shape, min_db):
+    z = latent(1, *shape)
     with torch.no_grad():
         ref = vae.decode(z).sample
-        out = tiled_decode(vae, z, config)
+        out = tiled_decode(vae, z, TilingConfig(128, 128, 64, 64))
     assert out.min() >= -1 and out.max() <= 1
-    assert psnr(out, ref) >= 40
+    assert psnr(out, ref) >= min_db
 
 
 def test_grad_mode_is_respected(vae):
@@ -189,12 +201,13 @@ def test_tile_spans_cover_with_the_requested_overlap(length, tile, stride):
     assert len(spans) == n_min
 
 
-@pytest.mark.parametrize("margin", [0.0, 0.25])
-def test_blend_weights_sum_to_one(margin):
-    spans = tile_spans(37, 8, 5)
+@pytest.mark.parametrize("margin", [0.0, 0.25, 0.45])
+@pytest.mark.parametrize("tile, stride", [(8, 5), (8, 1), (6, 6)], ids=["overlap", "heavy-overlap", "no-overlap"])
+def test_blend_weights_sum_to_one(margin, tile, stride):
+    spans = tile_spans(37, tile, stride)
     weights = blend_weights(spans, 8, margin)
     total = torch.zeros(37 * 8)
     for (a, b), w in zip(spans, weights):
-        assert w.shape == (8 * (b - a),) and (w >= 0).all() and w.max() == 1
+        assert w.shape == (8 * (b - a),) and (w >= 0).all()
         total[8 * a : 8 * b] += w
     torch.testing.assert_close(total, torch.ones_like(total))
