@@ -98,7 +98,7 @@ def spawn(mode: str, size: str, args: argparse.Namespace, save: str | None) -> d
 
 
 def psnr(a_path: str, b_path: str) -> float:
-    a, b = torch.load(a_path), torch.load(b_path)
+    a, b = torch.load(a_path, weights_only=True), torch.load(b_path, weights_only=True)
     mse = (a.double() - b.double()).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()  # range [-1, 1]
 
