@@ -3,8 +3,8 @@
 Compares against the untiled `vae.decode` and diffusers' own tiled decode (the peer) on the tiny random
 Wan backbone, each case in a fresh subprocess so its peak resident memory is its own.
 
-    .venv/bin/python bench/bench_tiling.py                            # 512 and 1080p (~8 min, 2 cores)
-    .venv/bin/python bench/bench_tiling.py --sizes 512 1080p 4K 8K    # + 4K and 8K, tiled only (~25 min)
+    .venv/bin/python bench/bench_tiling.py                            # 512 and 1080p (~6-9 min, 2 cores)
+    .venv/bin/python bench/bench_tiling.py --sizes 512 1080p 4K 8K    # + 4K (~7 min) and 8K (~5 min), tiled only
     .venv/bin/python bench/bench_tiling.py --sizes 1080p --tile 512 --stride 448
 
 Every case runs with OMP_WAIT_POLICY=PASSIVE unless set: on a CPU shared with other jobs, spinning
@@ -124,8 +124,8 @@ def main() -> None:
         return
 
     print(f"tiny Wan (base_dim 16, z_dim 8, num_res_blocks {args.num_res_blocks}), random weights, "
-          f"2 threads; tiled_decode tile {args.tile} px, stride {args.stride} px, first_frame_batch {args.first_frame_batch}; "
-          f"peer: diffusers enable_tiling() (256/192) at 1080p")
+          f"2 threads; tiled_decode tile {args.tile} px, stride {args.stride} px, "
+          f"first_frame_batch {args.first_frame_batch}; peer: diffusers enable_tiling() (256/192) at 1080p")
     print(f"load average at start: {os.getloadavg()[0]:.1f} (other jobs on this machine slow every row); "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}\n")
     header = f"{'size':>6} {'frames':>6} {'mode':>9} {'time s':>8} {'x untiled':>9} {'peak-out GB':>11} " \
