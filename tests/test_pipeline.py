@@ -25,12 +25,7 @@ from pyratok.tokenizer import PyraTokTokenizer
 SMALL = dict(num_frames=5, height=16, width=16)  # latent (2, 2, 2) -> levels (1,1,1) (1,1,1) (2,2,2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def get_dummy_components(text_dim: int = 16, seed: int = 0, text: bool = True) -> dict:

@@ -51,13 +51,7 @@ class PointwiseCausalDecoder(nn.Module):
         return repeat(torch.cat(frames, 2), "b c f h w -> b c f (h 8) (w 8)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread, since OpenMP barriers stall badly on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from factories import tiny_tokenizer
+
 from pyratok import PyraTokTokenizer, TokenPyramid
 from pyratok.objective import LossWeights, TokenizerObjective
 from pyratok.pyramid import bits_to_indices, indices_to_bits, level_grids
 from pyratok.quant_losses import grouped_entropy, usage_stats
-
-TINY = dict(
-    backbone_config={"base_dim": 8, "z_dim": 4, "num_res_blocks": 1},
-    quantizer_config={"hidden_dim": 32, "num_bits": 16, "bits_per_group": 4,
-                      "level_strides": [[4, 4, 4], [2, 2, 2], [1, 1, 1]]},
-    alignment_config={"embed_dim": 16, "hidden_dim": 16},
-    prior_config={"width": 32, "depth": 1, "heads": 2},
-    text_dim=24,
-)
-
-
-def tiny_tokenizer(seed: int = 0, **overrides) -> PyraTokTokenizer:
-    torch.manual_seed(seed)
-    kwargs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
-    for key, value in overrides.items():
-        kwargs[key].update(value) if isinstance(value, dict) else kwargs.__setitem__(key, value)
-    return PyraTokTokenizer(**kwargs).eval()
-
 
 def video(b=2, t=5, h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -137,10 +121,34 @@ def test_losses_finite_and_differentiable():
     assert model.backbone.encoder.conv_in.weight.grad.abs().sum() > 0
 
 
-def test_vae_stage_has_kl():
+def test_vae_stage_has_kl_and_fits_the_quantizer_to_a_detached_latent():
     model = tiny_tokenizer().train()
     terms, out = TokenizerObjective(model, LossWeights())(video(), quantize=False)
-    assert out.quant is None and torch.isfinite(terms["kl"])
+    assert out.quant is None and torch.isfinite(terms["kl"]) and torch.isfinite(terms["latent"])
+    terms["loss"].backward()
+    assert model.quantizer.from_bits.weight.grad.abs().sum() > 0  # LaPQ learns the latent meanwhile
+    # the warm-up decodes the posterior mean unless asked to sample
+    mean_only = model(video(), quantize=False, sample_posterior=False, generator=torch.Generator().manual_seed(0))
+    again = model(video(), quantize=False, sample_posterior=False, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mean_only.recon, again.recon)
+    sampled = model(video(), quantize=False, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(sampled.recon, mean_only.recon)
+
+
+def test_latent_error_trains_lapq_towards_the_latent():
+    torch.manual_seed(0)
+    model = tiny_tokenizer()
+    z = torch.randn(2, model.quantizer.config.latent_channels, 2, 4, 4)
+    taps = [torch.randn(2, c, 2, 4, 4) for c in model.quantizer.config.tap_channels]
+    opt = torch.optim.Adam(model.quantizer.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        err = model.quantizer(z, taps).latent_error
+        first = err.item() if first is None else first
+        opt.zero_grad()
+        err.backward()
+        opt.step()
+    assert err.item() < 0.5 * first
 
 
 def test_grouped_entropy_never_builds_2k_matrix():
@@ -197,3 +205,25 @@ def test_training_decode_is_unclamped(model):
     out = model.decode_latent(z, clamp=False)
     (out.clamp_min(-1) - out).sum().backward()  # only out-of-range pixels contribute
     assert z.grad.abs().sum() > 0
+
+
+def test_foreground_weighting_counts_object_pixels_more():
+    from pyratok.losses import foreground_weights, reconstruction_loss
+
+    target = torch.full((1, 3, 5, 16, 16), -1.0)
+    target[:, 0, :, 4:8, 4:8] = 1.0  # a red square on black
+    recon = torch.full_like(target, -1.0)  # all background: misses the object entirely
+    w = foreground_weights(target, 10.0)
+    assert w.shape == (1, 1, 5, 16, 16) and torch.allclose(w.mean(), torch.tensor(1.0))
+    assert w[0, 0, 0, 5, 5] == 11 * w[0, 0, 0, 0, 0]
+    plain = reconstruction_loss(recon, target, 0.0)["l1"]
+    weighted = reconstruction_loss(recon, target, 0.0, foreground_weight=10.0)["l1"]
+    assert weighted > 5 * plain
+    everything = torch.rand(1, 3, 5, 16, 16) * 2 - 1 + 0.5  # mostly foreground: weights ~ uniform
+    assert torch.allclose(foreground_weights(everything.clamp(-0.5, 1), 10.0), torch.ones(1, 1, 5, 16, 16))
+    terms = reconstruction_loss(recon, target, 0.0, mse_weight=1.0)
+    assert torch.allclose(terms["loss"], terms["l1"] + terms["mse"])
+    # the low-pass term sees the region's colour: the 4x4 cell the square fills is all red
+    low = reconstruction_loss(recon, target, 0.0, lowpass_weight=1.0)
+    assert torch.allclose(low["lowpass"], torch.tensor(4.0 / 48))  # 1 of 16 cells x 3 channels is off by 2
+    assert torch.allclose(low["loss"], low["l1"] + low["lowpass"])

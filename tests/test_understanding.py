@@ -14,21 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from factories import tiny_tokenizer
 
 from pyratok.understanding import (
     classify, fit_video, fitted_size, frame_scores, iou, localize, localize_scores, otsu_threshold, recall_at_k,
     resolve_threshold, retrieve, segment, segment_volume, segments_from_scores, temporal_iou,
 )
-
-TINY = dict(
-    backbone_config={"base_dim": 8, "z_dim": 4, "num_res_blocks": 1},
-    quantizer_config={"hidden_dim": 32, "num_bits": 16, "bits_per_group": 4,
-                      "level_strides": [[4, 4, 4], [2, 2, 2], [1, 1, 1]]},
-    alignment_config={"embed_dim": 16, "hidden_dim": 16},
-    prior_config={"width": 32, "depth": 1, "heads": 2},
-    text_dim=384,
-)
-
 
 class FakeTextEncoder:
     """Stands in for MiniLM: a fixed random unit vector per text (seeded by its crc32)."""
@@ -43,10 +34,7 @@ class FakeTextEncoder:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from pyratok.tokenizer import PyraTokTokenizer
-
-    torch.manual_seed(0)
-    return PyraTokTokenizer(**TINY).eval()
+    return tiny_tokenizer(text_dim=384)
 
 
 @pytest.fixture(scope="module")
