@@ -42,6 +42,11 @@ def ar_prior_loss(model: PyraTokTokenizer, out: TokenizerOutput) -> tuple[torch.
     return torch.stack(losses).mean(), accs
 
 
+def quantizer_loss(quant, weights: LossWeights) -> torch.Tensor:
+    """The weighted codebook terms of one LaPQ output: latent error, commitment and entropy."""
+    return weights.latent * quant.latent_error + weights.commitment * quant.commitment + weights.entropy * quant.entropy
+
+
 def tokenizer_losses(
     model: PyraTokTokenizer,
     out: TokenizerOutput,
@@ -61,14 +66,12 @@ def tokenizer_losses(
             taps = [t.detach() for t in out.taps]
             fit = model.quantizer(out.z.detach(), taps, out.text_states, out.text_mask)
             terms["latent"] = fit.latent_error
-            total = total + weights.latent * fit.latent_error
-            total = total + weights.commitment * fit.commitment + weights.entropy * fit.entropy
+            total = total + quantizer_loss(fit, weights)
         terms["loss"] = total
         return terms
     quant = out.quant
     terms["commitment"], terms["entropy"], terms["latent"] = quant.commitment, quant.entropy, quant.latent_error
-    total = total + weights.commitment * quant.commitment + weights.entropy * quant.entropy
-    total = total + weights.latent * quant.latent_error
+    total = total + quantizer_loss(quant, weights)
     if weights.align > 0 and text_pooled is not None and video.shape[0] > 1:
         # align the tokens made without a caption: that is how videos are tokenized for understanding
         null_states, null_mask = model.text_inputs(video.shape[0])
