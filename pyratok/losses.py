@@ -17,7 +17,16 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11) -> torch.Tensor:
-    """Mean SSIM of videos (b, c, t, h, w) in [-1, 1] (data_range 2), frame by frame."""
+    """Mean SSIM of videos (b, c, t, h, w) in [-1, 1] (data_range 2), frame by frame.
+
+    Always computed in float32, also under autocast: in bf16 the variances (E[x^2] - E[x]^2) cancel to
+    zero or below and the ratio becomes inf.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim(x.float(), y.float(), data_range, window)
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int) -> torch.Tensor:
     x2 = rearrange(x.float(), "b c t h w -> (b t) c h w")
     y2 = rearrange(y.float(), "b c t h w -> (b t) c h w")
     size = min(window, x2.shape[-1], x2.shape[-2])

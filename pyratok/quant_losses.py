@@ -21,7 +21,7 @@ def group_codes(bits_per_group: int, device=None, dtype=torch.float32) -> torch.
 
 def commitment_loss(logits: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
     """Pull pre-binarization values towards their sign: mean (x - sign(x))^2."""
-    return (logits - hard.detach()).pow(2).mean()
+    return (logits.float() - hard.detach().float()).pow(2).mean()
 
 
 def grouped_entropy(
@@ -31,7 +31,12 @@ def grouped_entropy(
 
     logits: (..., k) pre-binarization values; k must be a multiple of `bits_per_group`.
     """
-    x = rearrange(logits.float(), "... (g j) -> (...) g j", j=bits_per_group)
+    with torch.autocast(logits.device.type, enabled=False):  # float32 also under bf16 autocast
+        return _grouped_entropy(logits.float(), bits_per_group, temperature, usage_weight)
+
+
+def _grouped_entropy(logits: torch.Tensor, bits_per_group: int, temperature: float, usage_weight: float) -> torch.Tensor:
+    x = rearrange(logits, "... (g j) -> (...) g j", j=bits_per_group)
     codes = group_codes(bits_per_group, x.device)  # (c, j)
     code_logits = torch.einsum("ngj,cj->ngc", x, codes) / temperature
     log_p = code_logits.log_softmax(-1)

@@ -7,6 +7,7 @@ import torch
 from factories import tiny_tokenizer
 
 from pyratok import PyraTokTokenizer, TokenPyramid
+from pyratok.data.shapes import ShapesDataset
 from pyratok.objective import LossWeights, TokenizerObjective
 from pyratok.pyramid import bits_to_indices, indices_to_bits, level_grids
 from pyratok.quant_losses import grouped_entropy, usage_stats
@@ -119,6 +120,20 @@ def test_losses_finite_and_differentiable():
             assert grads[name].grad is not None and torch.isfinite(grads[name].grad).all(), name
     # the encoder also learns through the quantizer (straight-through) and the AR prior
     assert model.backbone.encoder.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_losses_stay_finite_float32_under_bf16_autocast():
+    """accelerate's mixed_precision="bf16" autocasts the forward: SSIM and the quantizer terms must not
+    be computed in bf16 (SSIM's variances cancelled to <= 0 there and the loss became -inf)."""
+    model = tiny_tokenizer().train()
+    clip = ShapesDataset("train", length=2, num_frames=5, height=32, width=32)
+    batch = torch.stack([clip[i]["video"] for i in range(2)])
+    states, mask = text()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, _ = TokenizerObjective(model, LossWeights())(batch, states, mask, states.mean(1), sample_posterior=False)
+    for name in ("ssim", "commitment", "entropy", "loss"):
+        assert terms[name].dtype == torch.float32 and torch.isfinite(terms[name]), (name, terms[name])
+    assert -1.0 <= float(terms["ssim"]) <= 1.0
 
 
 def test_vae_stage_has_kl_and_fits_the_quantizer_to_a_detached_latent():
