@@ -6,28 +6,22 @@ PyraTok generation stage: teacher-forced next-scale bit prediction on a precompu
 from __future__ import annotations
 
 import argparse
-import gc
-import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pyratok.accelerate_utils import param_checksum
-from pyratok.config import config_to_dict, load_config, save_config
+from pyratok.accelerate_utils import make_accelerator, param_checksum, shutdown
+from pyratok.checkpoints import find_checkpoint, list_checkpoints, step_of
+from pyratok.config import flat_dict, load_config, save_config
 
 from .config import GeneratorTrainConfig
 from .model import PyraTokGenerator
 from .objective import generator_loss
 from .token_cache import TokenCacheDataset
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,59 +30,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="overrides, e.g. model.width=64")
     parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     return parser.parse_args(argv)
-
-
-def list_checkpoints(output_dir) -> list[Path]:
-    """checkpoint-<step> folders under output_dir/checkpoints, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("checkpoint-*")
-             if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_checkpoint(output_dir, which: str | None) -> Path | None:
-    if which is None:
-        return None
-    if which == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None  # nothing yet: start fresh
-    path = Path(which)
-    if not path.is_dir() or not CHECKPOINT_RE.match(path.name):
-        raise ValueError(f"--resume_from_checkpoint must be 'latest' or a checkpoint-<step> folder, got {which!r}")
-    return path
-
-
-def flat_hparams(cfg: GeneratorTrainConfig) -> dict:
-    """Scalars only (TensorBoard hparams): nested keys joined by '.', sequences as strings."""
-    out = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
-
-    walk("", config_to_dict(cfg))
-    return out
-
-
-def build_accelerator(cfg: GeneratorTrainConfig) -> Accelerator:
-    # Without CUDA, processes talk over gloo: DDP as accelerate's MULTI_CPU (cpu=True), DeepSpeed through
-    # deepspeed.comm (which would default to nccl). A lone process needs no process group at all.
-    on_cpu = not torch.cuda.is_available()
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and on_cpu else []
-    return Accelerator(
-        cpu=on_cpu and not deepspeed,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-        kwargs_handlers=handlers,
-    )
 
 
 def build_model(cfg: GeneratorTrainConfig, dataset: TokenCacheDataset) -> PyraTokGenerator:
@@ -130,7 +71,8 @@ def export_model(accelerator: Accelerator, cfg: GeneratorTrainConfig, model) -> 
 
 def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Accelerator, int]:
     """Run the training loop and export; returns the accelerator (references to models dropped) and the last step."""
-    accelerator = build_accelerator(cfg)
+    accelerator = make_accelerator(cfg.output_dir, cfg.mixed_precision,
+                                   gradient_accumulation_steps=cfg.gradient_accumulation_steps, data_seed=cfg.seed)
     dataset = TokenCacheDataset(cfg.token_cache_dir)
     quantizer = dataset.load_quantizer(accelerator.device)
     model = build_model(cfg, dataset)
@@ -146,13 +88,13 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Acceler
     accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, by us
     if accelerator.is_main_process:
         save_config(cfg, Path(cfg.output_dir) / "train_config.yaml")
-    accelerator.init_trackers("generator", config=flat_hparams(cfg))
+    accelerator.init_trackers("generator", config=flat_dict(cfg))
 
     step = 0
-    checkpoint = resolve_checkpoint(cfg.output_dir, resume)
+    checkpoint = find_checkpoint(cfg.output_dir, resume)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        step = int(CHECKPOINT_RE.match(checkpoint.name).group(1))
+        step = step_of(checkpoint)
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     accelerator.print(f"generator: {n_params / 1e6:.2f}M params, {len(dataset)} cached pyramids, "
@@ -199,14 +141,6 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Acceler
     export_model(accelerator, cfg, model)
     accelerator.free_memory()  # the accelerator lets go of model / optimizer / loader; ours go on return
     return accelerator, step
-
-
-def shutdown(accelerator: Accelerator) -> None:
-    """Clean exit for multi-process gloo runs: collect the dropped models, end trackers, destroy the group."""
-    gc.collect()
-    accelerator.end_training()
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def main(argv=None) -> int:

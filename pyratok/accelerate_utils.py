@@ -12,7 +12,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+)
 
 
 def launched_distributed() -> bool:
@@ -29,8 +34,12 @@ def make_accelerator(
     mixed_precision: str = "no",
     find_unused_parameters: bool = False,
     gradient_accumulation_steps: int = 1,
+    data_seed: int | None = None,
 ) -> Accelerator:
     """An Accelerator logging to `output_dir/logs` (TensorBoard).
+
+    `data_seed`: shuffle through accelerate's seedable sampler with this seed (the same order on every
+    rank and after a resume); None keeps the DataLoader's own sampler.
 
     Without CUDA, processes talk over gloo: DDP runs as accelerate's MULTI_CPU (`cpu=True`; without it
     accelerate reports DistributedType.NO and never wraps the model), DeepSpeed through deepspeed.comm.
@@ -48,15 +57,16 @@ def make_accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=data_seed is not None, data_seed=data_seed),
         kwargs_handlers=handlers,
     )
 
 
 def shutdown(accelerator: Accelerator) -> None:
     """End trackers and tear the process group down cleanly (2-process gloo runs can abort at exit otherwise)."""
+    gc.collect()  # models the caller dropped go before the process group does
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -20,18 +20,25 @@ def step_of(path: str | Path) -> int:
     return int(m.group(1))
 
 
-def find_checkpoint(output_dir: str | Path, resume: str) -> Path:
-    """'latest' -> the newest `checkpoints/checkpoint-N` under output_dir; else the given folder."""
-    if resume != "latest":
-        path = Path(resume)
-        if not path.is_dir():
-            raise ValueError(f"checkpoint folder not found: {resume}")
-        return path
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """`checkpoint-<step>` folders under output_dir/checkpoints, oldest first."""
     root = Path(output_dir) / "checkpoints"
-    found = [p for p in root.glob("checkpoint-*") if _CKPT.match(p.name)] if root.is_dir() else []
-    if not found:
-        raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-<step> folder under {root}")
-    return max(found, key=step_of)
+    found = [p for p in root.glob("checkpoint-*") if _CKPT.match(p.name) and p.is_dir()] if root.is_dir() else []
+    return sorted(found, key=step_of)
+
+
+def find_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
+    """The folder to resume from: None (no resume, or 'latest' before any checkpoint: start fresh), the
+    newest checkpoint for 'latest', else the given checkpoint-<step> folder."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir() or not _CKPT.match(path.name):
+        raise ValueError(f"--resume_from_checkpoint must be 'latest' or a checkpoint-<step> folder, got {resume!r}")
+    return path
 
 
 def load_pretrained_wan(tokenizer, path: str | Path) -> None:

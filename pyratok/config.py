@@ -101,6 +101,21 @@ def config_to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+def flat_dict(cfg: Any) -> dict:
+    """A config (dataclass or dict) as flat {a.b: scalar} for TensorBoard hparams (lists become strings)."""
+    flat = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", cfg if isinstance(cfg, dict) else config_to_dict(cfg))
+    return flat
+
+
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Apply `a.b=c` strings to a nested dict; values are parsed as YAML (`1e-4`, `[1,2]`, `true`)."""
     data = json.loads(json.dumps(data))  # deep copy of plain data

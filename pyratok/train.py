@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, param_checksum, shutdown
 from .checkpoints import find_checkpoint, load_pretrained_wan, step_of
-from .config import config_to_dict, load_config, save_config
+from .config import flat_dict, load_config, save_config
 from .data.mix import DataConfig, build_dataset, collate_videos
 from .objective import LossWeights, TokenizerObjective
 from .text_encoder import TextEncoder
@@ -105,14 +105,14 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
 
     start = 0
-    if resume:
-        ckpt = find_checkpoint(out, resume)
+    ckpt = find_checkpoint(out, resume)
+    if ckpt is not None:
         accelerator.load_state(str(ckpt))
         start = step_of(ckpt)
         accelerator.print(f"resumed from {ckpt} at step {start}")
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
-    accelerator.init_trackers("tokenizer", config=_flat(config_to_dict(cfg)))
+    accelerator.init_trackers("tokenizer", config=flat_dict(cfg))
 
     rng = torch.Generator().manual_seed(tc.seed * 1000 + accelerator.process_index)
     data = batches(loader, accelerator, start % max(1, len(loader)))
@@ -157,18 +157,6 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     del objective, optimizer, loader, text_encoder
     shutdown(accelerator)
     return out / "tokenizer"
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Nested config -> flat {a.b: scalar} for TensorBoard hparams (lists become strings)."""
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flat(v, key + "."))
-        else:
-            flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return flat
 
 
 def main(argv: list[str] | None = None) -> None:
