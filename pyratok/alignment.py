@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .pyramid import resample
+
 
 @dataclass
 class AlignmentConfig:
@@ -43,9 +45,12 @@ class AlignmentHead(nn.Module):
             out.append(self.token_proj(x))
         return out
 
-    def video_embedding(self, bits: list[torch.Tensor]) -> torch.Tensor:
-        """(b, e) unit vectors: the mean over levels of each level's mean token embedding."""
-        tokens = self.token_embeddings(bits)
+    def video_embedding(self, bits: list[torch.Tensor], tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(b, e) unit vectors: the mean over levels of each level's mean token embedding.
+
+        `tokens`: `token_embeddings(bits)` when the caller has them already (they are then not recomputed).
+        """
+        tokens = self.token_embeddings(bits) if tokens is None else tokens
         pooled = torch.stack([t.mean(dim=(1, 2, 3)) for t in tokens]).mean(0)
         return F.normalize(pooled, dim=-1)
 
@@ -61,6 +66,24 @@ class AlignmentHead(nn.Module):
             maps.append(torch.einsum("bthwe,me->bmthw", tok, text_emb))
         return maps
 
+    def token_field(self, bits: list[torch.Tensor], tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(b, e, t, h, w): unit token embeddings of every level resampled to the finest grid, averaged."""
+        tokens = self.token_embeddings(bits) if tokens is None else tokens
+        tokens = [F.normalize(t, dim=-1) for t in tokens]
+        finest = tuple(tokens[-1].shape[1:4])
+        fields = [resample(rearrange(t.float(), "b t h w e -> b e t h w"), finest) for t in tokens]
+        return torch.stack(fields).mean(0)
+
+    def similarity_volume(
+        self, bits: list[torch.Tensor], text_emb: torch.Tensor, tokens: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """(b, m, t, h, w) on the finest grid: the mean over levels of each level's cosine map resampled there.
+
+        Resampling is linear, so this is the token field (levels resampled and averaged first) times the
+        text: the same numbers at a fraction of the cost when there are many texts.
+        """
+        return torch.einsum("bethw,me->bmthw", self.token_field(bits, tokens), text_emb.float())
+
     def contrastive_loss(self, video_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Symmetric InfoNCE over the batch; returns (loss, video->text top-1 accuracy)."""
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
@@ -69,3 +92,27 @@ class AlignmentHead(nn.Module):
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         acc = (logits.argmax(-1) == target).float().mean()
         return loss, acc
+
+
+def top_fraction_mean(volume: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(..., t, h, w) -> (...): mean of the highest ceil(fraction * h * w) values over all tokens.
+
+    A multiple-instance score: a phrase matches a video where some tokens match it, wherever and
+    whenever they are (about one latent frame's top `fraction`, as `understanding.localize` scores a frame).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    k = max(1, math.ceil(fraction * volume.shape[-1] * volume.shape[-2]))
+    return volume.flatten(-3).topk(k, dim=-1).values.mean(-1)
+
+
+def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """InfoNCE with several positives per row: mean over rows of -log(sum_pos exp / sum_all exp).
+
+    logits, positive: (rows, candidates); every row needs at least one positive. With exactly one
+    positive per row this is `F.cross_entropy` against that column.
+    """
+    if positive.shape != logits.shape or not bool(positive.any(-1).all()):
+        raise ValueError(f"positive must be a {tuple(logits.shape)} mask with a positive in every row")
+    pos = logits.masked_fill(~positive, float("-inf")).logsumexp(-1)
+    return (logits.logsumexp(-1) - pos).mean()

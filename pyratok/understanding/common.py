@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..pyramid import TokenPyramid, resample
+from ..pyramid import TokenPyramid
 
 
 def check_texts(texts: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -98,9 +98,8 @@ def encode_videos(tokenizer, videos: torch.Tensor) -> TokenPyramid:
 @torch.no_grad()
 def similarity_volume(tokenizer, pyramid: TokenPyramid, text_pooled: torch.Tensor) -> torch.Tensor:
     """(b, m, t, h, w) token–text cosine: each level's map resampled to the finest grid, levels averaged."""
-    maps = tokenizer.token_text_similarity(pyramid, text_pooled)  # per level (b, m, t_l, h_l, w_l)
-    finest = tuple(maps[-1].shape[-3:])
-    return torch.stack([resample(m.float(), finest) for m in maps]).mean(0)
+    text_emb = tokenizer.alignment.text_embedding(text_pooled.to(tokenizer.dtype))
+    return tokenizer.alignment.similarity_volume([b.to(tokenizer.dtype) for b in pyramid.bits], text_emb)
 
 
 def frame_to_latent(num_frames: int, temporal_factor: int) -> torch.Tensor:

@@ -1,0 +1,269 @@
+"""Align a trained tokenizer's tokens with language: train its alignment head on frozen tokens.
+
+    python -m pyratok.train_alignment --tokenizer runs/tok/tokenizer --output_dir runs/align
+
+The last stage of the tokenizer recipe (PyraTok §3.3 language alignment, at token level). The tokenizer
+is frozen; its captioned clips (Shapes, one or two objects) are encoded once, without a caption, as
+zero-shot understanding encodes them; then only the alignment head learns, with two losses:
+- caption <-> video: symmetric InfoNCE of the pooled video embedding and the pooled caption;
+- phrase -> video, token level: each caption is split at " and " into phrases (one per object); a
+  phrase's score for a video is the mean of its best-matching tokens (`top_fraction_mean`), and InfoNCE
+  over the batch's videos (every video whose caption holds the phrase is a positive) teaches tokens to
+  light up where, and when, the phrase is seen. No masks or boxes are used.
+Batches are far larger than the tokenizer's (hundreds of clips against 4), which contrastive losses need.
+Writes output_dir/tokenizer (the whole tokenizer, new head), alignment_config.yaml, TensorBoard logs,
+alignment_curve.png and encoded_clips.safetensors (the encoded clips, reused by a rerun with the same
+tokenizer weights and clip settings).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .accelerate_utils import make_accelerator, shutdown
+from .alignment import multi_positive_nce, top_fraction_mean
+from .config import flat_dict, load_config, save_config
+from .data.shapes import ShapesDataset
+from .text_encoder import TextEncoder
+from .tokenizer import PyraTokTokenizer
+
+
+@dataclass
+class AlignmentTrainConfig:
+    tokenizer: str = ""  # folder of a trained PyraTokTokenizer (save_pretrained)
+    output_dir: str = "runs/alignment"
+    text_encoder: str | None = None  # local folder; None = the installed MiniLM
+    clips: int = 3000  # encoded once; the last `val_clips` are held out
+    val_clips: int = 100
+    two_object_share: float = 0.5
+    num_frames: int = 17
+    size: int = 64
+    split: str = "train"
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    phrase_weight: float = 1.0
+    top_fraction: float = 0.1
+    log_every: int = 25
+    seed: int = 0
+
+
+def split_phrases(caption: str) -> list[str]:
+    """'a red circle moving left and a blue square growing' -> one phrase per object."""
+    phrases = [p.strip() for p in caption.split(" and ") if p.strip()]
+    if not phrases:
+        raise ValueError(f"caption has no phrase: {caption!r}")
+    return phrases
+
+
+def shapes_clips(cfg: AlignmentTrainConfig):
+    """Yield (video (3, T, H, W), caption) for cfg.clips Shapes clips, one- and two-object mixed."""
+    two = round(cfg.clips * cfg.two_object_share)
+    kw = dict(split=cfg.split, num_frames=cfg.num_frames, height=cfg.size, width=cfg.size, seed=cfg.seed)
+    sources = [ShapesDataset(length=max(1, cfg.clips - two), num_objects=1, **kw),
+               ShapesDataset(length=max(1, two), num_objects=2, **kw)]
+    counts = [cfg.clips - two, two]
+    order = torch.randperm(cfg.clips, generator=torch.Generator().manual_seed(cfg.seed))
+    for i in order.tolist():  # interleaved, so the held-out tail has both kinds
+        source, j = (0, i) if i < counts[0] else (1, i - counts[0])
+        item = sources[source][j]
+        yield item["video"], item["caption"]
+
+
+@torch.no_grad()
+def encode_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, batch: int = 16):
+    """-> (bits per level, each (n, t, h, w, k) int8 in {-1, 1}; captions)."""
+    levels, captions, videos = None, [], []
+
+    def flush():
+        nonlocal levels, videos
+        pyramid = tokenizer.encode(torch.stack(videos).to(tokenizer.device, tokenizer.dtype))
+        bits = [b.to(torch.int8).cpu() for b in pyramid.bits]
+        levels = bits if levels is None else [torch.cat([a, b]) for a, b in zip(levels, bits)]
+        videos = []
+
+    for video, caption in tqdm(shapes_clips(cfg), total=cfg.clips, desc="encoding clips"):
+        videos.append(video)
+        captions.append(caption)
+        if len(videos) == batch:
+            flush()
+    if videos:
+        flush()
+    return levels, captions
+
+
+def encoded_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, path: Path):
+    """`encode_clips`, kept in `path` (safetensors) and reused while the tokenizer's weights and the
+    clip settings are unchanged."""
+    digest = hashlib.sha256()
+    for weights in sorted(Path(cfg.tokenizer).glob("*.safetensors")):
+        digest.update(weights.read_bytes())
+    settings = ("clips", "two_object_share", "num_frames", "size", "split", "seed")
+    key = json.dumps({"weights": digest.hexdigest(), **{k: getattr(cfg, k) for k in settings}}, sort_keys=True)
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("key") == key:
+            tensors = load_file(str(path))
+            return [tensors[f"level{i}"] for i in range(len(tensors))], json.loads(meta["captions"])
+    bits, captions = encode_clips(tokenizer, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"level{i}": b.contiguous() for i, b in enumerate(bits)}, str(path),
+              metadata={"key": key, "captions": json.dumps(captions)})
+    return bits, captions
+
+
+@torch.no_grad()
+def pooled_texts(text_encoder: TextEncoder, texts: list[str], batch: int = 256) -> torch.Tensor:
+    return torch.cat([text_encoder(texts[i:i + batch]).pooled.float().cpu() for i in range(0, len(texts), batch)])
+
+
+def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, cfg) -> dict:
+    """bits: per level (b, t, h, w, k); caption_pooled (b, d) with ids (b,) (equal captions are both positive);
+    phrase_pooled (m, d) with phrase_pos (m, b) True where video j's caption holds phrase i."""
+    scale = head.logit_scale.clamp(max=4.6052).exp()  # <= 100
+    tokens = head.token_embeddings(bits)  # once, for the pooled and the token-level loss
+    video = head.video_embedding(bits, tokens)
+    text = head.text_embedding(caption_pooled)
+    same = caption_ids[:, None] == caption_ids[None, :]
+    logits = scale * video @ text.t()  # (b videos, b captions)
+    caption = 0.5 * (multi_positive_nce(logits, same) + multi_positive_nce(logits.t(), same))
+    volume = head.similarity_volume(bits, head.text_embedding(phrase_pooled), tokens)  # (b, m, t, h, w)
+    scores = top_fraction_mean(volume, cfg.top_fraction)  # (b, m)
+    phrase = multi_positive_nce(scale * scores.t(), phrase_pos)
+    hit = (logits.argmax(-1) == torch.arange(len(bits[0]), device=logits.device)).float().mean()
+    return {"loss": caption + cfg.phrase_weight * phrase, "caption": caption, "phrase": phrase,
+            "v2t_acc": hit, "scale": scale}
+
+
+class TokenTextData:
+    """Encoded clips with their caption and phrase ids; `batch(idx)` gives alignment_losses' inputs."""
+
+    def __init__(self, bits, captions: list[str], text_encoder: TextEncoder):
+        self.bits = bits
+        self.caption_names = sorted(set(captions))
+        self.phrase_names = sorted({p for c in captions for p in split_phrases(c)})
+        self.caption_ids = torch.tensor([self.caption_names.index(c) for c in captions])
+        phrase_index = {p: i for i, p in enumerate(self.phrase_names)}
+        self.phrase_sets = [[phrase_index[p] for p in split_phrases(c)] for c in captions]
+        self.caption_pooled = pooled_texts(text_encoder, self.caption_names)
+        self.phrase_pooled = pooled_texts(text_encoder, self.phrase_names)
+
+    def __len__(self) -> int:
+        return len(self.caption_ids)
+
+    def batch(self, idx: torch.Tensor, device) -> tuple:
+        bits = [b[idx].to(device, torch.float32) for b in self.bits]
+        ids = self.caption_ids[idx]
+        phrases = sorted({p for i in idx.tolist() for p in self.phrase_sets[i]})
+        pos = torch.tensor([[p in self.phrase_sets[i] for i in idx.tolist()] for p in phrases])
+        return (bits, self.caption_pooled[ids].to(device), ids.to(device),
+                self.phrase_pooled[phrases].to(device), pos.to(device))
+
+
+@torch.no_grad()
+def retrieval_at_1(head, data: TokenTextData, idx: torch.Tensor, device) -> float:
+    """Text -> video R@1 over the clips `idx` (query: each clip's caption; duplicates count as hits)."""
+    bits, caption_pooled, ids, _, _ = data.batch(idx, device)
+    scores = head.text_embedding(caption_pooled) @ head.video_embedding(bits).t()  # (texts, videos)
+    return float((ids[scores.argmax(-1)] == ids).float().mean())
+
+
+def train_alignment(cfg: AlignmentTrainConfig) -> Path:
+    if not cfg.tokenizer:
+        raise ValueError("train_alignment needs a tokenizer folder (cfg.tokenizer / --tokenizer)")
+    if not 0 < cfg.val_clips < cfg.clips:
+        raise ValueError(f"val_clips must be in (0, clips={cfg.clips}), got {cfg.val_clips}")
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(out)
+    device = accelerator.device
+    tokenizer = PyraTokTokenizer.from_pretrained(cfg.tokenizer).to(device).eval()
+    text_encoder = TextEncoder.from_pretrained(cfg.text_encoder, device=device)
+    bits, captions = encoded_clips(tokenizer, cfg, out / "encoded_clips.safetensors")
+    data = TokenTextData(bits, captions, text_encoder)
+    del text_encoder
+    head = tokenizer.alignment.train()
+    tokenizer.requires_grad_(False)
+    head.requires_grad_(True)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * 0.1)
+    if accelerator.is_main_process:
+        save_config(cfg, out / "alignment_config.yaml")
+    accelerator.init_trackers("alignment", config=flat_dict(cfg))
+
+    n_train = len(data) - cfg.val_clips
+    val = torch.arange(n_train, len(data))
+    rng = torch.Generator().manual_seed(cfg.seed)
+    history = {"step": [], "loss": [], "caption": [], "phrase": [], "val_r1": []}
+    before = retrieval_at_1(head.eval(), data, val, device)
+    accelerator.print(f"before: held-out text->video R@1 {before:.3f} over {len(val)} clips")
+    bar = tqdm(range(cfg.steps), desc="alignment", disable=not accelerator.is_main_process)
+    for step in bar:
+        head.train()
+        idx = torch.randperm(n_train, generator=rng)[: cfg.batch_size]
+        terms = alignment_losses(head, *data.batch(idx, device), cfg)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            logs = {k: v.item() for k, v in terms.items()}
+            logs["val_t2v_r1"] = retrieval_at_1(head.eval(), data, val, device)
+            accelerator.log(logs, step=done)
+            for key, name in (("loss", "loss"), ("caption", "caption"), ("phrase", "phrase"), ("val_r1", "val_t2v_r1")):
+                history[key].append(logs[name])
+            history["step"].append(done)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", val_r1=f"{logs['val_t2v_r1']:.2f}")
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(out / "tokenizer")
+        plot_curves(history, out / "alignment_curve.png")
+    shutdown(accelerator)
+    return out / "tokenizer"
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_r1) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key in ("loss", "caption", "phrase"):
+        ax_loss.plot(history["step"], history[key], label=key)
+    ax_loss.set_xlabel("step"), ax_loss.set_title("alignment losses"), ax_loss.legend()
+    ax_r1.plot(history["step"], history["val_r1"], color="tab:green")
+    ax_r1.set_xlabel("step"), ax_r1.set_ylim(0, 1), ax_r1.set_title("held-out text->video R@1")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML AlignmentTrainConfig (defaults if omitted)")
+    parser.add_argument("--tokenizer", default=None, help="folder of the trained tokenizer")
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="overrides, e.g. steps=500")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.tokenizer:
+        overrides.append(f"tokenizer={args.tokenizer}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    cfg = load_config(AlignmentTrainConfig, args.config, overrides)
+    train_alignment(cfg)
+
+
+if __name__ == "__main__":
+    main()
