@@ -30,17 +30,22 @@ clean:
 	rm -rf $(VENV) outputs runs
 
 # The shipped default model, retrained from scratch with the project's own scripts (CPU, hours).
-# Each step resumes or reuses what the previous run left under runs/.
+# Every step resumes from its latest checkpoint or reuses what the previous run left under runs/.
 RUNS := runs/default
 TOK_STEPS ?= 1250
+TOK17_STEPS ?= 2150
 GEN_STEPS ?= 2000
 CACHE_N ?= 2000
 default-model: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml \
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml --resume_from_checkpoint latest \
 	  --set train.steps=$(TOK_STEPS) train.output_dir=$(RUNS)/tokenizer
-	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/tokenizer/tokenizer \
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer/config.yaml --resume_from_checkpoint latest \
+	  --set train.steps=$(TOK17_STEPS) data.num_frames=17 loss.entropy=1.0
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train_alignment --tokenizer $(RUNS)/tokenizer/tokenizer \
+	  --output_dir $(RUNS)/alignment
+	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/tokenizer \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
-	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml \
+	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml --resume_from_checkpoint latest \
 	  --set max_steps=$(GEN_STEPS) token_cache_dir=$(RUNS)/token_cache output_dir=$(RUNS)/generator
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/tokenizer/tokenizer \
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/alignment/tokenizer \
 	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny

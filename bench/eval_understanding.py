@@ -12,7 +12,9 @@ Protocol (fixed so numbers compare across runs):
   IoU of its presence (T,) and the frames inside `localize` segments (Otsu threshold, min_len 2, merge_gap 2);
   mean tIoU and the share of objects with tIoU >= 0.5.
 - segmentation: every object is queried with "a {colour} {shape}"; IoU of the `segment` masks (Otsu on the
-  per-video normalised heatmap) and the object's masks over the whole clip volume (T x H x W); mean IoU.
+  per-video normalised heatmap) and the object's masks over the whole clip volume (T x H x W); mean IoU,
+  of the token similarity upsampled as it is ("seg mIoU") and refined by the guided filter ("guided",
+  `segment`'s default).
 - chance: the same post-processing on i.i.d. uniform token similarities on the same latent grid (seed 0);
   retrieval on uniform random scores. "all present": the label-free prior that every object fills every
   frame and pixel — objects are present in most frames, so its tIoU is high; a model must beat it.
@@ -38,7 +40,7 @@ from pyratok.understanding.plots import overlay, save_image_grid, save_score_cur
 from pyratok.understanding.retrieval import rank
 from pyratok.understanding.segment import segment_volume
 
-COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU")
+COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU", "guided")
 
 
 def object_query(obj: dict) -> str:
@@ -85,7 +87,7 @@ def all_present(data: list[dict]) -> dict:
     return {"t2v R@1": math.nan, "t2v R@5": math.nan, "v2t R@1": math.nan,
             "tIoU": float(np.mean(tious)) if tious else math.nan,
             "tIoU>=.5": float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan,
-            "seg mIoU": float(np.mean(ious))}
+            "seg mIoU": float(np.mean(ious)), "guided": math.nan}
 
 
 def score(scores: torch.Tensor, volumes: dict, data: list[dict], tf: int, sf: int) -> tuple[dict, dict]:
@@ -101,11 +103,13 @@ def score(scores: torch.Tensor, volumes: dict, data: list[dict], tf: int, sf: in
         if not presence.all():
             found[i, j] = localize_scores(frame_scores(volume, size[0], tf), None, min_len=2, merge_gap=2)
             tious.append(temporal_iou(found[i, j].segments, presence))
-        masks[i, j] = segment_volume(volume, size, tf, sf)
-        ious.append(iou(masks[i, j].masks, data[i]["object_masks"][j]))
+        raw = segment_volume(volume, size, tf, sf)
+        masks[i, j] = segment_volume(volume, size, tf, sf, guide=data[i]["video"])
+        ious.append((iou(raw.masks, data[i]["object_masks"][j]), iou(masks[i, j].masks, data[i]["object_masks"][j])))
     metrics["tIoU"] = float(np.mean(tious)) if tious else math.nan
     metrics["tIoU>=.5"] = float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan
-    metrics["seg mIoU"] = float(np.mean(ious))
+    metrics["seg mIoU"] = float(np.mean([raw for raw, _ in ious]))
+    metrics["guided"] = float(np.mean([guided for _, guided in ious]))
     metrics.update(localised_objects=len(tious), segmented_objects=len(ious))
     return metrics, {"scores": scores, "localized": found, "segmented": masks}
 

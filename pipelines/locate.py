@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [text]))[0, 0].cpu()
     scores = frame_scores(volume, size[0], tokenizer.temporal_factor)
     found = localize_scores(scores, args.threshold, args.min_len, args.merge_gap)
-    seg = segment_volume(volume, size, tokenizer.temporal_factor, tokenizer.spatial_factor)
+    seg = segment_volume(volume, size, tokenizer.temporal_factor, tokenizer.spatial_factor, guide=video)
 
     args.out.mkdir(parents=True, exist_ok=True)
     curve = save_score_curve(scores, args.out / "scores.png", found.threshold, found.segments,

@@ -20,6 +20,7 @@ from pyratok.understanding import (
     classify, fit_video, fitted_size, frame_scores, iou, localize, localize_scores, otsu_threshold, recall_at_k,
     resolve_threshold, retrieve, segment, segment_volume, segments_from_scores, temporal_iou,
 )
+from pyratok.understanding.refine import guided_filter
 
 class FakeTextEncoder:
     """Stands in for MiniLM: a fixed random unit vector per text (seeded by its crc32)."""
@@ -142,6 +143,21 @@ def test_segment_volume_upsamples_crops_and_normalises():
         segment_volume(volume, (9, 12, 20), 4, 8, threshold=1.5)
     with pytest.raises(ValueError, match="does not belong"):
         segment_volume(volume, (9, 32, 32), 4, 8)
+
+
+def test_guided_refinement_snaps_a_token_blob_to_the_object_edges():
+    volume = torch.zeros(1, 4, 4)  # one frame, 32x32 pixels, 8-px tokens; the object sits in token (1, 1)
+    volume[0, 1, 1] = 1.0
+    truth = torch.zeros(1, 32, 32, dtype=torch.bool)
+    truth[0, 9:15, 9:15] = True  # a sharp 6x6 square inside that token
+    video = torch.where(truth, 1.0, -1.0).expand(3, 1, 32, 32)  # white square on black
+    raw = segment_volume(volume, (1, 32, 32), 4, 8)
+    guided = segment_volume(volume, (1, 32, 32), 4, 8, guide=video)
+    assert iou(guided.masks, truth) > max(0.8, iou(raw.masks, truth) + 0.2)
+    with pytest.raises(ValueError, match="does not match"):
+        segment_volume(volume, (1, 32, 32), 4, 8, guide=video[:, :, :16])
+    with pytest.raises(ValueError, match="radius"):
+        guided_filter(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), radius=0)
 
 
 def test_metrics():

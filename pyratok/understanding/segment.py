@@ -1,7 +1,8 @@
 """Zero-shot segmentation: where in each frame does a text query appear?
 
 Implements PyraTok's zero-shot video segmentation (§5) from per-token text similarity: the level-averaged
-volume mapped to video frames, upsampled to pixels, normalised per video to [0, 1], then thresholded.
+volume mapped to video frames, upsampled to pixels, given the frames' own edges by a guided filter when
+the video is at hand (`refine`), normalised per video to [0, 1], then thresholded.
 Letters: t/h/w - finest latent grid, T/H/W - video frames and pixels.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from einops import rearrange
 
 from .common import (as_video_batch, check_text, encode_texts, encode_videos, fitted_size, frame_to_latent,
                      similarity_volume)
+from .refine import guided_filter, video_brightness
 from .thresholds import resolve_threshold
 
 
@@ -43,9 +45,18 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def segment_volume(volume: torch.Tensor, size: tuple[int, int, int], temporal_factor: int, spatial_factor: int,
-                   threshold: float | str | None = None) -> SegmentationResult:
-    """(t, h, w) similarity -> SegmentationResult at pixel size (T, H, W)."""
-    heat = normalise(pixel_similarity(volume, size, temporal_factor, spatial_factor))
+                   threshold: float | str | None = None, guide: torch.Tensor | None = None) -> SegmentationResult:
+    """(t, h, w) similarity -> SegmentationResult at pixel size (T, H, W).
+
+    guide: the video (3, T, H, W) in [-1, 1]; if given, the upsampled similarity is guided-filtered
+    with its brightness (window radius = the spatial factor) before normalisation.
+    """
+    heat = pixel_similarity(volume, size, temporal_factor, spatial_factor)
+    if guide is not None:
+        if tuple(guide.shape[1:]) != tuple(size):
+            raise ValueError(f"guide video {tuple(guide.shape)} does not match the size {tuple(size)}")
+        heat = guided_filter(heat, video_brightness(guide.to(heat.device)), radius=spatial_factor)
+    heat = normalise(heat)
     if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"a fixed segmentation threshold applies to [0, 1] heatmaps, got {threshold!r}")
     value = resolve_threshold(heat, threshold)
@@ -53,11 +64,12 @@ def segment_volume(volume: torch.Tensor, size: tuple[int, int, int], temporal_fa
 
 
 def segment(tokenizer, text_encoder, video: torch.Tensor, text: str,
-            threshold: float | str | None = None) -> SegmentationResult:
+            threshold: float | str | None = None, refine: bool = True) -> SegmentationResult:
     """Heatmaps and masks of `text` in one video (3, T, H, W) in [-1, 1] (any size, see `common`).
 
     threshold: None or "otsu" (adaptive, over all pixels of the video), "midpoint" (0.5 after
-    normalisation), or a value in [0, 1] on the normalised heatmaps.
+    normalisation), or a value in [0, 1] on the normalised heatmaps. refine: snap the heatmaps to the
+    video's edges (guided filter, see `refine`); False keeps the bilinearly upsampled token similarity.
     """
     text = check_text(text)
     video = as_video_batch(video)
@@ -66,4 +78,5 @@ def segment(tokenizer, text_encoder, video: torch.Tensor, text: str,
     size = tuple(video.shape[-3:])
     pyramid = encode_videos(tokenizer, video)
     volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [text]))[0, 0]  # (t, h, w)
-    return segment_volume(volume.cpu(), size, tokenizer.temporal_factor, tokenizer.spatial_factor, threshold)
+    return segment_volume(volume.cpu(), size, tokenizer.temporal_factor, tokenizer.spatial_factor, threshold,
+                          guide=video[0].cpu() if refine else None)
