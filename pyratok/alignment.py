@@ -84,9 +84,13 @@ class AlignmentHead(nn.Module):
         """
         return torch.einsum("bethw,me->bmthw", self.token_field(bits, tokens), text_emb.float())
 
+    def scale(self) -> torch.Tensor:
+        """The learned inverse temperature of the contrastive logits, at most 100."""
+        return self.logit_scale.clamp(max=math.log(100)).exp()
+
     def contrastive_loss(self, video_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Symmetric InfoNCE over the batch; returns (loss, video->text top-1 accuracy)."""
-        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        scale = self.scale()
         logits = scale * video_emb @ text_emb.t()  # (b, b)
         target = torch.arange(logits.shape[0], device=logits.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))

@@ -82,23 +82,15 @@ def shapes_clips(cfg: AlignmentTrainConfig):
 @torch.no_grad()
 def encode_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, batch: int = 16):
     """-> (bits per level, each (n, t, h, w, k) int8 in {-1, 1}; captions)."""
-    levels, captions, videos = None, [], []
-
-    def flush():
-        nonlocal levels, videos
-        pyramid = tokenizer.encode(torch.stack(videos).to(tokenizer.device, tokenizer.dtype))
-        bits = [b.to(torch.int8).cpu() for b in pyramid.bits]
-        levels = bits if levels is None else [torch.cat([a, b]) for a, b in zip(levels, bits)]
-        videos = []
-
+    chunks, captions, videos = [], [], []
     for video, caption in tqdm(shapes_clips(cfg), total=cfg.clips, desc="encoding clips"):
         videos.append(video)
         captions.append(caption)
-        if len(videos) == batch:
-            flush()
-    if videos:
-        flush()
-    return levels, captions
+        if len(videos) == batch or len(captions) == cfg.clips:
+            pyramid = tokenizer.encode(torch.stack(videos).to(tokenizer.device, tokenizer.dtype))
+            chunks.append([b.to(torch.int8).cpu() for b in pyramid.bits])
+            videos = []
+    return [torch.cat(level) for level in zip(*chunks)], captions
 
 
 def encoded_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, path: Path):
@@ -130,7 +122,7 @@ def pooled_texts(text_encoder: TextEncoder, texts: list[str], batch: int = 256) 
 def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, cfg) -> dict:
     """bits: per level (b, t, h, w, k); caption_pooled (b, d) with ids (b,) (equal captions are both positive);
     phrase_pooled (m, d) with phrase_pos (m, b) True where video j's caption holds phrase i."""
-    scale = head.logit_scale.clamp(max=4.6052).exp()  # <= 100
+    scale = head.scale()
     tokens = head.token_embeddings(bits)  # once, for the pooled and the token-level loss
     video = head.video_embedding(bits, tokens)
     text = head.text_embedding(caption_pooled)
