@@ -133,6 +133,14 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+def cli_overrides(args, flags: dict[str, str]) -> list[str]:
+    """`--set` pairs plus one `key=value` for each given shortcut flag: flags maps an argparse dest
+    (e.g. "output_dir") to its config key (e.g. "train.output_dir"); later pairs win."""
+    overrides = list(getattr(args, "set", None) or [])
+    overrides += [f"{key}={getattr(args, dest)}" for dest, key in flags.items() if getattr(args, dest, None)]
+    return overrides
+
+
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

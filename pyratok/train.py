@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, param_checksum, shutdown
 from .checkpoints import find_checkpoint, load_pretrained_wan, step_of
-from .config import flat_dict, load_config, save_config
+from .config import cli_overrides, flat_dict, load_config, save_config
 from .data.mix import DataConfig, build_dataset, collate_videos
 from .objective import LossWeights, TokenizerObjective
 from .text_encoder import TextEncoder
@@ -167,11 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrained_vae", default=None, help="local folder of Wan 2.1 VAE weights")
     parser.add_argument("--output_dir", default=None)
     args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.pretrained_vae:
-        overrides.append(f"train.pretrained_vae={args.pretrained_vae}")
-    if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
+    overrides = cli_overrides(args, {"pretrained_vae": "train.pretrained_vae", "output_dir": "train.output_dir"})
     cfg = load_config(TokenizerTrainConfig, args.config, overrides)
     train(cfg, resume=args.resume_from_checkpoint)
 

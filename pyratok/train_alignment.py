@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, shutdown
 from .alignment import multi_positive_nce, top_fraction_mean
-from .config import flat_dict, load_config, save_config
+from .config import cli_overrides, flat_dict, load_config, save_config
 from .data.shapes import ShapesDataset
 from .text_encoder import TextEncoder
 from .tokenizer import PyraTokTokenizer
@@ -248,11 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="overrides, e.g. steps=500")
     args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.tokenizer:
-        overrides.append(f"tokenizer={args.tokenizer}")
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    overrides = cli_overrides(args, {"tokenizer": "tokenizer", "output_dir": "output_dir"})
     cfg = load_config(AlignmentTrainConfig, args.config, overrides)
     train_alignment(cfg)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pyratok.config import ConfigError, config_to_dict, load_config, save_config
+from pyratok.config import ConfigError, cli_overrides, config_to_dict, load_config, save_config
 from pyratok.train import TokenizerTrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -54,3 +54,11 @@ def test_wrong_type_and_bad_override():
         load_config(TokenizerTrainConfig, None, ["train.steps"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(TokenizerTrainConfig, "no/such/file.yaml")
+
+
+def test_cli_overrides_appends_given_shortcut_flags_after_set_pairs():
+    import argparse
+
+    args = argparse.Namespace(set=["train.steps=5"], output_dir="runs/x", pretrained_vae=None)
+    flags = {"output_dir": "train.output_dir", "pretrained_vae": "train.pretrained_vae"}
+    assert cli_overrides(args, flags) == ["train.steps=5", "train.output_dir=runs/x"]

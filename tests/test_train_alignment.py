@@ -16,6 +16,7 @@ from pyratok.train_alignment import (
     TokenTextData,
     alignment_losses,
     encode_clips,
+    main,
     split_phrases,
     train_alignment,
 )
@@ -67,7 +68,8 @@ def test_short_run_trains_the_head_only_and_lowers_its_loss(tmp_path):
     # a rerun reuses the encoded clips instead of encoding again
     cache = tmp_path / "align" / "encoded_clips.safetensors"
     stamp = cache.stat().st_mtime_ns
-    train_alignment(AlignmentTrainConfig(**{**vars(cfg), "steps": 1}))
+    main(["--tokenizer", cfg.tokenizer, "--output_dir", cfg.output_dir, "--set", "clips=48", "val_clips=8",
+          "num_frames=5", "size=32", "batch_size=16", "steps=1"])
     assert cache.stat().st_mtime_ns == stamp
     assert list((tmp_path / "align" / "logs").rglob("events.out.tfevents.*"))
     # on the clips it trained on, the new head fits captions and phrases better than the old one
