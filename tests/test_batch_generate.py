@@ -4,6 +4,7 @@ Tiny random pipeline on one thread; a cut-short run is resumed, two processes ar
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -128,10 +129,11 @@ class ThreadState:
 
 def test_two_processes_share_the_work(pipe, tmp_path):
     barrier, results, errors = threading.Barrier(2), {}, []
+    pipes = [pipe, copy.deepcopy(pipe)]  # each process has its own pipeline; threads must not share one
 
     def run(rank):
         try:
-            results[rank] = generate_batch(pipe, PROMPTS + ["a cyan square"], tmp_path, batch_size=2,
+            results[rank] = generate_batch(pipes[rank], PROMPTS + ["a cyan square"], tmp_path, batch_size=2,
                                            state=ThreadState(rank, 2, barrier), **SMALL)
         except BaseException as err:  # surfaced below
             errors.append(err)
@@ -177,11 +179,13 @@ def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
     prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[1]}\n")
     out = tmp_path / "batch"
     assert main(["generate", "--prompts", str(prompts), "--out-dir", str(out), "--model", str(model_dir),
-                 "--seed", "4", "--batch-size", "2", *SIZE_ARGS]) == 0
+                 "--seed", "4", "--batch-size", "1", *SIZE_ARGS]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["finished"] == 2
     records = manifest(out)
     assert [r["prompt"] for r in records] == PROMPTS[:2] and records[0]["model"] == str(model_dir.resolve())
-    np.testing.assert_array_equal(decoded(out, records[0]), read_video(video)[0])  # seed 4 either way
+    # seed 4 either way; batch size 1 runs the same arithmetic as the single prompt (other batch sizes
+    # agree only to float rounding, see test_batch_outputs_do_not_depend_on_batch_size)
+    np.testing.assert_array_equal(decoded(out, records[0]), read_video(video)[0])
 
 
 @pytest.mark.parametrize("argv, message", [
