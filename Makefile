@@ -34,6 +34,8 @@ clean:
 RUNS := runs/default
 TOK_STEPS ?= 1250
 TOK17_STEPS ?= 2150
+TOK32_STEPS ?= 900
+TOK32_17_STEPS ?= 1100
 GEN_STEPS ?= 2000
 CACHE_N ?= 2000
 default-model: $(STAMP)
@@ -41,7 +43,14 @@ default-model: $(STAMP)
 	  --set train.steps=$(TOK_STEPS) train.output_dir=$(RUNS)/tokenizer
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer/config.yaml --resume_from_checkpoint latest \
 	  --set train.steps=$(TOK17_STEPS) data.num_frames=17 loss.entropy=1.0
-	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train_alignment --tokenizer $(RUNS)/tokenizer/tokenizer \
+	# 32 bits grown from 16, chroma loss, channel-shuffled real clips: the colours' green-magenta axis
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer/config.yaml --resume_from_checkpoint latest \
+	  --output_dir $(RUNS)/tokenizer32 --set train.steps=$(TOK32_STEPS) train.init_from=$(RUNS)/tokenizer/tokenizer \
+	  train.grow_from_init=true train.pretrained_vae=null model.quantizer.num_bits=32 data.num_frames=9 \
+	  data.channel_shuffle_prob=0.8 loss.chroma=2.0 loss.latent=0.25 train.lr=0.0003 train.warmup_steps=20
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer32/config.yaml --resume_from_checkpoint latest \
+	  --set train.steps=$(TOK32_17_STEPS) data.num_frames=17
+	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train_alignment --tokenizer $(RUNS)/tokenizer32/tokenizer \
 	  --output_dir $(RUNS)/alignment
 	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/tokenizer \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pyratok.data.shapes import ShapesDataset, video_to_uint8
-from pyratok.understanding.common import encode_texts, encode_videos, similarity_volume
+from pyratok.understanding.common import encode_texts, encode_videos, query_volume
 from pyratok.understanding.localize import frame_scores, localize_scores
 from pyratok.understanding.metrics import iou, recall_at_k, temporal_iou
 from pyratok.understanding.plots import overlay, save_image_grid, save_score_curve, save_similarity_matrix
@@ -59,13 +59,12 @@ def model_outputs(tokenizer, text_encoder, data: list[dict], batch_size: int):
     captions = [d["caption"] for d in data]
     phrases = sorted({object_query(o) for d in data for o in d["objects"]})
     caption_pooled = encode_texts(tokenizer, text_encoder, captions)  # (n, d)
-    phrase_pooled = encode_texts(tokenizer, text_encoder, phrases)  # (p, d)
     rows, volumes = [], {}
     for start in range(0, len(data), batch_size):
         chunk = data[start : start + batch_size]
         pyramid = encode_videos(tokenizer, torch.stack([d["video"] for d in chunk]))
         rows.append(tokenizer.video_text_similarity(pyramid, caption_pooled).float().cpu())
-        volume = similarity_volume(tokenizer, pyramid, phrase_pooled).cpu()  # (b, p, t, h, w)
+        volume = query_volume(tokenizer, text_encoder, pyramid, phrases).cpu()  # (b, p, t, h, w)
         for b, d in enumerate(chunk):
             for j, obj in enumerate(d["objects"]):
                 volumes[start + b, j] = volume[b, phrases.index(object_query(obj))]

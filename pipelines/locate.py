@@ -65,7 +65,7 @@ def load_clip(path: Path, size: int | None, fps: float | None, max_frames: int |
 
 def run(args: argparse.Namespace) -> int:
     from pyratok.data.video_io import write_video
-    from pyratok.understanding.common import check_text, encode_texts, encode_videos, similarity_volume
+    from pyratok.understanding.common import check_text, encode_videos, query_volume
     from pyratok.understanding.loading import load_models
     from pyratok.understanding.localize import frame_scores, localize_scores
     from pyratok.understanding.plots import overlay, save_score_curve
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer, text_encoder = load_models(args.model)
     size = tuple(video.shape[1:])  # (T, H, W)
     pyramid = encode_videos(tokenizer, video)
-    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [text]))[0, 0].cpu()
+    volume = query_volume(tokenizer, text_encoder, pyramid, [text])[0, 0].cpu()
     scores = frame_scores(volume, size[0], tokenizer.temporal_factor)
     found = localize_scores(scores, args.threshold, args.min_len, args.merge_gap)
     seg = segment_volume(volume, size, tokenizer.temporal_factor, tokenizer.spatial_factor, guide=video)

@@ -22,6 +22,9 @@ class AlignmentConfig:
     embed_dim: int = 128
     hidden_dim: int = 128
     init_temperature: float = 0.07
+    # a text every query is contrasted with at token level (zero-shot localisation and segmentation ask
+    # "query or background?"); set by the alignment stage when it trains with a background class
+    background_text: str | None = None
 
 
 class AlignmentHead(nn.Module):
@@ -75,14 +78,17 @@ class AlignmentHead(nn.Module):
         return torch.stack(fields).mean(0)
 
     def similarity_volume(
-        self, bits: list[torch.Tensor], text_emb: torch.Tensor, tokens: list[torch.Tensor] | None = None
+        self, bits: list[torch.Tensor], text_emb: torch.Tensor, tokens: list[torch.Tensor] | None = None,
+        field: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(b, m, t, h, w) on the finest grid: the mean over levels of each level's cosine map resampled there.
 
         Resampling is linear, so this is the token field (levels resampled and averaged first) times the
-        text: the same numbers at a fraction of the cost when there are many texts.
+        text: the same numbers at a fraction of the cost when there are many texts. `field`:
+        `token_field(bits)` when the caller has it already.
         """
-        return torch.einsum("bethw,me->bmthw", self.token_field(bits, tokens), text_emb.float())
+        field = self.token_field(bits, tokens) if field is None else field
+        return torch.einsum("bethw,me->bmthw", field, text_emb.float())
 
     def scale(self) -> torch.Tensor:
         """The learned inverse temperature of the contrastive logits, at most 100."""

@@ -1,7 +1,7 @@
 """Checkpoint helpers: find accelerate checkpoints to resume, load pretrained Wan VAE weights.
 
 Supports the training scripts of PyraTok (tokenizer and generator): `--resume_from_checkpoint
-latest` and `--pretrained_vae DIR`; nothing here downloads or unpickles.
+latest`, `--pretrained_vae DIR` and `train.init_from`; nothing here downloads or unpickles.
 """
 from __future__ import annotations
 
@@ -58,6 +58,43 @@ def load_pretrained_wan(tokenizer, path: str | Path) -> None:
         raise ValueError(f"backbone config differs from the pretrained VAE at {sub}: {diff} (mine, pretrained)")
     tokenizer.backbone.load_state_dict(vae.state_dict())
     tokenizer.backbone.register_to_config(latents_mean=vae.config.latents_mean, latents_std=vae.config.latents_std)
+
+
+def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> None:
+    """Start training from a saved tokenizer folder (`save_pretrained`): every weight, strictly.
+
+    The model config must match the saved one; a mismatch names the differing parameter shapes. With
+    `grow`, a tensor may be larger than the saved one in any dimension (e.g. a codebook of more bits):
+    the saved values fill the leading block, and a weight's new input columns start at zero, so the
+    grown model computes what the saved one did until training uses the new entries.
+    """
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import load_file
+
+    file = Path(path) / SAFETENSORS_WEIGHTS_NAME
+    if not file.is_file():
+        raise ValueError(f"no tokenizer weights ({SAFETENSORS_WEIGHTS_NAME}) in {path}")
+    state = load_file(str(file))
+    mine = tokenizer.state_dict()
+
+    def fits(k, v):
+        if k not in mine or mine[k].shape == v.shape:
+            return k in mine
+        return grow and mine[k].dim() == v.dim() and all(a >= b for a, b in zip(mine[k].shape, v.shape))
+
+    bad = {k: (tuple(mine[k].shape) if k in mine else None, tuple(v.shape)) for k, v in state.items() if not fits(k, v)}
+    missing = sorted(set(mine) - set(state))
+    if bad or missing:
+        raise ValueError(f"tokenizer at {path} does not match the config: shapes (mine, saved) {bad}, "
+                         f"missing {missing[:5]}")
+    for k, v in state.items():
+        if mine[k].shape != v.shape:
+            grown = mine[k].clone()
+            if grown.dim() == 2:  # (out, in): new inputs contribute nothing yet
+                grown[:, v.shape[1]:] = 0
+            grown[tuple(slice(0, n) for n in v.shape)] = v
+            state[k] = grown
+    tokenizer.load_state_dict(state)
 
 
 def list_or(v):

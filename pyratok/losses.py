@@ -65,6 +65,15 @@ def foreground_weights(target: torch.Tensor, weight: float, threshold: float = -
     return w / w.mean(dim=(2, 3, 4), keepdim=True)
 
 
+# Orthonormal opponent-colour axes of RGB: red-blue and green-magenta (the luminance axis is left out).
+OPPONENT_CHROMA = torch.tensor([[1.0, 0.0, -1.0], [-1.0, 2.0, -1.0]]) / torch.tensor([[2.0**0.5], [6.0**0.5]])
+
+
+def chroma(x: torch.Tensor) -> torch.Tensor:
+    """(b, 3, t, h, w) RGB -> (b, 2, t, h, w) on the opponent chroma axes."""
+    return torch.einsum("oc,bcthw->bothw", OPPONENT_CHROMA.to(x.device, x.dtype), x)
+
+
 def reconstruction_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
@@ -72,13 +81,20 @@ def reconstruction_loss(
     mse_weight: float = 0.0,
     foreground_weight: float = 0.0,
     lowpass_weight: float = 0.0,
+    chroma_weight: float = 0.0,
 ) -> dict:
     """L1 (optionally foreground-weighted) + `mse_weight` * MSE + `ssim_weight` * (1 - SSIM)
-    + `lowpass_weight` * MSE of 4x4-pooled frames (each region's mean colour: hue learns late otherwise)."""
+    + `lowpass_weight` * MSE of 4x4-pooled frames (each region's mean colour: hue learns late otherwise)
+    + `chroma_weight` * L1 on the two opponent chroma axes, which weighs a green-magenta error as much as
+    a red-blue one (natural video varies little along green-magenta, and a small tokenizer drops it)."""
     err = recon - target
     w = foreground_weights(target, foreground_weight) if foreground_weight > 0 else None
     l1 = err.abs().mean() if w is None else (err.abs() * w).mean()
     out = {"l1": l1, "loss": l1}
+    if chroma_weight > 0:
+        c = chroma(err).abs()  # (b, 2, t, h, w)
+        out["chroma"] = c.mean() if w is None else (c * w).mean()
+        out["loss"] = out["loss"] + chroma_weight * out["chroma"]
     if mse_weight > 0:
         mse = err.pow(2).mean() if w is None else (err.pow(2) * w).mean()
         out["mse"] = mse

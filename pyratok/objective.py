@@ -21,6 +21,7 @@ class LossWeights:
     mse: float = 0.0
     foreground: float = 0.0  # extra L1/MSE weight on non-black pixels (see losses.foreground_weights)
     lowpass: float = 0.0  # MSE of 4x4-pooled frames: region colours
+    chroma: float = 0.0  # L1 on the opponent chroma axes (see losses.reconstruction_loss)
     kl: float = 1e-6
     commitment: float = 0.25
     latent: float = 1.0  # z_hat towards the latent and back (VQ-VAE's codebook + commitment terms)
@@ -55,9 +56,10 @@ def tokenizer_losses(
     text_pooled: torch.Tensor | None = None,
 ) -> dict:
     """All loss terms and metrics of one batch; `loss` is the weighted total to backpropagate."""
-    rec = reconstruction_loss(out.recon, video, weights.ssim, weights.mse, weights.foreground, weights.lowpass)
+    rec = reconstruction_loss(out.recon, video, weights.ssim, weights.mse, weights.foreground, weights.lowpass,
+                              weights.chroma)
     terms = {"l1": rec["l1"], "psnr": psnr(out.recon.detach().clamp(-1, 1), video)}
-    terms.update({k: rec[k] for k in ("ssim", "mse", "lowpass") if k in rec})
+    terms.update({k: rec[k] for k in ("ssim", "mse", "lowpass", "chroma") if k in rec})
     total = rec["loss"]
     if out.quant is None:  # continuous-VAE stage
         terms["kl"] = kl_loss(out.z, out.logvar)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, param_checksum, shutdown
-from .checkpoints import find_checkpoint, load_pretrained_wan, step_of
+from .checkpoints import find_checkpoint, load_pretrained_wan, load_tokenizer_weights, step_of
 from .config import cli_overrides, flat_dict, load_config, save_config
 from .data.mix import DataConfig, build_dataset, collate_videos
 from .objective import LossWeights, TokenizerObjective
@@ -39,6 +39,9 @@ class TrainLoopConfig:
     warmup_steps: int = 50
     text_dropout: float = 0.1
     freeze_encoder: bool = False
+    # train the decoder alone (post_quant_conv + decoder): the tokens stay bit-for-bit those of the
+    # starting model, so a generator trained on them stays valid (a decoder fine-tuning stage)
+    decoder_only: bool = False
     log_every: int = 10
     image_every: int = 200
     save_every: int = 250
@@ -47,6 +50,8 @@ class TrainLoopConfig:
     mixed_precision: str = "no"
     pretrained_vae: str | None = None  # local folder with AutoencoderKLWan weights (Wan 2.1)
     text_encoder: str | None = None  # local folder; None = the installed MiniLM
+    init_from: str | None = None  # a saved tokenizer folder to start from (a new stage, fresh optimizer)
+    grow_from_init: bool = False  # init_from may be smaller (e.g. fewer bits): see load_tokenizer_weights
     write_param_checksum: bool = False  # each rank writes param_checksum_rank{i}.txt (tests DDP sync)
 
 
@@ -88,9 +93,15 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     tokenizer = PyraTokTokenizer.from_config_dataclass(cfg.model)
     if tc.pretrained_vae:
         load_pretrained_wan(tokenizer, tc.pretrained_vae)
+    if tc.init_from:
+        load_tokenizer_weights(tokenizer, tc.init_from, grow=tc.grow_from_init)
     if tc.freeze_encoder:
         tokenizer.backbone.encoder.requires_grad_(False)
         tokenizer.backbone.quant_conv.requires_grad_(False)
+    if tc.decoder_only:
+        tokenizer.requires_grad_(False)
+        tokenizer.backbone.post_quant_conv.requires_grad_(True)
+        tokenizer.backbone.decoder.requires_grad_(True)
     objective = TokenizerObjective(tokenizer, cfg.loss)
     text_encoder = TextEncoder.from_pretrained(tc.text_encoder, device=accelerator.device)
 

@@ -9,7 +9,13 @@ zero-shot understanding encodes them; then only the alignment head learns, with 
 - phrase -> video, token level: each caption is split at " and " into phrases (one per object); a
   phrase's score for a video is the mean of its best-matching tokens (`top_fraction_mean`), and InfoNCE
   over the batch's videos (every video whose caption holds the phrase is a positive) teaches tokens to
-  light up where, and when, the phrase is seen. No masks or boxes are used.
+  light up where, and when, the phrase is seen;
+- token level, with a background class (`background_weight`): every token must be explained by the
+  background text or by a phrase of its own video's caption (a partial-label loss: phrases of other
+  captions are wrong there), and each phrase's best-matching tokens in its videos must pick the phrase
+  over the background (multiple instance). The black canvas is in every video under every caption, so
+  only the background can explain it; localisation and segmentation then ask "query or background?".
+No masks or boxes are used.
 Batches are far larger than the tokenizer's (hundreds of clips against 4), which contrastive losses need.
 Writes output_dir/tokenizer (the whole tokenizer, new head), alignment_config.yaml, TensorBoard logs,
 alignment_curve.png and encoded_clips.safetensors (the encoded clips, reused by a rerun with the same
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, shutdown
 from .alignment import multi_positive_nce, top_fraction_mean
-from .config import cli_overrides, flat_dict, load_config, save_config
+from .config import cli_overrides, config_to_dict, flat_dict, load_config, save_config
 from .data.shapes import ShapesDataset
 from .text_encoder import TextEncoder
 from .tokenizer import PyraTokTokenizer
@@ -53,6 +60,8 @@ class AlignmentTrainConfig:
     weight_decay: float = 0.01
     phrase_weight: float = 1.0
     top_fraction: float = 0.1
+    background_weight: float = 1.0  # 0: no background class (the head keeps background_text unset)
+    background_text: str = "background"
     log_every: int = 25
     seed: int = 0
 
@@ -119,9 +128,32 @@ def pooled_texts(text_encoder: TextEncoder, texts: list[str], batch: int = 256) 
     return torch.cat([text_encoder(texts[i:i + batch]).pooled.float().cpu() for i in range(0, len(texts), batch)])
 
 
-def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, cfg) -> dict:
+def background_loss(volume: torch.Tensor, background: torch.Tensor, phrase_pos: torch.Tensor, scale: torch.Tensor,
+                    fraction: float) -> torch.Tensor:
+    """Token-level partial-label + multiple-instance loss with a background class.
+
+    volume (b, m, t, h, w): token cosine with the batch's m phrases; background (b, 1, t, h, w): with the
+    background text; phrase_pos (m, b): True where video j's caption holds phrase i.
+    """
+    b, m = volume.shape[:2]
+    logits = scale * torch.cat([volume, background], dim=1).flatten(2)  # (b, m + 1, n tokens)
+    allowed = torch.cat([phrase_pos.t(), phrase_pos.new_ones(b, 1)], dim=1)  # (b, m + 1)
+    log_all = logits.logsumexp(1)  # (b, n)
+    log_allowed = logits.masked_fill(~allowed[:, :, None], float("-inf")).logsumexp(1)
+    partial = (log_all - log_allowed).mean()
+    k = max(1, math.ceil(fraction * volume.shape[-1] * volume.shape[-2]))
+    best = volume.flatten(2).topk(k, dim=-1).indices  # (b, m, k): each phrase's best tokens in each video
+    log_p = logits[:, :m].gather(2, best) - log_all[:, None, :].expand(-1, m, -1).gather(2, best)  # (b, m, k)
+    pos = phrase_pos.t().to(log_p.dtype)  # (b, m)
+    instance = -(log_p.mean(-1) * pos).sum() / pos.sum()
+    return partial + instance
+
+
+def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, cfg,
+                     background_pooled: torch.Tensor | None = None) -> dict:
     """bits: per level (b, t, h, w, k); caption_pooled (b, d) with ids (b,) (equal captions are both positive);
-    phrase_pooled (m, d) with phrase_pos (m, b) True where video j's caption holds phrase i."""
+    phrase_pooled (m, d) with phrase_pos (m, b) True where video j's caption holds phrase i;
+    background_pooled (1, d): the background text, used when cfg.background_weight > 0."""
     scale = head.scale()
     tokens = head.token_embeddings(bits)  # once, for the pooled and the token-level loss
     video = head.video_embedding(bits, tokens)
@@ -129,18 +161,26 @@ def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phr
     same = caption_ids[:, None] == caption_ids[None, :]
     logits = scale * video @ text.t()  # (b videos, b captions)
     caption = 0.5 * (multi_positive_nce(logits, same) + multi_positive_nce(logits.t(), same))
-    volume = head.similarity_volume(bits, head.text_embedding(phrase_pooled), tokens)  # (b, m, t, h, w)
+    field = head.token_field(bits, tokens)  # (b, e, t, h, w), shared by every text below
+    volume = head.similarity_volume(bits, head.text_embedding(phrase_pooled), field=field)  # (b, m, t, h, w)
     scores = top_fraction_mean(volume, cfg.top_fraction)  # (b, m)
     phrase = multi_positive_nce(scale * scores.t(), phrase_pos)
     hit = (logits.argmax(-1) == torch.arange(len(bits[0]), device=logits.device)).float().mean()
-    return {"loss": caption + cfg.phrase_weight * phrase, "caption": caption, "phrase": phrase,
-            "v2t_acc": hit, "scale": scale}
+    out = {"loss": caption + cfg.phrase_weight * phrase, "caption": caption, "phrase": phrase, "v2t_acc": hit,
+           "scale": scale}
+    if cfg.background_weight > 0:
+        if background_pooled is None:
+            raise ValueError("background_weight > 0 needs the pooled background text")
+        bg = head.similarity_volume(bits, head.text_embedding(background_pooled), field=field)  # (b, 1, t, h, w)
+        out["background"] = background_loss(volume, bg, phrase_pos, scale, cfg.top_fraction)
+        out["loss"] = out["loss"] + cfg.background_weight * out["background"]
+    return out
 
 
 class TokenTextData:
     """Encoded clips with their caption and phrase ids; `batch(idx)` gives alignment_losses' inputs."""
 
-    def __init__(self, bits, captions: list[str], text_encoder: TextEncoder):
+    def __init__(self, bits, captions: list[str], text_encoder: TextEncoder, background_text: str = "background"):
         self.bits = bits
         self.caption_names = sorted(set(captions))
         self.phrase_names = sorted({p for c in captions for p in split_phrases(c)})
@@ -149,6 +189,7 @@ class TokenTextData:
         self.phrase_sets = [[phrase_index[p] for p in split_phrases(c)] for c in captions]
         self.caption_pooled = pooled_texts(text_encoder, self.caption_names)
         self.phrase_pooled = pooled_texts(text_encoder, self.phrase_names)
+        self.background_pooled = pooled_texts(text_encoder, [background_text])  # (1, d)
 
     def __len__(self) -> int:
         return len(self.caption_ids)
@@ -160,6 +201,9 @@ class TokenTextData:
         pos = torch.tensor([[p in self.phrase_sets[i] for i in idx.tolist()] for p in phrases])
         return (bits, self.caption_pooled[ids].to(device), ids.to(device),
                 self.phrase_pooled[phrases].to(device), pos.to(device))
+
+    def background(self, device) -> torch.Tensor:
+        return self.background_pooled.to(device)
 
 
 @torch.no_grad()
@@ -181,7 +225,7 @@ def train_alignment(cfg: AlignmentTrainConfig) -> Path:
     tokenizer = PyraTokTokenizer.from_pretrained(cfg.tokenizer).to(device).eval()
     text_encoder = TextEncoder.from_pretrained(cfg.text_encoder, device=device)
     bits, captions = encoded_clips(tokenizer, cfg, out / "encoded_clips.safetensors")
-    data = TokenTextData(bits, captions, text_encoder)
+    data = TokenTextData(bits, captions, text_encoder, cfg.background_text)
     del text_encoder
     head = tokenizer.alignment.train()
     tokenizer.requires_grad_(False)
@@ -202,7 +246,7 @@ def train_alignment(cfg: AlignmentTrainConfig) -> Path:
     for step in bar:
         head.train()
         idx = torch.randperm(n_train, generator=rng)[: cfg.batch_size]
-        terms = alignment_losses(head, *data.batch(idx, device), cfg)
+        terms = alignment_losses(head, *data.batch(idx, device), cfg, data.background(device))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -216,6 +260,9 @@ def train_alignment(cfg: AlignmentTrainConfig) -> Path:
                 history[key].append(logs[name])
             history["step"].append(done)
             bar.set_postfix(loss=f"{logs['loss']:.3f}", val_r1=f"{logs['val_t2v_r1']:.2f}")
+    if cfg.background_weight > 0:  # understanding now contrasts every query with this text
+        tokenizer.cfg.alignment.background_text = cfg.background_text
+        tokenizer.register_to_config(alignment_config=config_to_dict(tokenizer.cfg.alignment))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(out / "tokenizer")
         plot_curves(history, out / "alignment_curve.png")

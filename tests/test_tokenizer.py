@@ -242,3 +242,21 @@ def test_foreground_weighting_counts_object_pixels_more():
     low = reconstruction_loss(recon, target, 0.0, lowpass_weight=1.0)
     assert torch.allclose(low["lowpass"], torch.tensor(4.0 / 48))  # 1 of 16 cells x 3 channels is off by 2
     assert torch.allclose(low["loss"], low["l1"] + low["lowpass"])
+
+
+def test_chroma_loss_weighs_green_magenta_like_red_blue_and_ignores_luminance():
+    from pyratok.losses import OPPONENT_CHROMA, chroma, reconstruction_loss
+
+    axes = OPPONENT_CHROMA
+    assert torch.allclose(axes @ axes.t(), torch.eye(2), atol=1e-6)  # orthonormal
+    assert torch.allclose(axes.sum(1), torch.zeros(2), atol=1e-6)  # blind to luminance (R = G = B)
+    target = torch.zeros(1, 3, 1, 4, 4)
+    grey = chroma(target + 0.3)
+    assert torch.allclose(grey, torch.zeros_like(grey), atol=1e-6)
+    # errors of equal size along green-magenta and along red-blue cost the same
+    magenta_green = target + torch.tensor([-1.0, 2.0, -1.0]).view(1, 3, 1, 1, 1) / 6**0.5
+    red_blue = target + torch.tensor([1.0, 0.0, -1.0]).view(1, 3, 1, 1, 1) / 2**0.5
+    g = reconstruction_loss(magenta_green, target, 0.0, chroma_weight=1.0)
+    r = reconstruction_loss(red_blue, target, 0.0, chroma_weight=1.0)
+    assert torch.allclose(g["chroma"], r["chroma"]) and g["chroma"] > 0
+    assert torch.allclose(g["loss"], g["l1"] + g["chroma"])

@@ -79,3 +79,30 @@ def test_two_process_run_resumes_from_checkpoint(tmp_path):
     again = PyraTokTokenizer.from_pretrained(out / "tokenizer")
     assert again.quantizer.config.num_bits == 16
     assert list((out / "logs").rglob("events.out.tfevents*")), "TensorBoard logs missing"
+
+
+def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path):
+    """init_from + grow_from_init: a 24-bit model starts from a 16-bit one (same tokens in its first 16
+    bits); decoder_only then changes nothing but the decoder, so the tokens stay exactly as they were."""
+    from pyratok.checkpoints import load_tokenizer_weights
+    from pyratok.train import main
+
+    torch.manual_seed(0)
+    small = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()})
+    small.save_pretrained(tmp_path / "small")
+    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
+    wider = ["model.quantizer.num_bits=24"]
+    with pytest.raises(ValueError, match="quantizer.to_bits.weight"):
+        main(["--config", str(config), "--set", *wider, f"train.init_from={tmp_path / 'small'}"])
+    main(["--config", str(config), "--set", *wider, f"train.init_from={tmp_path / 'small'}",
+          "train.grow_from_init=true", "train.decoder_only=true", "train.write_param_checksum=false"])
+    trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    start = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")  # same config, then the small weights
+    load_tokenizer_weights(start, tmp_path / "small", grow=True)
+    before, after = start.state_dict(), trained.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
+    clip = ShapesDataset(split="train", num_frames=5, height=32, width=32, length=1, seed=3)[0]["video"][None]
+    with torch.no_grad():
+        old, new = small.eval().encode(clip), trained.eval().encode(clip)
+    assert all(torch.equal(a, b[..., :16]) for a, b in zip(old.bits, new.bits))

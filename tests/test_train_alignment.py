@@ -15,6 +15,7 @@ from pyratok.train_alignment import (
     AlignmentTrainConfig,
     TokenTextData,
     alignment_losses,
+    background_loss,
     encode_clips,
     main,
     split_phrases,
@@ -63,6 +64,7 @@ def test_short_run_trains_the_head_only_and_lowers_its_loss(tmp_path):
     before, after = tokenizer.state_dict(), trained.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("alignment.") for k in changed)
+    assert trained.cfg.alignment.background_text == "background"  # understanding contrasts queries with it
     assert (tmp_path / "align" / "alignment_curve.png").is_file()
     assert (tmp_path / "align" / "alignment_config.yaml").is_file()
     # a rerun reuses the encoded clips instead of encoding again
@@ -76,8 +78,8 @@ def test_short_run_trains_the_head_only_and_lowers_its_loss(tmp_path):
     data = TokenTextData(*encode_clips(tokenizer, cfg), TextEncoder.from_pretrained(None))
     batch = data.batch(torch.arange(40), "cpu")
     with torch.no_grad():
-        old = alignment_losses(tokenizer.alignment, *batch, cfg)["loss"]
-        new = alignment_losses(trained.alignment, *batch, cfg)["loss"]
+        old = alignment_losses(tokenizer.alignment, *batch, cfg, data.background("cpu"))["loss"]
+        new = alignment_losses(trained.alignment, *batch, cfg, data.background("cpu"))["loss"]
     assert new < old, (float(old), float(new))
 
 
@@ -88,18 +90,42 @@ def test_alignment_losses_can_be_fitted_by_the_head():
     bits = [torch.randint(0, 2, (b, t, s, s, k), generator=g).float() * 2 - 1 for t, s in ((1, 1), (2, 2), (3, 4))]
     captions = F.normalize(torch.randn(b, 384, generator=g), dim=-1)
     phrases = F.normalize(torch.randn(b, 384, generator=g), dim=-1)
+    background = F.normalize(torch.randn(1, 384, generator=g), dim=-1)
     ids, pos = torch.arange(b), torch.eye(b, dtype=torch.bool)
     head = AlignmentHead(AlignmentConfig(), num_bits=k, num_levels=3, text_dim=384)
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
     cfg = AlignmentTrainConfig()
-    first = alignment_losses(head, bits, captions, ids, phrases, pos, cfg)
+    first = alignment_losses(head, bits, captions, ids, phrases, pos, cfg, background)
     for _ in range(60):
-        terms = alignment_losses(head, bits, captions, ids, phrases, pos, cfg)
+        terms = alignment_losses(head, bits, captions, ids, phrases, pos, cfg, background)
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
-    for name in ("caption", "phrase"):
+    for name in ("caption", "phrase", "background"):
         assert terms[name] < 0.5 * first[name], (name, float(first[name]), float(terms[name]))
+
+
+def test_background_loss_wants_objects_on_their_phrase_and_the_rest_on_background():
+    """2 videos, 2 phrases (video j holds phrase j), 4 tokens each; token 0 is the object, the rest canvas."""
+    pos = torch.eye(2, dtype=torch.bool)  # (m phrases, b videos)
+
+    def volumes(canvas_to_other_phrase: bool):
+        phrase = torch.full((2, 2, 1, 1, 4), -1.0)  # (b, m, t, h, w)
+        background = torch.full((2, 1, 1, 1, 4), 1.0)
+        for j in range(2):
+            phrase[j, j, ..., 0], background[j, 0, ..., 0] = 1.0, -1.0  # the object: its phrase, not background
+            if canvas_to_other_phrase:
+                phrase[j, 1 - j, ..., 1:] = 1.0  # the canvas matches the phrase of the *other* video
+                background[j, 0, ..., 1:] = -1.0
+        return phrase, background
+
+    scale = torch.tensor(10.0)
+    good = background_loss(*volumes(False), pos, scale, fraction=0.25)
+    bad = background_loss(*volumes(True), pos, scale, fraction=0.25)
+    assert good < 0.01 < 1.0 < bad
+    everything_background = background_loss(torch.full((2, 2, 1, 1, 4), -1.0), torch.ones(2, 1, 1, 1, 4), pos,
+                                            scale, fraction=0.25)
+    assert everything_background > 1.0  # each phrase's best token must still pick the phrase
 
 
 def test_train_alignment_names_bad_settings(tmp_path):

@@ -183,6 +183,19 @@ def test_localize_and_segment_on_any_video_size(tokenizer):
     assert localize(tokenizer, FakeTextEncoder(), video[:, :1], "a red circle").scores.shape == (1,)
 
 
+def test_query_volume_contrasts_with_the_background_text_when_the_head_has_one():
+    from pyratok.understanding.common import encode_texts, encode_videos, query_volume, similarity_volume
+
+    plain = tiny_tokenizer(text_dim=384)
+    with_background = tiny_tokenizer(text_dim=384, alignment_config={"background_text": "background"})
+    video, texts, enc = random_video(5, 16, 16), ["a red circle", "a blue square"], FakeTextEncoder()
+    pyramid = encode_videos(plain, video)
+    raw = similarity_volume(plain, pyramid, encode_texts(plain, enc, texts))
+    assert torch.equal(query_volume(plain, enc, pyramid, texts), raw)
+    background = similarity_volume(plain, pyramid, encode_texts(plain, enc, ["background"]))
+    assert torch.allclose(query_volume(with_background, enc, pyramid, texts), raw - background)
+
+
 def test_classify_and_retrieve(tokenizer):
     videos = torch.stack([random_video(5, 16, 16, seed=s) for s in range(3)])
     texts = ["a red circle", "a blue square", "a green triangle", "a white circle"]

@@ -60,6 +60,34 @@ class MixedDataset(Dataset):
         return item
 
 
+class ChannelShuffle(Dataset):
+    """A dataset whose videos, with probability `prob` per item, have their RGB channels permuted (one of the
+    five non-identity orders, drawn from (seed, index)).
+
+    Natural video varies little along the green-magenta axis; a small tokenizer trained on it learns a 2-D
+    colour space and decodes cyan as blue. Shuffled channels make every colour axis matter equally. Only for
+    sources whose captions name no colour (real clips, pans).
+    """
+
+    ORDERS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+    def __init__(self, dataset: Dataset, prob: float, seed: int = 0):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"channel shuffle probability must be in [0, 1], got {prob!r}")
+        self.dataset, self.prob, self.seed = dataset, prob, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        rng = seed_for("channel_shuffle", self.seed, index)
+        if rng.random() < self.prob:
+            order = self.ORDERS[int(rng.integers(len(self.ORDERS)))]
+            item = {**item, "video": item["video"][list(order)]}
+        return item
+
+
 @dataclass
 class DataConfig:
     """Training data: source weights, clip geometry and seeds (round-trips through pyratok.config)."""
@@ -79,6 +107,7 @@ class DataConfig:
     multi_object_prob: float = 0.0  # share of Shapes items with two objects
     textured_prob: float = 0.0  # share of Shapes items on a dim textured background
     real_scale_range: tuple[float, float] = (0.5, 1.0)
+    channel_shuffle_prob: float = 0.0  # real clips and pans with permuted RGB channels (see ChannelShuffle)
 
 
 def build_dataset(cfg: DataConfig) -> MixedDataset:
@@ -94,11 +123,12 @@ def build_dataset(cfg: DataConfig) -> MixedDataset:
     builders = {
         "shapes": (cfg.shapes_weight * (1 - cfg.multi_object_prob), lambda: ShapesDataset(num_objects=1, **shapes)),
         "shapes_multi": (cfg.shapes_weight * cfg.multi_object_prob, lambda: ShapesDataset(num_objects=2, **shapes)),
-        "real": (cfg.real_weight, lambda: RealClipDataset(
+        "real": (cfg.real_weight, lambda: ChannelShuffle(RealClipDataset(
             num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed, fps=cfg.fps,
-            scale_range=cfg.real_scale_range)),
-        "pans": (cfg.pans_weight, lambda: ImagePanDataset.from_real_clips(
-            num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed)),
+            scale_range=cfg.real_scale_range), cfg.channel_shuffle_prob, cfg.seed)),
+        "pans": (cfg.pans_weight, lambda: ChannelShuffle(ImagePanDataset.from_real_clips(
+            num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed),
+            cfg.channel_shuffle_prob, cfg.seed)),
         "folder": (cfg.folder_weight, lambda: VideoTextDataset(
             cfg.folder, num_frames=cfg.num_frames, size=size, fps=cfg.fps, seed=cfg.seed)),
     }

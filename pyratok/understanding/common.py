@@ -102,6 +102,18 @@ def similarity_volume(tokenizer, pyramid: TokenPyramid, text_pooled: torch.Tenso
     return tokenizer.alignment.similarity_volume([b.to(tokenizer.dtype) for b in pyramid.bits], text_emb)
 
 
+@torch.no_grad()
+def query_volume(tokenizer, text_encoder, pyramid: TokenPyramid, texts: list[str]) -> torch.Tensor:
+    """(b, m, t, h, w) evidence for each text query at each token: its cosine, minus the cosine of the
+    head's background text when the head was trained with one (`AlignmentConfig.background_text`), so
+    that > 0 reads "the query rather than background"."""
+    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, texts))
+    background = tokenizer.cfg.alignment.background_text
+    if background:
+        volume = volume - similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [background]))
+    return volume
+
+
 def frame_to_latent(num_frames: int, temporal_factor: int) -> torch.Tensor:
     """(T,) latent frame of each video frame: frame 0 -> 0, frame f >= 1 -> 1 + (f - 1) // tf."""
     f = torch.arange(num_frames)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .common import as_video_batch, check_text, encode_texts, encode_videos, frame_to_latent, similarity_volume
+from .common import as_video_batch, check_text, encode_videos, frame_to_latent, query_volume
 from .thresholds import resolve_threshold
 
 
@@ -97,7 +97,7 @@ def localize(tokenizer, text_encoder, video: torch.Tensor, text: str, threshold:
     """Where in time `text` appears in one video (3, T, H, W) in [-1, 1] (any size, see `common`).
 
     threshold: None or "otsu" (adaptive, Otsu over the frame scores), "midpoint" ((min + max) / 2), or a
-    cosine value. A flat score curve puts the whole clip in one segment: a relative threshold cannot say
+    value of the score. A flat score curve puts the whole clip in one segment: a relative threshold cannot say
     "absent" — pass an absolute threshold for that.
     """
     text = check_text(text)
@@ -106,6 +106,6 @@ def localize(tokenizer, text_encoder, video: torch.Tensor, text: str, threshold:
         raise ValueError(f"localize takes one video (3, T, H, W), got a batch of {video.shape[0]}")
     num_frames = video.shape[-3]
     pyramid = encode_videos(tokenizer, video)
-    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [text]))[0, 0]  # (t, h, w)
+    volume = query_volume(tokenizer, text_encoder, pyramid, [text])[0, 0]  # (t, h, w)
     scores = frame_scores(volume, num_frames, tokenizer.temporal_factor, top_fraction).cpu()
     return localize_scores(scores, threshold, min_len, merge_gap)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .common import (as_video_batch, check_text, encode_texts, encode_videos, fitted_size, frame_to_latent,
-                     similarity_volume)
+from .common import (as_video_batch, check_text, encode_videos, fitted_size, frame_to_latent,
+                     query_volume)
 from .refine import guided_filter, video_brightness
 from .thresholds import resolve_threshold
 
@@ -77,6 +77,6 @@ def segment(tokenizer, text_encoder, video: torch.Tensor, text: str,
         raise ValueError(f"segment takes one video (3, T, H, W), got a batch of {video.shape[0]}")
     size = tuple(video.shape[-3:])
     pyramid = encode_videos(tokenizer, video)
-    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [text]))[0, 0]  # (t, h, w)
+    volume = query_volume(tokenizer, text_encoder, pyramid, [text])[0, 0]  # (t, h, w)
     return segment_volume(volume.cpu(), size, tokenizer.temporal_factor, tokenizer.spatial_factor, threshold,
                           guide=video[0].cpu() if refine else None)
