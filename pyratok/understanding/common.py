@@ -105,8 +105,9 @@ def similarity_volume(tokenizer, pyramid: TokenPyramid, text_pooled: torch.Tenso
 @torch.no_grad()
 def query_volume(tokenizer, text_encoder, pyramid: TokenPyramid, texts: list[str]) -> torch.Tensor:
     """(b, m, t, h, w) evidence for each text query at each token: its cosine, minus the cosine of the
-    head's background text when the head was trained with one (`AlignmentConfig.background_text`), so
-    that > 0 reads "the query rather than background"."""
+    head's background text when the head was trained with one (`AlignmentConfig.background_text`): how much
+    more a token looks like the query than like background (thresholds stay relative: the background's
+    cosine is high everywhere, so a fixed 0 misses most objects)."""
     volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, texts))
     background = tokenizer.cfg.alignment.background_text
     if background:
