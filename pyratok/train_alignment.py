@@ -138,12 +138,11 @@ def background_loss(volume: torch.Tensor, background: torch.Tensor, phrase_pos: 
     b, m = volume.shape[:2]
     logits = scale * torch.cat([volume, background], dim=1).flatten(2)  # (b, m + 1, n tokens)
     allowed = torch.cat([phrase_pos.t(), phrase_pos.new_ones(b, 1)], dim=1)  # (b, m + 1)
-    log_all = logits.logsumexp(1)  # (b, n)
-    log_allowed = logits.masked_fill(~allowed[:, :, None], float("-inf")).logsumexp(1)
-    partial = (log_all - log_allowed).mean()
+    log_allowed = logits.masked_fill(~allowed[:, :, None], float("-inf")).logsumexp(1)  # (b, n)
+    partial = (logits.logsumexp(1) - log_allowed).mean()
     k = max(1, math.ceil(fraction * volume.shape[-1] * volume.shape[-2]))
     best = volume.flatten(2).topk(k, dim=-1).indices  # (b, m, k): each phrase's best tokens in each video
-    log_p = logits[:, :m].gather(2, best) - log_all[:, None, :].expand(-1, m, -1).gather(2, best)  # (b, m, k)
+    log_p = logits.log_softmax(1)[:, :m].gather(2, best)  # (b, m, k)
     pos = phrase_pos.t().to(log_p.dtype)  # (b, m)
     instance = -(log_p.mean(-1) * pos).sum() / pos.sum()
     return partial + instance
@@ -202,9 +201,6 @@ class TokenTextData:
         return (bits, self.caption_pooled[ids].to(device), ids.to(device),
                 self.phrase_pooled[phrases].to(device), pos.to(device))
 
-    def background(self, device) -> torch.Tensor:
-        return self.background_pooled.to(device)
-
 
 @torch.no_grad()
 def retrieval_at_1(head, data: TokenTextData, idx: torch.Tensor, device) -> float:
@@ -246,7 +242,7 @@ def train_alignment(cfg: AlignmentTrainConfig) -> Path:
     for step in bar:
         head.train()
         idx = torch.randperm(n_train, generator=rng)[: cfg.batch_size]
-        terms = alignment_losses(head, *data.batch(idx, device), cfg, data.background(device))
+        terms = alignment_losses(head, *data.batch(idx, device), cfg, data.background_pooled.to(device))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
