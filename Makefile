@@ -34,9 +34,10 @@ clean:
 RUNS := runs/default
 TOK_STEPS ?= 1250
 TOK17_STEPS ?= 2150
-TOK32_STEPS ?= 900
-TOK32_17_STEPS ?= 1100
-GEN_STEPS ?= 2000
+TOK32_STEPS ?= 1300
+TOK32_17_STEPS ?= 1600
+ALIGN_STEPS ?= 1200
+GEN_STEPS ?= 2500
 CACHE_N ?= 2000
 default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml --resume_from_checkpoint latest \
@@ -51,7 +52,7 @@ default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer32/config.yaml --resume_from_checkpoint latest \
 	  --set train.steps=$(TOK32_17_STEPS) data.num_frames=17
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train_alignment --tokenizer $(RUNS)/tokenizer32/tokenizer \
-	  --output_dir $(RUNS)/alignment
+	  --output_dir $(RUNS)/alignment --set steps=$(ALIGN_STEPS)
 	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/tokenizer \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
 	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml --resume_from_checkpoint latest \

@@ -9,12 +9,13 @@ Protocol (fixed so numbers compare across runs):
   left and a blue square growing"), its target is clip i; R@1 and R@5 (chance 1/n and 5/n); video->text R@1
   with the same n captions as the gallery.
 - localisation: every object that enters late or leaves early is queried with "a {colour} {shape}"; temporal
-  IoU of its presence (T,) and the frames inside `localize` segments (Otsu threshold, min_len 2, merge_gap 2);
+  IoU of its presence (T,) and the frames inside `localize` segments (its default threshold, min_len 2,
+  merge_gap 2);
   mean tIoU and the share of objects with tIoU >= 0.5.
-- segmentation: every object is queried with "a {colour} {shape}"; IoU of the `segment` masks (Otsu on the
-  per-video normalised heatmap) and the object's masks over the whole clip volume (T x H x W); mean IoU,
-  of the token similarity upsampled as it is ("seg mIoU") and refined by the guided filter ("guided",
-  `segment`'s default).
+- segmentation: every object is queried with "a {colour} {shape}"; IoU of the `segment` masks (the finest
+  level's evidence, thresholded at `MASK_THRESHOLD` of the per-video normalised heatmap) and the object's
+  masks over the whole clip volume (T x H x W); mean IoU, of the token similarity upsampled as it is
+  ("seg mIoU") and refined by the guided filter ("guided", `segment`'s default).
 - chance: the same post-processing on i.i.d. uniform token similarities on the same latent grid (seed 0);
   retrieval on uniform random scores. "all present": the label-free prior that every object fills every
   frame and pixel — objects are present in most frames, so its tIoU is high; a model must beat it.
@@ -38,7 +39,7 @@ from pyratok.understanding.localize import frame_scores, localize_scores
 from pyratok.understanding.metrics import iou, recall_at_k, temporal_iou
 from pyratok.understanding.plots import overlay, save_image_grid, save_score_curve, save_similarity_matrix
 from pyratok.understanding.retrieval import rank
-from pyratok.understanding.segment import segment_volume
+from pyratok.understanding.segment import SEGMENT_LEVELS, segment_volume
 
 COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU", "guided")
 
@@ -55,27 +56,30 @@ def load_data(split: str, n: int, seed: int, num_frames: int, size: int) -> list
 
 @torch.no_grad()
 def model_outputs(tokenizer, text_encoder, data: list[dict], batch_size: int):
-    """Retrieval scores (n videos, n captions) and a (t, h, w) similarity volume per (clip, object)."""
+    """Retrieval scores (n videos, n captions) and, per (clip, object), the (t, h, w) query volumes that
+    localisation (all levels) and segmentation (the finest level) read."""
     captions = [d["caption"] for d in data]
     phrases = sorted({object_query(o) for d in data for o in d["objects"]})
     caption_pooled = encode_texts(tokenizer, text_encoder, captions)  # (n, d)
-    rows, volumes = [], {}
+    rows, volumes, seg_volumes = [], {}, {}
     for start in range(0, len(data), batch_size):
         chunk = data[start : start + batch_size]
         pyramid = encode_videos(tokenizer, torch.stack([d["video"] for d in chunk]))
         rows.append(tokenizer.video_text_similarity(pyramid, caption_pooled).float().cpu())
         volume = query_volume(tokenizer, text_encoder, pyramid, phrases).cpu()  # (b, p, t, h, w)
+        finest = query_volume(tokenizer, text_encoder, pyramid, phrases, SEGMENT_LEVELS).cpu()
         for b, d in enumerate(chunk):
             for j, obj in enumerate(d["objects"]):
-                volumes[start + b, j] = volume[b, phrases.index(object_query(obj))]
-    return torch.cat(rows), volumes
+                p = phrases.index(object_query(obj))
+                volumes[start + b, j], seg_volumes[start + b, j] = volume[b, p], finest[b, p]
+    return torch.cat(rows), volumes, seg_volumes
 
 
 def chance_outputs(data: list[dict], grid: tuple[int, int, int], seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     scores = torch.rand(len(data), len(data), generator=gen)
     volumes = {(i, j): torch.rand(grid, generator=gen) for i, d in enumerate(data) for j in range(len(d["objects"]))}
-    return scores, volumes
+    return scores, volumes, volumes
 
 
 def all_present(data: list[dict]) -> dict:
@@ -89,7 +93,8 @@ def all_present(data: list[dict]) -> dict:
             "seg mIoU": float(np.mean(ious)), "guided": math.nan}
 
 
-def score(scores: torch.Tensor, volumes: dict, data: list[dict], tf: int, sf: int) -> tuple[dict, dict]:
+def score(scores: torch.Tensor, volumes: dict, seg_volumes: dict, data: list[dict], tf: int,
+          sf: int) -> tuple[dict, dict]:
     """Metrics from outputs, plus per-item results for the pictures."""
     n = len(data)
     t2v, v2t = rank(scores)
@@ -100,10 +105,10 @@ def score(scores: torch.Tensor, volumes: dict, data: list[dict], tf: int, sf: in
     for (i, j), volume in volumes.items():
         presence, size = data[i]["presence"][j], tuple(data[i]["video"].shape[1:])
         if not presence.all():
-            found[i, j] = localize_scores(frame_scores(volume, size[0], tf), None, min_len=2, merge_gap=2)
+            found[i, j] = localize_scores(frame_scores(volume, size[0], tf), min_len=2, merge_gap=2)
             tious.append(temporal_iou(found[i, j].segments, presence))
-        raw = segment_volume(volume, size, tf, sf)
-        masks[i, j] = segment_volume(volume, size, tf, sf, guide=data[i]["video"])
+        raw = segment_volume(seg_volumes[i, j], size, tf, sf)
+        masks[i, j] = segment_volume(seg_volumes[i, j], size, tf, sf, guide=data[i]["video"])
         ious.append((iou(raw.masks, data[i]["object_masks"][j]), iou(masks[i, j].masks, data[i]["object_masks"][j])))
     metrics["tIoU"] = float(np.mean(tious)) if tious else math.nan
     metrics["tIoU>=.5"] = float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan
@@ -136,8 +141,8 @@ def evaluate_model(path: Path, data: list[dict], batch_size: int):
     from pyratok.understanding.loading import load_models
 
     tokenizer, text_encoder = load_models(path)
-    scores, volumes = model_outputs(tokenizer, text_encoder, data, batch_size)
-    return score(scores, volumes, data, tokenizer.temporal_factor, tokenizer.spatial_factor), tokenizer
+    outputs = model_outputs(tokenizer, text_encoder, data, batch_size)
+    return score(*outputs, data, tokenizer.temporal_factor, tokenizer.spatial_factor), tokenizer
 
 
 def format_table(results: dict) -> str:

@@ -29,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, default=None,
                    help="pipeline folder (tokenizer/ inside) or tokenizer folder; default: the shipped model")
-    p.add_argument("--threshold", type=_threshold, default=None,
-                   help="segments: 'otsu' (default, adaptive), 'midpoint' or a cosine value; "
-                        "masks always use Otsu on the normalised heatmap")
+    p.add_argument("--threshold", type=_threshold, default="midpoint",
+                   help="segments: 'midpoint' (default, halfway between the lowest and highest frame score), "
+                        "'otsu' or a score value; masks use 0.6 of each video's heatmap range")
     p.add_argument("--size", type=int, default=None,
                    help="resize so the short side has this many pixels, aspect kept (default: native size; "
                         "the shipped model was trained at 64)")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from pyratok.understanding.loading import load_models
     from pyratok.understanding.localize import frame_scores, localize_scores
     from pyratok.understanding.plots import overlay, save_score_curve
-    from pyratok.understanding.segment import segment_volume
+    from pyratok.understanding.segment import SEGMENT_LEVELS, segment_volume
 
     text = check_text(args.text)
     video, frames, fps = load_clip(args.video, args.size, args.fps, args.max_frames)
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     volume = query_volume(tokenizer, text_encoder, pyramid, [text])[0, 0].cpu()
     scores = frame_scores(volume, size[0], tokenizer.temporal_factor)
     found = localize_scores(scores, args.threshold, args.min_len, args.merge_gap)
-    seg = segment_volume(volume, size, tokenizer.temporal_factor, tokenizer.spatial_factor, guide=video)
+    finest = query_volume(tokenizer, text_encoder, pyramid, [text], SEGMENT_LEVELS)[0, 0].cpu()
+    seg = segment_volume(finest, size, tokenizer.temporal_factor, tokenizer.spatial_factor, guide=video)
 
     args.out.mkdir(parents=True, exist_ok=True)
     curve = save_score_curve(scores, args.out / "scores.png", found.threshold, found.segments,

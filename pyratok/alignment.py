@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -69,25 +70,27 @@ class AlignmentHead(nn.Module):
             maps.append(torch.einsum("bthwe,me->bmthw", tok, text_emb))
         return maps
 
-    def token_field(self, bits: list[torch.Tensor], tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """(b, e, t, h, w): unit token embeddings of every level resampled to the finest grid, averaged."""
+    def token_field(self, bits: list[torch.Tensor], tokens: list[torch.Tensor] | None = None,
+                    levels: Sequence[int] | None = None) -> torch.Tensor:
+        """(b, e, t, h, w): unit token embeddings of the chosen levels (default all; -1 is the finest)
+        resampled to the finest grid, averaged."""
         tokens = self.token_embeddings(bits) if tokens is None else tokens
-        tokens = [F.normalize(t, dim=-1) for t in tokens]
         finest = tuple(tokens[-1].shape[1:4])
-        fields = [resample(rearrange(t.float(), "b t h w e -> b e t h w"), finest) for t in tokens]
+        chosen = [tokens[i] for i in check_levels(levels, len(tokens))]
+        fields = [resample(rearrange(F.normalize(t, dim=-1).float(), "b t h w e -> b e t h w"), finest) for t in chosen]
         return torch.stack(fields).mean(0)
 
     def similarity_volume(
         self, bits: list[torch.Tensor], text_emb: torch.Tensor, tokens: list[torch.Tensor] | None = None,
-        field: torch.Tensor | None = None,
+        field: torch.Tensor | None = None, levels: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """(b, m, t, h, w) on the finest grid: the mean over levels of each level's cosine map resampled there.
 
         Resampling is linear, so this is the token field (levels resampled and averaged first) times the
         text: the same numbers at a fraction of the cost when there are many texts. `field`:
-        `token_field(bits)` when the caller has it already.
+        `token_field(bits)` when the caller has it already. `levels`: average only these levels.
         """
-        field = self.token_field(bits, tokens) if field is None else field
+        field = self.token_field(bits, tokens, levels) if field is None else field
         return torch.einsum("bethw,me->bmthw", field, text_emb.float())
 
     def scale(self) -> torch.Tensor:
@@ -102,6 +105,16 @@ class AlignmentHead(nn.Module):
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         acc = (logits.argmax(-1) == target).float().mean()
         return loss, acc
+
+
+def check_levels(levels: Sequence[int] | None, num_levels: int) -> list[int]:
+    """None -> every level; else the given indices (negative count from the finest), each in range, no repeats."""
+    if levels is None:
+        return list(range(num_levels))
+    chosen = [int(i) % num_levels if -num_levels <= int(i) < num_levels else None for i in levels]
+    if not chosen or None in chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"levels must be distinct indices in [-{num_levels}, {num_levels}), got {list(levels)!r}")
+    return chosen
 
 
 def top_fraction_mean(volume: torch.Tensor, fraction: float) -> torch.Tensor:

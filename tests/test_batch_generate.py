@@ -183,9 +183,12 @@ def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["finished"] == 2
     records = manifest(out)
     assert [r["prompt"] for r in records] == PROMPTS[:2] and records[0]["model"] == str(model_dir.resolve())
-    # seed 4 either way; batch size 1 runs the same arithmetic as the single prompt (other batch sizes
-    # agree only to float rounding, see test_batch_outputs_do_not_depend_on_batch_size)
-    np.testing.assert_array_equal(decoded(out, records[0]), read_video(video)[0])
+    # seed 4 either way. Bit-for-bit equality of the pipeline's frames is tested in-process in
+    # test_pipeline; here, through two model loads and two mp4 encodes, an occasional float-rounding flip
+    # of one sampled bit changes a patch (seen once: 18% of values differed, by at most 18 levels), while
+    # another seed differs by 17-24 levels on average.
+    gap = np.abs(decoded(out, records[0]).astype(float) - read_video(video)[0].astype(float)).mean()
+    assert gap < 5.0, f"batch video 0 differs from the single-prompt video with the same seed by {gap:.1f} levels"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,6 +21,7 @@ from pyratok.understanding import (
     resolve_threshold, retrieve, segment, segment_volume, segments_from_scores, temporal_iou,
 )
 from pyratok.understanding.refine import guided_filter
+from pyratok.understanding.segment import MASK_THRESHOLD, SEGMENT_LEVELS
 
 class FakeTextEncoder:
     """Stands in for MiniLM: a fixed random unit vector per text (seeded by its crc32)."""
@@ -133,11 +134,12 @@ def test_frame_scores_map_latent_frames_to_video_frames_and_localise():
 def test_segment_volume_upsamples_crops_and_normalises():
     volume = torch.zeros(3, 2, 3)  # a 9x12x20 clip, fitted to 9x16x24
     volume[1, 0, 2] = 1.0  # latent frame 1 = video frames 1..4, top-right token
-    seg = segment_volume(volume, (9, 12, 20), temporal_factor=4, spatial_factor=8)
+    seg = segment_volume(volume, (9, 12, 20), temporal_factor=4, spatial_factor=8, threshold="otsu")
     assert seg.heatmaps.shape == seg.masks.shape == (9, 12, 20) and seg.masks.dtype == torch.bool
     assert float(seg.heatmaps.min()) == 0.0 and float(seg.heatmaps.max()) == 1.0
     assert seg.masks[1:5, :4, -4:].all() and not seg.masks[0].any() and not seg.masks[5:].any()
     assert not seg.masks[1:5, :, :8].any()
+    assert segment_volume(volume, (9, 12, 20), 4, 8).threshold == MASK_THRESHOLD
     assert segment_volume(torch.zeros(3, 2, 3), (9, 12, 20), 4, 8).heatmaps.eq(0).all()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         segment_volume(volume, (9, 12, 20), 4, 8, threshold=1.5)
@@ -194,6 +196,23 @@ def test_query_volume_contrasts_with_the_background_text_when_the_head_has_one()
     assert torch.equal(query_volume(plain, enc, pyramid, texts), raw)
     background = similarity_volume(plain, pyramid, encode_texts(plain, enc, ["background"]))
     assert torch.allclose(query_volume(with_background, enc, pyramid, texts), raw - background)
+
+
+def test_query_volume_of_chosen_levels():
+    from pyratok.understanding.common import encode_texts, encode_videos, query_volume, similarity_volume
+
+    tok, enc, texts = tiny_tokenizer(text_dim=384), FakeTextEncoder(), ["a red circle", "a blue square"]
+    pyramid = encode_videos(tok, random_video(5, 16, 16))
+    pooled = encode_texts(tok, enc, texts)
+    maps = tok.alignment.similarity_maps(pyramid.bits, tok.alignment.text_embedding(pooled))  # per level
+    finest = similarity_volume(tok, pyramid, pooled, levels=SEGMENT_LEVELS)
+    assert torch.allclose(finest, maps[-1], atol=1e-6)
+    every = list(range(len(maps)))
+    assert torch.allclose(similarity_volume(tok, pyramid, pooled, levels=every), similarity_volume(tok, pyramid, pooled))
+    assert torch.equal(query_volume(tok, enc, pyramid, texts, SEGMENT_LEVELS), finest)
+    for bad in ([], [len(maps)], [0, 0], [-len(maps) - 1]):
+        with pytest.raises(ValueError, match="levels must be"):
+            similarity_volume(tok, pyramid, pooled, levels=bad)
 
 
 def test_classify_and_retrieve(tokenizer):

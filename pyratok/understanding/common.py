@@ -11,6 +11,7 @@ the next multiple of 8 (`fit_video`); every per-frame or per-pixel output is cro
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,22 +97,28 @@ def encode_videos(tokenizer, videos: torch.Tensor) -> TokenPyramid:
 
 
 @torch.no_grad()
-def similarity_volume(tokenizer, pyramid: TokenPyramid, text_pooled: torch.Tensor) -> torch.Tensor:
-    """(b, m, t, h, w) token–text cosine: each level's map resampled to the finest grid, levels averaged."""
+def similarity_volume(tokenizer, pyramid: TokenPyramid, text_pooled: torch.Tensor,
+                      levels: Sequence[int] | None = None) -> torch.Tensor:
+    """(b, m, t, h, w) token–text cosine: each level's map resampled to the finest grid, levels averaged.
+
+    levels: which pyramid levels to average (default all; `(-1,)` is the finest alone, the sharpest map)."""
     text_emb = tokenizer.alignment.text_embedding(text_pooled.to(tokenizer.dtype))
-    return tokenizer.alignment.similarity_volume([b.to(tokenizer.dtype) for b in pyramid.bits], text_emb)
+    bits = [b.to(tokenizer.dtype) for b in pyramid.bits]
+    return tokenizer.alignment.similarity_volume(bits, text_emb, levels=levels)
 
 
 @torch.no_grad()
-def query_volume(tokenizer, text_encoder, pyramid: TokenPyramid, texts: list[str]) -> torch.Tensor:
+def query_volume(tokenizer, text_encoder, pyramid: TokenPyramid, texts: list[str],
+                 levels: Sequence[int] | None = None) -> torch.Tensor:
     """(b, m, t, h, w) evidence for each text query at each token: its cosine, minus the cosine of the
     head's background text when the head was trained with one (`AlignmentConfig.background_text`): how much
     more a token looks like the query than like background (thresholds stay relative: the background's
-    cosine is high everywhere, so a fixed 0 misses most objects)."""
-    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, texts))
+    cosine is high everywhere, so a fixed 0 misses most objects). levels: as in `similarity_volume`."""
+    volume = similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, texts), levels)
     background = tokenizer.cfg.alignment.background_text
     if background:
-        volume = volume - similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, text_encoder, [background]))
+        pooled = encode_texts(tokenizer, text_encoder, [background])
+        volume = volume - similarity_volume(tokenizer, pyramid, pooled, levels)
     return volume
 
 

@@ -18,6 +18,12 @@ from .common import as_video_batch, check_text, encode_videos, frame_to_latent, 
 from .thresholds import resolve_threshold
 
 
+# The default cut of a score curve: on calibration clips (multi-object Shapes, seed 9100; the benchmark
+# uses other seeds) the midpoint gave temporal IoU 0.78 and Otsu 0.75 with the shipped tokenizer, and
+# 0.79 against 0.75 with the one before it.
+LOCALIZE_THRESHOLD = "midpoint"
+
+
 class Segment(NamedTuple):
     start: int  # first frame
     end: int  # one past the last frame (like Python slices and Shapes' `leave`)
@@ -85,19 +91,20 @@ def frame_scores(volume: torch.Tensor, num_frames: int, temporal_factor: int,
     return per_latent[..., index]
 
 
-def localize_scores(scores: torch.Tensor, threshold: float | str | None = None, min_len: int = 2,
+def localize_scores(scores: torch.Tensor, threshold: float | str | None = LOCALIZE_THRESHOLD, min_len: int = 2,
                     merge_gap: int = 2) -> LocalizationResult:
-    """(T,) frame scores -> LocalizationResult; threshold as in `resolve_threshold` (default Otsu)."""
+    """(T,) frame scores -> LocalizationResult; threshold as in `resolve_threshold` (default the midpoint)."""
     value = resolve_threshold(scores, threshold)
     return LocalizationResult(scores, segments_from_scores(scores, value, min_len, merge_gap), value)
 
 
-def localize(tokenizer, text_encoder, video: torch.Tensor, text: str, threshold: float | str | None = None,
-             top_fraction: float = 0.1, min_len: int = 2, merge_gap: int = 2) -> LocalizationResult:
+def localize(tokenizer, text_encoder, video: torch.Tensor, text: str,
+             threshold: float | str | None = LOCALIZE_THRESHOLD, top_fraction: float = 0.1, min_len: int = 2,
+             merge_gap: int = 2) -> LocalizationResult:
     """Where in time `text` appears in one video (3, T, H, W) in [-1, 1] (any size, see `common`).
 
-    threshold: None or "otsu" (adaptive, Otsu over the frame scores), "midpoint" ((min + max) / 2), or a
-    value of the score. A flat score curve puts the whole clip in one segment: a relative threshold cannot say
+    threshold: "midpoint" ((min + max) / 2 of the frame scores, the default), None or "otsu" (Otsu's cut
+    of the frame scores), or a value of the score. A flat score curve puts the whole clip in one segment: a relative threshold cannot say
     "absent" — pass an absolute threshold for that.
     """
     text = check_text(text)
