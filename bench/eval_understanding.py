@@ -10,8 +10,7 @@ Protocol (fixed so numbers compare across runs):
   with the same n captions as the gallery.
 - localisation: every object that enters late or leaves early is queried with "a {colour} {shape}"; temporal
   IoU of its presence (T,) and the frames inside `localize` segments (its default threshold, min_len 2,
-  merge_gap 2);
-  mean tIoU and the share of objects with tIoU >= 0.5.
+  merge_gap 2); mean tIoU and the share of objects with tIoU >= 0.5.
 - segmentation: every object is queried with "a {colour} {shape}"; IoU of the `segment` masks (the finest
   level's evidence, thresholded at `MASK_THRESHOLD` of the per-video normalised heatmap) and the object's
   masks over the whole clip volume (T x H x W); mean IoU, of the token similarity upsampled as it is

@@ -104,8 +104,8 @@ def localize(tokenizer, text_encoder, video: torch.Tensor, text: str,
     """Where in time `text` appears in one video (3, T, H, W) in [-1, 1] (any size, see `common`).
 
     threshold: "midpoint" ((min + max) / 2 of the frame scores, the default), None or "otsu" (Otsu's cut
-    of the frame scores), or a value of the score. A flat score curve puts the whole clip in one segment: a relative threshold cannot say
-    "absent" — pass an absolute threshold for that.
+    of the frame scores), or a value of the score. A flat score curve puts the whole clip in one segment:
+    a relative threshold cannot say "absent" — pass an absolute threshold for that.
     """
     text = check_text(text)
     video = as_video_batch(video)
