@@ -37,7 +37,7 @@ TOK17_STEPS ?= 2150
 TOK32_STEPS ?= 1300
 TOK32_17_STEPS ?= 1600
 ALIGN_STEPS ?= 1200
-GEN_STEPS ?= 4000
+GEN_STEPS ?= 5000
 CACHE_N ?= 2000
 default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml --resume_from_checkpoint latest \
