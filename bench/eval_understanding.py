@@ -7,7 +7,8 @@ Protocol (fixed so numbers compare across runs):
 - data: ShapesDataset(split, num_objects=2, seed=9001 — a seed training does not use), n clips, 17x64x64.
 - retrieval: text->video over the n clips; query i is clip i's caption (both objects, e.g. "a red circle moving
   left and a blue square growing"), its target is clip i; R@1 and R@5 (chance 1/n and 5/n); video->text R@1
-  with the same n captions as the gallery.
+  with the same n captions as the gallery. Scores: `retrieval.pyramid_text_scores` (pooled cosine mixed with
+  the mean of the caption's phrase scores, `PHRASE_WEIGHT`).
 - localisation: every object that enters late or leaves early is queried with "a {colour} {shape}"; temporal
   IoU of its presence (T,) and the frames inside `localize` segments (its default threshold, min_len 2,
   merge_gap 2); mean tIoU and the share of objects with tIoU >= 0.5.
@@ -33,11 +34,11 @@ import numpy as np
 import torch
 
 from pyratok.data.shapes import ShapesDataset, video_to_uint8
-from pyratok.understanding.common import encode_texts, encode_videos, query_volume
+from pyratok.understanding.common import encode_videos, query_volume
 from pyratok.understanding.localize import frame_scores, localize_scores
 from pyratok.understanding.metrics import iou, recall_at_k, temporal_iou
 from pyratok.understanding.plots import overlay, save_image_grid, save_score_curve, save_similarity_matrix
-from pyratok.understanding.retrieval import rank
+from pyratok.understanding.retrieval import encode_queries, pyramid_text_scores, rank
 from pyratok.understanding.segment import SEGMENT_LEVELS, segment_volume
 
 COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU", "guided")
@@ -59,12 +60,12 @@ def model_outputs(tokenizer, text_encoder, data: list[dict], batch_size: int):
     localisation (all levels) and segmentation (the finest level) read."""
     captions = [d["caption"] for d in data]
     phrases = sorted({object_query(o) for d in data for o in d["objects"]})
-    caption_pooled = encode_texts(tokenizer, text_encoder, captions)  # (n, d)
+    queries = encode_queries(tokenizer, text_encoder, captions)
     rows, volumes, seg_volumes = [], {}, {}
     for start in range(0, len(data), batch_size):
         chunk = data[start : start + batch_size]
         pyramid = encode_videos(tokenizer, torch.stack([d["video"] for d in chunk]))
-        rows.append(tokenizer.video_text_similarity(pyramid, caption_pooled).float().cpu())
+        rows.append(pyramid_text_scores(tokenizer, pyramid, queries).cpu())
         volume = query_volume(tokenizer, text_encoder, pyramid, phrases).cpu()  # (b, p, t, h, w)
         finest = query_volume(tokenizer, text_encoder, pyramid, phrases, SEGMENT_LEVELS).cpu()
         for b, d in enumerate(chunk):
@@ -119,7 +120,7 @@ def score(scores: torch.Tensor, volumes: dict, seg_volumes: dict, data: list[dic
 
 def save_pictures(details: dict, data: list[dict], out: Path, name: str) -> list[Path]:
     paths = [save_similarity_matrix(details["scores"].t(), out / "retrieval.png",
-                                    f"{name}: caption (row) vs video (column) cosine; diagonal = match")]
+                                    f"{name}: caption (row) vs video (column) score; diagonal = match")]
     if details["localized"]:
         (i, j), found = next(iter(details["localized"].items()))
         paths.append(save_score_curve(found.scores, out / "localization.png", found.threshold, found.segments,

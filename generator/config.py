@@ -37,6 +37,7 @@ class GeneratorTrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
+    decay_steps: int = 0  # warmup-stable-decay: the last N steps before max_steps anneal lr linearly to 0
     max_grad_norm: float = 1.0
     cfg_dropout: float = 0.1  # share of samples trained with the null text
     self_correction_prob: float = 0.0  # Infinity's bitwise self-correction: flip rate of teacher-forced bits
@@ -56,5 +57,7 @@ class GeneratorTrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if not 0 <= self.decay_steps <= self.max_steps:
+            raise ValueError(f"decay_steps must be in [0, max_steps={self.max_steps}], got {self.decay_steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")

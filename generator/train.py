@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,6 +70,15 @@ def export_model(accelerator: Accelerator, cfg: GeneratorTrainConfig, model) -> 
     accelerator.wait_for_everyone()
 
 
+def lr_factor(cfg: GeneratorTrainConfig, step: int) -> float:
+    """Multiplier of cfg.lr for optimizer step `step` (0-based): linear warmup, constant, then an optional
+    linear anneal to 0 over the last `decay_steps` steps. A resumed run may raise max_steps and add a decay."""
+    warmup = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.decay_steps == 0:
+        return warmup
+    return warmup * min(1.0, max(0.0, (cfg.max_steps - step) / cfg.decay_steps))
+
+
 def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Accelerator, int]:
     """Run the training loop and export; returns the accelerator (references to models dropped) and the last step."""
     accelerator = make_accelerator(cfg.output_dir, cfg.mixed_precision,
@@ -77,8 +87,7 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Acceler
     quantizer = dataset.load_quantizer(accelerator.device)
     model = build_model(cfg, dataset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     plugin = accelerator.state.deepspeed_plugin

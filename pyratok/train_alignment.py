@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, shutdown
-from .alignment import multi_positive_nce, top_fraction_mean
+from .alignment import TOP_FRACTION, multi_positive_nce, split_phrases, top_fraction_mean
 from .config import cli_overrides, config_to_dict, flat_dict, load_config, save_config
 from .data.shapes import ShapesDataset
 from .text_encoder import TextEncoder
@@ -59,19 +59,11 @@ class AlignmentTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     phrase_weight: float = 1.0
-    top_fraction: float = 0.1
+    top_fraction: float = TOP_FRACTION
     background_weight: float = 1.0  # 0: no background class (the head keeps background_text unset)
     background_text: str = "background"
     log_every: int = 25
     seed: int = 0
-
-
-def split_phrases(caption: str) -> list[str]:
-    """'a red circle moving left and a blue square growing' -> one phrase per object."""
-    phrases = [p.strip() for p in caption.split(" and ") if p.strip()]
-    if not phrases:
-        raise ValueError(f"caption has no phrase: {caption!r}")
-    return phrases
 
 
 def shapes_clips(cfg: AlignmentTrainConfig):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from generator import GeneratorTrainConfig, PyraTokGenerator, TokenCacheDataset, build_token_cache
 from generator.token_cache import QuantizerEncoder, random_latents
+from generator.train import lr_factor
 from generator.train import main as train_main
 from pyratok.config import load_config
 from pyratok.lapq import LaPQ, LaPQConfig
@@ -142,6 +143,16 @@ def _train_in_process(args: list[str]) -> None:
 
 def _exported(run_dir: Path) -> dict:
     return load_file(str(run_dir / "generator" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_lr_schedule_warmup_stable_decay():
+    cfg = GeneratorTrainConfig(max_steps=10, warmup_steps=2, decay_steps=4)
+    factors = [lr_factor(cfg, s) for s in range(10)]  # step s is the (s + 1)-th optimizer step
+    assert factors[:6] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert factors[6:] == pytest.approx([1.0, 0.75, 0.5, 0.25])  # linear to 0 at max_steps
+    assert [lr_factor(GeneratorTrainConfig(max_steps=10, warmup_steps=2), s) for s in (0, 9)] == [0.5, 1.0]
+    with pytest.raises(ValueError, match="decay_steps"):
+        GeneratorTrainConfig(max_steps=10, decay_steps=11)
 
 
 def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):

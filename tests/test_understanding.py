@@ -228,8 +228,31 @@ def test_classify_and_retrieve(tokenizer):
     assert (ranked.scores.gather(1, ranked.video_to_text).diff(dim=1) <= 0).all()
 
 
+def test_scores_mix_pooled_cosine_and_phrase_evidence(tokenizer):
+    from pyratok.alignment import top_fraction_mean
+    from pyratok.understanding import encode_queries, pyramid_text_scores
+    from pyratok.understanding.common import encode_texts, encode_videos, similarity_volume
+
+    enc = FakeTextEncoder()
+    texts = ["a red circle and a blue square", "a blue square", "a red circle and a red circle"]
+    queries = encode_queries(tokenizer, enc, texts)
+    assert queries.phrases.shape[0] == 2 and torch.allclose(queries.membership.sum(-1), torch.ones(3))
+    pyramid = encode_videos(tokenizer, torch.stack([random_video(5, 16, 16, seed=s) for s in range(2)]))
+    pooled = tokenizer.video_text_similarity(pyramid, encode_texts(tokenizer, enc, texts)).float()
+    assert torch.allclose(pyramid_text_scores(tokenizer, pyramid, queries, phrase_weight=0.0), pooled)
+    phrase = top_fraction_mean(similarity_volume(tokenizer, pyramid, encode_texts(tokenizer, enc, ["a blue square",
+                                                                                                 "a red circle"])), 0.1)
+    expected = torch.stack([phrase.mean(-1), phrase[:, 0], phrase[:, 1]], dim=-1)  # both / blue / red (repeat once)
+    assert torch.allclose(pyramid_text_scores(tokenizer, pyramid, queries, phrase_weight=1.0), expected, atol=1e-6)
+    half = pyramid_text_scores(tokenizer, pyramid, queries, phrase_weight=0.5)
+    assert torch.allclose(half, 0.5 * pooled + 0.5 * expected, atol=1e-6)
+    with pytest.raises(ValueError, match="phrase_weight must be in"):
+        pyramid_text_scores(tokenizer, pyramid, queries, phrase_weight=1.5)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda tok, te, v: classify(tok, te, v, []), "empty list"),
+    (lambda tok, te, v: retrieve(tok, te, v, ["a red circle"], phrase_weight=-0.1), "phrase_weight"),
     (lambda tok, te, v: retrieve(tok, te, v, ["a red circle", "  "]), "text 1"),
     (lambda tok, te, v: localize(tok, te, v, ""), "non-empty string"),
     (lambda tok, te, v: segment(tok, te, v, None), "non-empty string"),

@@ -8,12 +8,15 @@ from __future__ import annotations
 from .common import fit_video, fitted_size, similarity_volume
 from .localize import LocalizationResult, Segment, frame_scores, localize, localize_scores, segments_from_scores
 from .metrics import iou, recall_at_k, segments_to_mask, temporal_iou
-from .retrieval import Classification, Retrieval, classify, rank, retrieve, video_text_scores
+from .retrieval import (
+    PHRASE_WEIGHT, Classification, Retrieval, TextQueries, classify, encode_queries, pyramid_text_scores, rank,
+    retrieve, video_text_scores,
+)
 from .segment import SegmentationResult, segment, segment_volume
 from .thresholds import midpoint_threshold, otsu_threshold, resolve_threshold
 
 __all__ = [
-    "Classification", "LocalizationResult", "Retrieval", "Segment", "SegmentationResult", "classify",
+    "PHRASE_WEIGHT", "TextQueries", "encode_queries", "pyramid_text_scores", "Classification", "LocalizationResult", "Retrieval", "Segment", "SegmentationResult", "classify",
     "fit_video", "fitted_size", "frame_scores", "iou", "localize", "localize_scores", "midpoint_threshold",
     "otsu_threshold", "rank", "recall_at_k", "resolve_threshold", "retrieve", "segment", "segment_volume",
     "segments_from_scores", "segments_to_mask", "similarity_volume", "temporal_iou", "video_text_scores",
