@@ -37,7 +37,8 @@ TOK17_STEPS ?= 2150
 TOK32_STEPS ?= 1300
 TOK32_17_STEPS ?= 1600
 ALIGN_STEPS ?= 1200
-GEN_STEPS ?= 5000
+GEN_STEPS ?= 7000
+GEN_DECAY ?= 1000
 CACHE_N ?= 2000
 default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml --resume_from_checkpoint latest \
@@ -56,6 +57,6 @@ default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/tokenizer \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
 	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml --resume_from_checkpoint latest \
-	  --set max_steps=$(GEN_STEPS) token_cache_dir=$(RUNS)/token_cache output_dir=$(RUNS)/generator
+	  --set max_steps=$(GEN_STEPS) decay_steps=$(GEN_DECAY) token_cache_dir=$(RUNS)/token_cache output_dir=$(RUNS)/generator
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/alignment/tokenizer \
 	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny

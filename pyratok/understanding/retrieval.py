@@ -17,21 +17,21 @@ from typing import NamedTuple
 
 import torch
 
-from ..pyramid import TokenPyramid
 from ..alignment import TOP_FRACTION, split_phrases, top_fraction_mean
+from ..pyramid import TokenPyramid
 from .common import as_video_batch, check_texts, encode_texts, encode_videos, similarity_volume
 
 PHRASE_WEIGHT = 0.75  # share of the phrase score in a video-text score (0: pooled cosine alone)
 
 
 class Classification(NamedTuple):
-    scores: torch.Tensor  # (b, m) cosine similarity
+    scores: torch.Tensor  # (b, m) video-text score (`pyramid_text_scores`)
     probs: torch.Tensor  # (b, m) softmax over texts at the alignment head's learned temperature
     labels: torch.Tensor  # (b,) index of the best text per video
 
 
 class Retrieval(NamedTuple):
-    scores: torch.Tensor  # (b, m) cosine similarity
+    scores: torch.Tensor  # (b, m) video-text score (`pyramid_text_scores`)
     text_to_video: torch.Tensor  # (m, b) video indices per text, best first
     video_to_text: torch.Tensor  # (b, m) text indices per video, best first
 
@@ -56,6 +56,7 @@ def encode_queries(tokenizer, text_encoder, texts: list[str]) -> TextQueries:
 
 
 def check_phrase_weight(phrase_weight: float) -> float:
+    """The phrase score's share, in [0, 1]; anything else raises ValueError naming it."""
     if not 0.0 <= phrase_weight <= 1.0:
         raise ValueError(f"phrase_weight must be in [0, 1], got {phrase_weight!r}")
     return float(phrase_weight)
