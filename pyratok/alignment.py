@@ -18,6 +18,10 @@ from einops import rearrange
 from .pyramid import resample
 
 
+TOP_FRACTION = 0.1  # share of one latent frame's tokens a phrase score averages (training and retrieval)
+PHRASE_WEIGHT = 0.75  # share of the phrase score in a zero-shot video-text score (`understanding.retrieval`)
+
+
 @dataclass
 class AlignmentConfig:
     embed_dim: int = 128
@@ -93,6 +97,24 @@ class AlignmentHead(nn.Module):
         field = self.token_field(bits, tokens, levels) if field is None else field
         return torch.einsum("bethw,me->bmthw", field, text_emb.float())
 
+    def text_scores(self, bits: list[torch.Tensor], text_pooled: torch.Tensor, phrase_pooled: torch.Tensor,
+                    membership: torch.Tensor, phrase_weight: float) -> torch.Tensor:
+        """(b, m) video-text scores: (1 - w) x the cosine of the pooled video and text embeddings plus
+        w x the mean over each text's phrases of the phrase's `top_fraction_mean` token cosine.
+
+        text_pooled (m, d) and phrase_pooled (p, d): pooled text; membership (m, p): each text's weights
+        over the phrases (rows sum to 1); w = phrase_weight in [0, 1].
+        """
+        if not 0.0 <= phrase_weight <= 1.0:
+            raise ValueError(f"phrase_weight must be in [0, 1], got {phrase_weight!r}")
+        tokens = self.token_embeddings(bits)
+        pooled = (self.video_embedding(bits, tokens) @ self.text_embedding(text_pooled).t()).float()  # (b, m)
+        if phrase_weight == 0.0:
+            return pooled
+        volume = self.similarity_volume(bits, self.text_embedding(phrase_pooled), tokens)  # (b, p, t, h, w)
+        phrase = top_fraction_mean(volume, TOP_FRACTION).float() @ membership.float().t()  # (b, m)
+        return (1.0 - phrase_weight) * pooled + phrase_weight * phrase
+
     def scale(self) -> torch.Tensor:
         """The learned inverse temperature of the contrastive logits, at most 100."""
         return self.logit_scale.clamp(max=math.log(100)).exp()
@@ -115,9 +137,6 @@ def check_levels(levels: Sequence[int] | None, num_levels: int) -> list[int]:
     if not chosen or None in chosen or len(set(chosen)) != len(chosen):
         raise ValueError(f"levels must be distinct indices in [-{num_levels}, {num_levels}), got {list(levels)!r}")
     return chosen
-
-
-TOP_FRACTION = 0.1  # share of one latent frame's tokens a phrase score averages (training and retrieval)
 
 
 def split_phrases(caption: str) -> list[str]:

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .accelerate_utils import make_accelerator, shutdown
-from .alignment import TOP_FRACTION, multi_positive_nce, split_phrases, top_fraction_mean
+from .alignment import PHRASE_WEIGHT, TOP_FRACTION, multi_positive_nce, split_phrases, top_fraction_mean
 from .config import cli_overrides, config_to_dict, flat_dict, load_config, save_config
 from .data.shapes import ShapesDataset
 from .text_encoder import TextEncoder
@@ -195,10 +195,13 @@ class TokenTextData:
 
 
 @torch.no_grad()
-def retrieval_at_1(head, data: TokenTextData, idx: torch.Tensor, device) -> float:
-    """Text -> video R@1 over the clips `idx` (query: each clip's caption; duplicates count as hits)."""
-    bits, caption_pooled, ids, _, _ = data.batch(idx, device)
-    scores = head.text_embedding(caption_pooled) @ head.video_embedding(bits).t()  # (texts, videos)
+def retrieval_at_1(head, data: TokenTextData, idx: torch.Tensor, device, phrase_weight: float = 0.0) -> float:
+    """Text -> video R@1 over the clips `idx` (query: each clip's caption; duplicates count as hits), scored
+    as zero-shot retrieval scores (`AlignmentHead.text_scores`; phrase_weight 0: pooled cosine alone)."""
+    bits, caption_pooled, ids, phrase_pooled, phrase_pos = data.batch(idx, device)
+    membership = phrase_pos.t().float()  # (clips, phrases): each clip's caption over the batch's phrases
+    membership = membership / membership.sum(-1, keepdim=True)
+    scores = head.text_scores(bits, caption_pooled, phrase_pooled, membership, phrase_weight).t()  # (texts, videos)
     return float((ids[scores.argmax(-1)] == ids).float().mean())
 
 
@@ -227,7 +230,7 @@ def train_alignment(cfg: AlignmentTrainConfig) -> Path:
     n_train = len(data) - cfg.val_clips
     val = torch.arange(n_train, len(data))
     rng = torch.Generator().manual_seed(cfg.seed)
-    history = {"step": [], "loss": [], "caption": [], "phrase": [], "val_r1": []}
+    history = {"step": [], "loss": [], "caption": [], "phrase": [], "val_r1": [], "val_r1_phrases": []}
     before = retrieval_at_1(head.eval(), data, val, device)
     accelerator.print(f"before: held-out text->video R@1 {before:.3f} over {len(val)} clips")
     bar = tqdm(range(cfg.steps), desc="alignment", disable=not accelerator.is_main_process)
@@ -243,11 +246,14 @@ def train_alignment(cfg: AlignmentTrainConfig) -> Path:
         if done % cfg.log_every == 0 or done == cfg.steps:
             logs = {k: v.item() for k, v in terms.items()}
             logs["val_t2v_r1"] = retrieval_at_1(head.eval(), data, val, device)
+            logs["val_t2v_r1_phrases"] = retrieval_at_1(head, data, val, device, PHRASE_WEIGHT)
             accelerator.log(logs, step=done)
-            for key, name in (("loss", "loss"), ("caption", "caption"), ("phrase", "phrase"), ("val_r1", "val_t2v_r1")):
+            for key, name in (("loss", "loss"), ("caption", "caption"), ("phrase", "phrase"), ("val_r1", "val_t2v_r1"),
+                              ("val_r1_phrases", "val_t2v_r1_phrases")):
                 history[key].append(logs[name])
             history["step"].append(done)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", val_r1=f"{logs['val_t2v_r1']:.2f}")
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", val_r1=f"{logs['val_t2v_r1']:.2f}",
+                            val_r1_phrases=f"{logs['val_t2v_r1_phrases']:.2f}")
     if cfg.background_weight > 0:  # understanding now contrasts every query with this text
         tokenizer.cfg.alignment.background_text = cfg.background_text
         tokenizer.register_to_config(alignment_config=config_to_dict(tokenizer.cfg.alignment))
@@ -268,7 +274,9 @@ def plot_curves(history: dict, path: Path) -> None:
     for key in ("loss", "caption", "phrase"):
         ax_loss.plot(history["step"], history[key], label=key)
     ax_loss.set_xlabel("step"), ax_loss.set_title("alignment losses"), ax_loss.legend()
-    ax_r1.plot(history["step"], history["val_r1"], color="tab:green")
+    ax_r1.plot(history["step"], history["val_r1"], color="tab:green", label="pooled")
+    ax_r1.plot(history["step"], history["val_r1_phrases"], color="tab:purple", label="pooled + phrases")
+    ax_r1.legend()
     ax_r1.set_xlabel("step"), ax_r1.set_ylim(0, 1), ax_r1.set_title("held-out text->video R@1")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

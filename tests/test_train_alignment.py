@@ -18,6 +18,7 @@ from pyratok.train_alignment import (
     background_loss,
     encode_clips,
     main,
+    retrieval_at_1,
     split_phrases,
     train_alignment,
 )
@@ -81,6 +82,13 @@ def test_short_run_trains_the_head_only_and_lowers_its_loss(tmp_path):
         old = alignment_losses(tokenizer.alignment, *batch, cfg, data.background_pooled)["loss"]
         new = alignment_losses(trained.alignment, *batch, cfg, data.background_pooled)["loss"]
     assert new < old, (float(old), float(new))
+    # held-out R@1 with phrase scores: each caption scores a video by the mean of its phrases' top-10% cosines
+    bits, _, ids, phrases, pos = batch
+    with torch.no_grad():
+        phrase = top_fraction_mean(trained.alignment.similarity_volume(bits, trained.alignment.text_embedding(phrases)), 0.1)
+    weights = pos.t().float() / pos.t().float().sum(-1, keepdim=True)  # (captions, phrases)
+    expected = float((ids[(weights @ phrase.t()).argmax(-1)] == ids).float().mean())
+    assert retrieval_at_1(trained.alignment, data, torch.arange(40), "cpu", phrase_weight=1.0) == pytest.approx(expected)
 
 
 def test_alignment_losses_can_be_fitted_by_the_head():

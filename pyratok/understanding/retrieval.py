@@ -17,11 +17,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..alignment import TOP_FRACTION, split_phrases, top_fraction_mean
+from ..alignment import PHRASE_WEIGHT, split_phrases
 from ..pyramid import TokenPyramid
-from .common import as_video_batch, check_texts, encode_texts, encode_videos, similarity_volume
-
-PHRASE_WEIGHT = 0.75  # share of the phrase score in a video-text score (0: pooled cosine alone)
+from .common import as_video_batch, check_texts, encode_texts, encode_videos
 
 
 class Classification(NamedTuple):
@@ -65,14 +63,11 @@ def check_phrase_weight(phrase_weight: float) -> float:
 @torch.no_grad()
 def pyramid_text_scores(tokenizer, pyramid: TokenPyramid, queries: TextQueries,
                         phrase_weight: float = PHRASE_WEIGHT) -> torch.Tensor:
-    """(b, m) score of each encoded video with each text: (1 - w) pooled cosine + w mean phrase score."""
-    w = check_phrase_weight(phrase_weight)
-    pooled = tokenizer.video_text_similarity(pyramid, queries.pooled).float()  # (b, m)
-    if w == 0.0:
-        return pooled
-    volume = similarity_volume(tokenizer, pyramid, queries.phrases)  # (b, p, t, h, w)
-    phrase = top_fraction_mean(volume, TOP_FRACTION).float() @ queries.membership.t()  # (b, m)
-    return (1.0 - w) * pooled + w * phrase
+    """(b, m) score of each encoded video with each text (`AlignmentHead.text_scores`): (1 - w) pooled
+    cosine + w mean phrase score."""
+    bits = [b.to(tokenizer.dtype) for b in pyramid.bits]
+    return tokenizer.alignment.text_scores(bits, queries.pooled.to(tokenizer.dtype), queries.phrases.to(tokenizer.dtype),
+                                           queries.membership, check_phrase_weight(phrase_weight))
 
 
 @torch.no_grad()
