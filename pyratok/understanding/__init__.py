@@ -16,8 +16,9 @@ from .segment import SegmentationResult, segment, segment_volume
 from .thresholds import midpoint_threshold, otsu_threshold, resolve_threshold
 
 __all__ = [
-    "PHRASE_WEIGHT", "TextQueries", "encode_queries", "pyramid_text_scores", "Classification", "LocalizationResult", "Retrieval", "Segment", "SegmentationResult", "classify",
-    "fit_video", "fitted_size", "frame_scores", "iou", "localize", "localize_scores", "midpoint_threshold",
-    "otsu_threshold", "rank", "recall_at_k", "resolve_threshold", "retrieve", "segment", "segment_volume",
-    "segments_from_scores", "segments_to_mask", "similarity_volume", "temporal_iou", "video_text_scores",
+    "Classification", "classify", "encode_queries", "fit_video", "fitted_size", "frame_scores", "iou",
+    "LocalizationResult", "localize", "localize_scores", "midpoint_threshold", "otsu_threshold",
+    "PHRASE_WEIGHT", "pyramid_text_scores", "rank", "recall_at_k", "resolve_threshold", "Retrieval",
+    "retrieve", "Segment", "segment", "segment_volume", "SegmentationResult", "segments_from_scores",
+    "segments_to_mask", "similarity_volume", "temporal_iou", "TextQueries", "video_text_scores",
 ]

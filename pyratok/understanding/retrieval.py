@@ -53,21 +53,14 @@ def encode_queries(tokenizer, text_encoder, texts: list[str]) -> TextQueries:
                        membership.to(tokenizer.device))
 
 
-def check_phrase_weight(phrase_weight: float) -> float:
-    """The phrase score's share, in [0, 1]; anything else raises ValueError naming it."""
-    if not 0.0 <= phrase_weight <= 1.0:
-        raise ValueError(f"phrase_weight must be in [0, 1], got {phrase_weight!r}")
-    return float(phrase_weight)
-
-
 @torch.no_grad()
 def pyramid_text_scores(tokenizer, pyramid: TokenPyramid, queries: TextQueries,
                         phrase_weight: float = PHRASE_WEIGHT) -> torch.Tensor:
     """(b, m) score of each encoded video with each text (`AlignmentHead.text_scores`): (1 - w) pooled
-    cosine + w mean phrase score."""
+    cosine + w mean phrase score; a weight outside [0, 1] raises ValueError."""
     bits = [b.to(tokenizer.dtype) for b in pyramid.bits]
     return tokenizer.alignment.text_scores(bits, queries.pooled.to(tokenizer.dtype), queries.phrases.to(tokenizer.dtype),
-                                           queries.membership, check_phrase_weight(phrase_weight))
+                                           queries.membership, phrase_weight)
 
 
 @torch.no_grad()
@@ -77,7 +70,6 @@ def video_text_scores(tokenizer, text_encoder, videos: torch.Tensor, texts: list
     (`pyramid_text_scores`; cosines, so in [-1, 1])."""
     queries = encode_queries(tokenizer, text_encoder, texts)
     videos = as_video_batch(videos)
-    check_phrase_weight(phrase_weight)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = []
