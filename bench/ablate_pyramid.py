@@ -3,7 +3,7 @@
 Both tokenizers share the backbone config, data, seed and step count; the single-scale one
 quantizes only the finest grid with more bits per token so that it gets at least as many bits
 per video. PSNR on held-out Shapes and on real clips, in one run:
-    python bench/ablate_pyramid.py --steps 300 [--out runs/ablate]
+    python bench/ablate_pyramid.py --steps 300 [--out runs/ablate] [--set model.quantizer.whiten_bits=true]
 Both may start from one trained autoencoder (`--pretrained-vae DIR`, a diffusers AutoencoderKLWan
 folder), which isolates the quantizer and lets short runs compare converged reconstructions.
 """
@@ -34,12 +34,14 @@ def main() -> None:
     parser.add_argument("--eval-clips", type=int, default=16)
     parser.add_argument("--single-bits", type=int, default=20, help="bits per token of the single-scale quantizer")
     parser.add_argument("--pretrained-vae", default=None, help="start both from this AutoencoderKLWan folder")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides for both variants, e.g. model.quantizer.whiten_bits=true")
     parser.add_argument("--vae-steps", type=int, default=None,
                         help="autoencoder warm-up steps (default: 0 with --pretrained-vae, else the config's)")
     args = parser.parse_args()
     out = Path(args.out)
     common = [f"train.steps={args.steps}", "train.save_every=100000", "train.image_every=100000",
-              "train.log_every=25", "loss.ar=0.0", "loss.align=0.0"]
+              "train.log_every=25", "loss.ar=0.0", "loss.align=0.0", *args.set]
     if args.pretrained_vae:
         common.append(f"train.pretrained_vae={args.pretrained_vae}")
     vae_steps = args.vae_steps if args.vae_steps is not None else 0 if args.pretrained_vae else None
@@ -63,7 +65,9 @@ def main() -> None:
         results[name] = {"bits_per_video": bits_per_video(model, frames, size)}
         for data in ("heldout", "real"):
             dataset = build_eval_data(data, args.eval_clips, frames, size, seed=777)
-            results[name][data] = evaluate(model, dataset, batch_size=4)["psnr"]
+            metrics = evaluate(model, dataset, batch_size=4)
+            results[name][data] = metrics["psnr"]
+            results[name][f"{data}_utilization"] = [round(s["utilization"], 3) for s in metrics["levels"].values()]
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'quantizer':<14}{'bits/video':>11}{'heldout PSNR':>14}{'real PSNR':>11}")
     for name, r in results.items():

@@ -63,7 +63,9 @@ def load_pretrained_wan(tokenizer, path: str | Path) -> None:
 def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> None:
     """Start training from a saved tokenizer folder (`save_pretrained`): every weight, strictly.
 
-    The model config must match the saved one; a mismatch names the differing parameter shapes. With
+    The model config must match the saved one; a mismatch names the differing parameter shapes. Buffers
+    the saved model lacks (e.g. the running statistics of bit whitening, newly switched on) keep their
+    initial values. With
     `grow`, a tensor may be larger than the saved one in any dimension (e.g. a codebook of more bits):
     the saved values fill the leading block, and a weight's new input columns start at zero, so the
     grown model computes what the saved one did until training uses the new entries.
@@ -83,7 +85,10 @@ def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> N
         return grow and mine[k].dim() == v.dim() and all(a >= b for a, b in zip(mine[k].shape, v.shape))
 
     bad = {k: (tuple(mine[k].shape) if k in mine else None, tuple(v.shape)) for k, v in state.items() if not fits(k, v)}
+    params = {name for name, _ in tokenizer.named_parameters()}
     missing = sorted(set(mine) - set(state))
+    fresh = [k for k in missing if k not in params]  # running statistics the saved model lacks: start anew
+    missing = [k for k in missing if k in params]
     if bad or missing:
         raise ValueError(f"tokenizer at {path} does not match the config: shapes (mine, saved) {bad}, "
                          f"missing {missing[:5]}")
@@ -94,7 +99,7 @@ def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> N
                 grown[:, v.shape[1]:] = 0
             grown[tuple(slice(0, n) for n in v.shape)] = v
             state[k] = grown
-    tokenizer.load_state_dict(state)
+    tokenizer.load_state_dict({**{k: mine[k] for k in fresh}, **state})
 
 
 def list_or(v):

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .bit_whitening import BitWhitening
 from .pyramid import Grid, TokenPyramid, level_grids, resample
 from .quant_losses import commitment_loss, grouped_entropy, usage_stats
 from .text_attention import TextCrossAttention
@@ -35,6 +36,9 @@ class LaPQConfig:
     text_gate_init: float = 0.5
     entropy_temperature: float = 1.0  # over unit-magnitude soft bits
     usage_entropy_weight: float = 1.0
+    # running ZCA whitening of each level's bit logits per group (balanced, decorrelated bits)
+    whiten_bits: bool = False
+    whiten_momentum: float = 0.01
 
     def __post_init__(self):
         if not 1 <= self.num_bits <= 62:
@@ -81,6 +85,7 @@ class LaPQ(nn.Module):
         )
         self.to_bits = nn.Linear(d, k)  # shared codebook projection
         self.from_bits = nn.Linear(k, c, bias=False)  # shared dequantizer
+        self.whitening = BitWhitening(n_levels, k, cfg.bits_per_group, cfg.whiten_momentum) if cfg.whiten_bits else None
         self.level_scale = nn.Parameter(torch.full((n_levels, c), 0.25))  # z_hat starts near latent scale
         nn.init.normal_(self.from_bits.weight, std=k**-0.5)
         nn.init.zeros_(self.in_proj.bias)  # at init the bits should follow the input, not a bias
@@ -125,8 +130,13 @@ class LaPQ(nn.Module):
         taps: list[torch.Tensor] | None = None,
         text_states: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
+        update_stats: bool = True,
     ) -> LaPQOutput:
-        """z: (b, c, t, h, w); taps: encoder features (b, c_i, t_i, h_i, w_i); text: (b, s, d_text), mask (b, s)."""
+        """z: (b, c, t, h, w); taps: encoder features (b, c_i, t_i, h_i, w_i); text: (b, s, d_text), mask (b, s).
+
+        update_stats: in training mode, let this call update the running bit whitening (a second
+        pass over the same batch, e.g. without the caption, should not).
+        """
         cfg = self.config
         k = cfg.num_bits
         latent_grid = tuple(z.shape[-3:])
@@ -149,6 +159,8 @@ class LaPQ(nn.Module):
                 u_bnd = self.text_attn[level](u_bnd, text_states, text_mask)
                 u = u_bnd.reshape(u.shape)
             logits = self.to_bits(self.bit_norms[level](u))  # (b, t, h, w, k)
+            if self.whitening is not None:
+                logits = self.whitening(logits, level, update=update_stats)
             hard = torch.where(logits >= 0, 1.0, -1.0).to(logits.dtype)
             # on the sphere of the codes (radius sqrt(k)), as in binary spherical quantization: the
             # straight-through gradient cannot grow the logits without bound, commitment stays bounded

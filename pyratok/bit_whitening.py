@@ -1,0 +1,58 @@
+"""Running whitening of bit logits: balanced, decorrelated bits in every group of the codebook.
+
+Serves LaPQ's codebook utilization (PyraTok §3.2, "up to 95%"): a group of j bits uses all of
+its 2^j codes evenly only if each bit is on half the time and the bits are independent. The
+grouped entropy loss asks for that softly; this layer makes it hold for the logits' first two
+moments: per level and group, logits are centred by a running mean and ZCA-whitened by a running
+covariance, the way batch norm keeps running statistics (updated in training, frozen in eval).
+ZCA is the whitening closest to the identity, so a model fine-tuned with it keeps its bits' meanings.
+Letters: n - tokens, l - levels, g - groups, j - bits per group.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+
+class BitWhitening(nn.Module):
+    def __init__(self, num_levels: int, num_bits: int, bits_per_group: int, momentum: float = 0.01,
+                 eps: float = 0.01):
+        super().__init__()
+        if not 0 < momentum <= 1:
+            raise ValueError(f"whitening momentum must be in (0, 1], got {momentum}")
+        self.j, self.momentum, self.eps = bits_per_group, momentum, eps
+        g = num_bits // bits_per_group
+        self.register_buffer("running_mean", torch.zeros(num_levels, g, bits_per_group))
+        self.register_buffer("running_cov", torch.eye(bits_per_group).repeat(num_levels, g, 1, 1))
+        self.register_buffer("num_updates", torch.zeros(num_levels, dtype=torch.long))
+
+    @torch.no_grad()
+    def _update(self, x: torch.Tensor, level: int) -> None:
+        """x: (n, g, j) float32 logits of one batch; the first updates average, later ones decay."""
+        count = int(self.num_updates[level])
+        rate = max(self.momentum, 1.0 / (count + 1))
+        mean = x.mean(0)  # (g, j)
+        centred = x - mean
+        cov = torch.einsum("ngi,ngj->gij", centred, centred) / max(1, x.shape[0] - 1)
+        if x.shape[0] < 2:  # one token has no spread: keep the running covariance
+            cov = self.running_cov[level]
+        self.running_mean[level].lerp_(mean, rate)
+        self.running_cov[level].lerp_(cov, rate)
+        self.num_updates[level] += 1
+
+    def matrices(self, level: int) -> torch.Tensor:
+        """(g, j, j) ZCA whitening matrices of `level`; eigenvalues floored at eps x their mean."""
+        eigvals, eigvecs = torch.linalg.eigh(self.running_cov[level])  # (g, j), (g, j, j)
+        floor = self.eps * eigvals.mean(-1, keepdim=True).clamp_min(1e-12)
+        scale = eigvals.clamp_min(0).add(floor).rsqrt()
+        return eigvecs @ torch.diag_embed(scale) @ eigvecs.transpose(-1, -2)
+
+    def forward(self, logits: torch.Tensor, level: int, update: bool = True) -> torch.Tensor:
+        """logits (..., k) -> whitened logits (..., k); statistics update in training mode when `update`."""
+        with torch.autocast(logits.device.type, enabled=False):
+            x = rearrange(logits.float(), "... (g j) -> ... g j", j=self.j)
+            if self.training and update:
+                self._update(x.detach().reshape(-1, *x.shape[-2:]), level)
+            white = torch.einsum("gij,...gj->...gi", self.matrices(level), x - self.running_mean[level])
+            return rearrange(white, "... g j -> ... (g j)").to(logits.dtype)
