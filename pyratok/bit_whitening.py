@@ -33,10 +33,11 @@ class BitWhitening(nn.Module):
         count = int(self.num_updates[level])
         rate = max(self.momentum, 1.0 / (count + 1))
         mean = x.mean(0)  # (g, j)
-        centred = x - mean
-        cov = torch.einsum("ngi,ngj->gij", centred, centred) / max(1, x.shape[0] - 1)
         if x.shape[0] < 2:  # one token has no spread: keep the running covariance
             cov = self.running_cov[level]
+        else:
+            centred = x - mean
+            cov = torch.einsum("ngi,ngj->gij", centred, centred) / (x.shape[0] - 1)
         self.running_mean[level].lerp_(mean, rate)
         self.running_cov[level].lerp_(cov, rate)
         self.num_updates[level] += 1
