@@ -61,14 +61,15 @@ default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/alignment/tokenizer \
 	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny
 
-# The shipped tokenizer fine-tuned on real clips with bit whitening (~30 min on 2 CPU cores), then its
+# The shipped tokenizer fine-tuned on real clips with bit whitening (~50 min on 2 CPU cores), then its
 # reconstruction and codebook utilization on 96 real 17x128x128 clips, encoded with and without their caption.
 REAL := runs/tokenizer-real
 real-tokenizer: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny_real.yaml --resume_from_checkpoint latest \
 	  --set train.output_dir=$(REAL)
-	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(REAL)/config.yaml --resume_from_checkpoint latest \
-	  --set train.steps=550 data.height=128 data.width=128
+	# two 150-step stages at 128x128, as measured: the cosine schedule's tail follows train.steps of each
+	for steps in 550 700; do HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(REAL)/config.yaml \
+	  --resume_from_checkpoint latest --set train.steps=$$steps data.height=128 data.width=128 || exit 1; done
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.evaluate --checkpoint $(REAL)/tokenizer --data real --size 128 --num-clips 96 \
 	  --batch-size 4 --captioned --out $(REAL)/eval_captioned
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.evaluate --checkpoint $(REAL)/tokenizer --data real --size 128 --num-clips 96 \

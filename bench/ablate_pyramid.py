@@ -27,6 +27,11 @@ def bits_per_video(model: PyraTokTokenizer, frames: int, size: int) -> int:
     return sum(math.prod(g) for g in grids) * model.quantizer.config.num_bits
 
 
+def group_size(num_bits: int) -> int:
+    """The largest group of at most 12 bits (the entropy loss's 2^group codes) that divides num_bits."""
+    return max(g for g in range(1, 13) if num_bits % g == 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -50,7 +55,7 @@ def main() -> None:
     variants = {
         "lapq": [],
         "single_scale": ["model.quantizer.level_strides=[[1,1,1]]", f"model.quantizer.num_bits={args.single_bits}",
-                         f"model.quantizer.bits_per_group={args.single_bits // 2}"],
+                         f"model.quantizer.bits_per_group={group_size(args.single_bits)}"],
     }
     results = {}
     for name, extra in variants.items():

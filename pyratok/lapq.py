@@ -130,12 +130,12 @@ class LaPQ(nn.Module):
         taps: list[torch.Tensor] | None = None,
         text_states: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
-        update_stats: bool = True,
     ) -> LaPQOutput:
         """z: (b, c, t, h, w); taps: encoder features (b, c_i, t_i, h_i, w_i); text: (b, s, d_text), mask (b, s).
 
-        update_stats: in training mode, let this call update the running bit whitening (a second
-        pass over the same batch, e.g. without the caption, should not).
+        In training mode every call updates the running bit whitening, captioned or not: the
+        statistics then describe the tokens of both uses (generation encodes with the caption,
+        understanding without).
         """
         cfg = self.config
         k = cfg.num_bits
@@ -160,7 +160,7 @@ class LaPQ(nn.Module):
                 u = u_bnd.reshape(u.shape)
             logits = self.to_bits(self.bit_norms[level](u))  # (b, t, h, w, k)
             if self.whitening is not None:
-                logits = self.whitening(logits, level, update=update_stats)
+                logits = self.whitening(logits, level)
             hard = torch.where(logits >= 0, 1.0, -1.0).to(logits.dtype)
             # on the sphere of the codes (radius sqrt(k)), as in binary spherical quantization: the
             # straight-through gradient cannot grow the logits without bound, commitment stays bounded

@@ -77,7 +77,7 @@ def tokenizer_losses(
     if weights.align > 0 and text_pooled is not None and video.shape[0] > 1:
         # align the tokens made without a caption: that is how videos are tokenized for understanding
         null_states, null_mask = model.text_inputs(video.shape[0])
-        uncaptioned = model.quantizer(out.z, out.taps, null_states, null_mask, update_stats=False)
+        uncaptioned = model.quantizer(out.z, out.taps, null_states, null_mask)
         video_emb = model.alignment.video_embedding(uncaptioned.bits_st)
         text_emb = model.alignment.text_embedding(text_pooled.to(video_emb.dtype))
         terms["align"], terms["align_acc"] = model.alignment.contrastive_loss(video_emb, text_emb)
