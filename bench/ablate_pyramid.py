@@ -4,6 +4,7 @@ Both tokenizers share the backbone config, data, seed and step count; the single
 quantizes only the finest grid with more bits per token so that it gets at least as many bits
 per video. PSNR on held-out Shapes and on real clips, in one run:
     python bench/ablate_pyramid.py --steps 300 [--out runs/ablate] [--set model.quantizer.whiten_bits=true]
+    python bench/ablate_pyramid.py --config configs/tokenizer/wan2.1.yaml --pretrained-vae WAN_DIR --steps N
 Both may start from one trained autoencoder (`--pretrained-vae DIR`, a diffusers AutoencoderKLWan
 folder), which isolates the quantizer and lets short runs compare converged reconstructions.
 """
@@ -34,6 +35,7 @@ def group_size(num_bits: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(CONFIG), help="tokenizer config of both variants (e.g. wan2.1.yaml)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default="runs/ablate_pyramid")
     parser.add_argument("--eval-clips", type=int, default=16)
@@ -59,7 +61,7 @@ def main() -> None:
     }
     results = {}
     for name, extra in variants.items():
-        cfg = load_config(TokenizerTrainConfig, CONFIG, common + extra + [f"train.output_dir={out / name}"])
+        cfg = load_config(TokenizerTrainConfig, args.config, common + extra + [f"train.output_dir={out / name}"])
         if cfg.train.vae_steps >= cfg.train.steps:
             raise ValueError(f"--steps {args.steps} leaves no quantized steps after {cfg.train.vae_steps} warm-up steps")
         folder = out / name / "tokenizer"
