@@ -63,12 +63,12 @@ def load_pretrained_wan(tokenizer, path: str | Path) -> None:
 def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> None:
     """Start training from a saved tokenizer folder (`save_pretrained`): every weight, strictly.
 
-    The model config must match the saved one; a mismatch names the differing parameter shapes. Buffers
-    the saved model lacks (e.g. the running statistics of bit whitening, newly switched on) keep their
-    initial values. With
-    `grow`, a tensor may be larger than the saved one in any dimension (e.g. a codebook of more bits):
-    the saved values fill the leading block, and a weight's new input columns start at zero, so the
-    grown model computes what the saved one did until training uses the new entries.
+    The model config must match the saved one; a mismatch names the differing parameter shapes.
+    Buffers the saved model lacks (e.g. the running statistics of bit whitening, newly switched on)
+    keep their initial values. With `grow`, a tensor may be larger than the saved one in any
+    dimension (e.g. a codebook of more bits): the saved values fill the leading block, and a weight's
+    new input columns start at zero, so the grown model computes what the saved one did until
+    training uses the new entries.
     """
     from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import load_file

@@ -133,9 +133,9 @@ class LaPQ(nn.Module):
     ) -> LaPQOutput:
         """z: (b, c, t, h, w); taps: encoder features (b, c_i, t_i, h_i, w_i); text: (b, s, d_text), mask (b, s).
 
-        In training mode every call updates the running bit whitening, captioned or not: the
-        statistics then describe the tokens of both uses (generation encodes with the caption,
-        understanding without).
+        With `whiten_bits`, every call in training mode updates the running whitening statistics,
+        captioned or not: they describe the tokens of both uses (generation encodes with the
+        caption, understanding without).
         """
         cfg = self.config
         k = cfg.num_bits
