@@ -54,6 +54,23 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     return 10 * torch.log10(data_range**2 / mse)
 
 
+def ssim01(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of videos in [-1, 1] mapped to [0, 1] frames (data_range 1), as published tokenizers report it."""
+    return ssim((x + 1) / 2, (y + 1) / 2, data_range=1.0)
+
+
+def blur_reference(video: torch.Tensor, latent_grid: tuple[int, int, int]) -> torch.Tensor:
+    """The baseline at a tokenizer's compression: (b, c, T, H, W) average-pooled to the latent grid
+    (t, h, w) (4x8x8 for Wan), then trilinear back up to (T, H, W)."""
+    pooled = F.adaptive_avg_pool3d(video.float(), latent_grid)  # (b, c, t, h, w)
+    return F.interpolate(pooled, size=video.shape[-3:], mode="trilinear", align_corners=False).to(video.dtype)
+
+
+def latent_snr(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """10 log10(var(z) / mean((z_hat - z)^2)) in dB: how well a quantized latent approximates the encoder's."""
+    return 10 * torch.log10(z.float().var() / (z_hat.float() - z.float()).pow(2).mean().clamp_min(1e-12))
+
+
 def foreground_weights(target: torch.Tensor, weight: float, threshold: float = -0.6) -> torch.Tensor:
     """Per-pixel weights (b, 1, t, h, w): 1 + `weight` where any channel is brighter than `threshold`.
 

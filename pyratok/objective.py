@@ -31,13 +31,19 @@ class LossWeights:
 
 
 def ar_prior_loss(model: PyraTokTokenizer, out: TokenizerOutput) -> tuple[torch.Tensor, list[float]]:
-    """BCE of the next-scale prior on every level's bits; inputs carry straight-through gradients."""
+    """BCE of the next-scale prior on every level's bits, with gradients into LaPQ on both sides.
+
+    The context (z_hat_<l) and the targets (level l's bits) are both straight-through bits. Through the
+    targets, d BCE / d target = -prior logit: the quantizer is pulled towards codes the prior predicts,
+    the rate term of learned compression (fewer bits per token under the prior); every level, the
+    finest included, gets this gradient, which a detached target would cut.
+    """
     quant = out.quant
     inputs = model.quantizer.level_inputs(quant.bits_st, quant.pyramid.latent_grid)
     logits = model.prior(inputs, out.text_states, out.text_mask)
     losses, accs = [], []
-    for lg, bits in zip(logits, quant.pyramid.bits):
-        target = (bits > 0).to(lg.dtype)
+    for lg, bits in zip(logits, quant.bits_st):
+        target = (bits.to(lg.dtype) + 1) / 2  # the hard bits in {0, 1}, straight-through gradients
         losses.append(F.binary_cross_entropy_with_logits(lg, target))
         accs.append(float(((lg > 0) == (bits > 0)).float().mean()))
     return torch.stack(losses).mean(), accs

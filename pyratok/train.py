@@ -39,6 +39,8 @@ class TrainLoopConfig:
     warmup_steps: int = 50
     text_dropout: float = 0.1
     freeze_encoder: bool = False
+    # with freeze_encoder: LaPQ on a frozen parent VAE (its own decoder reconstructs z_hat)
+    freeze_decoder: bool = False
     # train the decoder alone (post_quant_conv + decoder): the tokens stay bit-for-bit those of the
     # starting model, so a generator trained on them stays valid (a decoder fine-tuning stage)
     decoder_only: bool = False
@@ -98,6 +100,9 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     if tc.freeze_encoder:
         tokenizer.backbone.encoder.requires_grad_(False)
         tokenizer.backbone.quant_conv.requires_grad_(False)
+    if tc.freeze_decoder:
+        tokenizer.backbone.post_quant_conv.requires_grad_(False)
+        tokenizer.backbone.decoder.requires_grad_(False)
     if tc.decoder_only:
         tokenizer.requires_grad_(False)
         tokenizer.backbone.post_quant_conv.requires_grad_(True)

@@ -21,6 +21,9 @@ def test_evaluate_on_shapes_judges_reconstructions(tmp_path):
     assert set(faithful) == {"colour_acc", "shape_acc", "motion_acc"}
     assert all(v in (0.0, 1 / 3, 2 / 3, 1.0) for v in faithful.values())
     assert len(result["levels"]) == 3 and all(0 < s["utilization"] <= 1 for s in result["levels"].values())
+    # every PSNR beside the blur at the same compression; the quantized latent against the encoder's
+    assert {"blur_psnr", "blur_ssim", "continuous_psnr", "latent_snr"} <= set(result)
+    assert 0 < result["ssim"] <= 1 and 0 < result["blur_ssim"] <= 1
 
 
 def test_evaluate_command_writes_metrics(tmp_path, capsys):

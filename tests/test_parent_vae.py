@@ -1,0 +1,77 @@
+"""The parent VAE: natural data split once into train / held-out, its trainer, its diffusers export, and
+its evaluation beside the blur at the same compression."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from safetensors import safe_open
+
+from pyratok.data.natural import HELDOUT_IMAGES, StillImageDataset, clip_paths, packaged_image_paths
+from pyratok.evaluate import build_eval_data, evaluate, main as evaluate_main
+from pyratok.losses import blur_reference, latent_snr, psnr, ssim01
+from pyratok.train_parent import ParentConfig, latent_statistics, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_held_out_photos_and_clip_never_reach_training():
+    train_names = {p.name for p in packaged_image_paths("train")}
+    heldout_names = {p.name for p in packaged_image_paths("heldout")}
+    assert heldout_names == set(HELDOUT_IMAGES) and not train_names & heldout_names
+    assert len(train_names) >= 15
+    assert [p.stem for p in clip_paths("train")] == ["bikes"]
+    assert [p.stem for p in clip_paths("heldout")] == ["carphone_pristine"]
+    assert all("bigbuckbunny" not in str(p) for split in ("train", "heldout") for p in clip_paths(split))
+    with pytest.raises(ValueError, match="'val'"):
+        packaged_image_paths("val")
+
+
+def test_still_images_are_deterministic_one_frame_videos():
+    ds = StillImageDataset.packaged("heldout", size=32, length=4, seed=3)
+    a, b = ds[2]["video"], ds[2]["video"]
+    assert a.shape == (3, 1, 32, 32) and torch.equal(a, b) and -1 <= a.min() and a.max() <= 1
+    assert not torch.equal(ds[1]["video"], a)
+
+
+def test_blur_reference_and_metrics():
+    video = torch.rand(2, 3, 9, 32, 32) * 2 - 1
+    blur = blur_reference(video, (3, 4, 4))
+    assert blur.shape == video.shape
+    flat = torch.full_like(video, 0.25)
+    assert torch.allclose(blur_reference(flat, (3, 4, 4)), flat)
+    assert float(psnr(blur, video)) < float(psnr(blur_reference(video, (9, 16, 16)), video))  # finer = closer
+    assert float(ssim01(video, video)) == pytest.approx(1.0, abs=1e-5)
+    z = torch.randn(4, 8, 2, 2, 2)
+    assert float(latent_snr(z + 0.1 * torch.randn_like(z), z)) == pytest.approx(20.0, abs=1.5)
+
+
+def test_train_parent_exports_a_plain_diffusers_folder(tmp_path):
+    cfg = ParentConfig()
+    cfg.backbone.base_dim, cfg.backbone.z_dim = 8, 4
+    cfg.data.image_size, cfg.data.image_batch, cfg.data.clip_size, cfg.data.clip_frames = 32, 2, 32, 5
+    cfg.train.output_dir, cfg.train.max_steps, cfg.train.stat_batches = str(tmp_path / "run"), 2, 1
+    cfg.train.warmup_steps, cfg.train.save_every, cfg.train.image_every = 1, 1, 1
+    folder = train(cfg)
+    vae = AutoencoderKLWan.from_pretrained(folder)  # diffusers alone, no project code
+    with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as f:  # stored in fp16
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert len(vae.config.latents_mean) == 4 and all(s > 0 for s in vae.config.latents_std)
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2").is_dir()
+
+    vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.float32)
+    data = build_eval_data("heldout-real", num_clips=2, num_frames=5, size=32, seed=0)
+    result = evaluate(vae, data, batch_size=2)
+    assert result["clips"] == 2 and {"psnr", "blur_psnr", "ssim", "blur_ssim"} <= set(result)
+    evaluate_main(["--checkpoint", str(folder), "--data", "heldout-images", "--num-clips", "2", "--size", "32",
+                   "--out", str(tmp_path / "eval")])
+    assert "blur_psnr" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_latent_statistics_are_per_channel():
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, num_res_blocks=1).eval()
+    mean, std = latent_statistics(vae, [torch.rand(2, 3, 5, 32, 32) * 2 - 1])
+    assert len(mean) == len(std) == 4 and all(s > 0 for s in std)
