@@ -15,15 +15,16 @@ from .pipeline_pyratok_t2v import PyraTokT2VPipeline
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True)
-    parser.add_argument("--generator", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--sample-size", type=int, default=64)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tokenizer", required=True, help="trained PyraTok tokenizer folder (the pipeline's vae)")
+    parser.add_argument("--generator", required=True, help="trained generator folder (the pipeline's transformer)")
+    parser.add_argument("--out", required=True, help="pipeline folder to write")
+    parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
     args = parser.parse_args(argv)
     pipe = PyraTokT2VPipeline(
-        tokenizer=PyraTokTokenizer.from_pretrained(args.tokenizer),
-        generator=PyraTokGenerator.from_pretrained(args.generator),
+        vae=PyraTokTokenizer.from_pretrained(args.tokenizer),
+        transformer=PyraTokGenerator.from_pretrained(args.generator),
         sample_size=args.sample_size,
     )
     pipe.save_pretrained(args.out, include_text_encoder=False)
