@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from tqdm.auto import tqdm
 
 from pyratok.data.video_io import VideoReadError, read_video, write_video
 
@@ -145,7 +146,8 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
     todo = [item for item in plan if item["index"] not in done]
     rank_manifest = out_dir / f"manifest.rank{state.process_index}.jsonl"
     written = 0
-    with state.split_between_processes(todo) as mine:
+    with state.split_between_processes(todo) as mine, \
+            tqdm(total=len(mine), desc="prompts", unit="video", disable=not state.is_main_process) as bar:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             frames = pipe(
@@ -158,6 +160,7 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
                 write_video(frames_to_uint8(video), out_dir / item["file"], fps=fps)  # atomic
                 _append_line(rank_manifest, {**item, **settings})
                 written += 1
+                bar.update()
     state.wait_for_everyone()
     finished = len(done) + written
     if state.is_main_process:

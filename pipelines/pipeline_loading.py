@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -94,3 +95,20 @@ def check_finite_weights(modules: dict[str, torch.nn.Module | None]) -> None:
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise ValueError(f"{component} weight {name!r} has {bad} non-finite values of {tensor.numel()}: "
                                  "the weights file is damaged; restore or re-download it")
+
+
+@contextmanager
+def quiet_loading():
+    """diffusers' and transformers' loading progress bars off inside the block, as they were after it."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in states:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in states:
+            if enabled:
+                lib.enable_progress_bar()

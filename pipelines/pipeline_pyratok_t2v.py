@@ -26,7 +26,7 @@ from pyratok.tokenizer import PyraTokTokenizer
 
 from .pipeline_checks import check_call
 from .pipeline_loading import check_finite_weights, is_legacy_folder, load_legacy_components, mark_for_generic_loader
-from .pipeline_loading import plain_class_name
+from .pipeline_loading import plain_class_name, quiet_loading
 
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 DEFAULT_SIZE = 64
@@ -316,10 +316,12 @@ def _onload(module) -> None:
 
 
 def load_pipeline(path: str | Path, device: str | torch.device | None = None) -> PyraTokT2VPipeline:
-    """`PyraTokT2VPipeline.from_pretrained` with a clear error for a missing folder, on `device`."""
+    """`PyraTokT2VPipeline.from_pretrained` with a clear error for a missing folder, on `device`, without
+    diffusers' and transformers' loading bars (for the command line)."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a PyraTok pipeline folder (no model_index.json there)")
-    pipe = PyraTokT2VPipeline.from_pretrained(str(path))
+    with quiet_loading():
+        pipe = PyraTokT2VPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe

@@ -72,8 +72,10 @@ class FailAfter:
         return self.pipe(*args, **kwargs)
 
 
-def test_batch_outputs_do_not_depend_on_batch_size(pipe, tmp_path):
+def test_batch_outputs_do_not_depend_on_batch_size(pipe, tmp_path, capsys):
     a = generate_batch(pipe, PROMPTS, tmp_path / "a", seed=10, batch_size=3, **SMALL)
+    err = capsys.readouterr().err
+    assert "prompts: 100%" in err and "4/4" in err  # the progress bar over prompts
     b = generate_batch(pipe, PROMPTS, tmp_path / "b", seed=10, batch_size=1, **SMALL)
     assert a == b == {"prompts": 4, "skipped": 0, "written": 4, "finished": 4}
     records = manifest(tmp_path / "a")
@@ -224,7 +226,9 @@ def test_evaluate_shapes(model_dir, tmp_path, capsys):
     argv = ["--model", str(model_dir), "--num-seeds", "2", "--train-prompts", "2", "--heldout-prompts", "1",
             "--out", str(tmp_path), "--batch-size", "4", *SIZE_ARGS]
     assert evaluate_shapes.main(argv) == 0
-    printed = json.loads(capsys.readouterr().out)
+    said = capsys.readouterr()
+    printed = json.loads(said.out)
+    assert "prompts x seeds: 100%" in said.err and "6/6" in said.err  # the progress bar over prompts
     result = json.loads((tmp_path / "results.json").read_text())
     assert printed["splits"] == result["splits"] and set(result["splits"]) == {"train", "heldout"}
     for split, n in (("train", 4), ("heldout", 2)):
