@@ -1,51 +1,142 @@
-"""Build the generator's token cache from a trained tokenizer and captioned clips, once.
+"""Build the generator's token cache from a trained tokenizer and captioned clips, once, on many processes.
 
-Runs the tokenizer's encoder and the text encoder over Shapes (or a folder of captioned videos)
-and stores token pyramids plus text states as safetensors shards (DESIGN.md "Generator"):
-    python -m generator.build_cache --tokenizer runs/tokenizer-tiny/tokenizer --out runs/token_cache/tiny --n 4000
+Runs the tokenizer's encoder and the text encoder over Shapes, a folder of captioned videos or WebDataset
+shards and stores token pyramids plus text states as safetensors shards (DESIGN.md "Generator", "Scale story").
+Samples are cut into parts of --shard-size; part k becomes shard k, made by process k mod the number of
+processes, written atomically: a rerun skips the shards already there (resume), and the main process
+writes index.json once every part exists.
+    python -m generator.build_cache --tokenizer runs/tok/tokenizer --out runs/token_cache --n 4000
+    accelerate launch -m generator.build_cache --tokenizer ... --out ...     # parts split across processes
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from pyratok.accelerate_utils import process_state
 from pyratok.data.folder import VideoTextDataset
 from pyratok.data.shapes import ShapesDataset
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
 
-from .token_cache import build_token_cache
+from .token_cache import INDEX, TokenCacheWriter, encode_batch, read_shard_layout, shard_name, write_index
+
+SETTINGS = "build_settings.json"
+DEFAULT_SHAPES = 4000
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True, help="a saved PyraTokTokenizer folder")
-    parser.add_argument("--out", required=True, help="cache folder to write")
-    parser.add_argument("--n", type=int, default=4000, help="number of Shapes clips")
-    parser.add_argument("--folder", default=None, help="a folder of captioned videos instead of Shapes")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num-frames", type=int, default=17)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--text-encoder", default=None, help="local text encoder folder (default: MiniLM)")
-    args = parser.parse_args(argv)
-    if Path(args.out).exists() and any(Path(args.out).iterdir()):
-        raise SystemExit(f"{args.out} is not empty: choose a new --out")
-    tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval()
-    text_encoder = TextEncoder.from_pretrained(args.text_encoder)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="a saved PyraTokTokenizer folder")
+    p.add_argument("--out", required=True, help="cache folder to write (or to finish: a rerun resumes)")
+    p.add_argument("--n", type=int, default=None,
+                   help=f"number of samples (Shapes: default {DEFAULT_SHAPES}; a folder: default all of it)")
+    p.add_argument("--folder", default=None, help="a folder of captioned videos instead of Shapes")
+    p.add_argument("--split", default="train", help="Shapes split: train or heldout")
+    p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 1 + 4k")
+    p.add_argument("--size", type=int, default=64, help="clip height and width in pixels")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Shapes clips / the folder's crops")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per encoder call")
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work and resume)")
+    p.add_argument("--text-encoder", default=None, help="local text encoder folder (default: MiniLM)")
+    p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
+    return p
+
+
+def make_dataset(args: argparse.Namespace):
+    """The samples to encode, indexable: Shapes clips or the first --n clips of a folder."""
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be positive, got {args.n}")
     if args.folder:
         dataset = VideoTextDataset(args.folder, num_frames=args.num_frames, size=args.size, seed=args.seed,
                                    temporal_crop="centre")
-    else:
-        dataset = ShapesDataset(split=args.split, length=args.n, num_frames=args.num_frames,
-                                height=args.size, width=args.size, seed=args.seed)
-    with torch.no_grad():
-        out = build_token_cache(tokenizer, text_encoder, dataset, args.out, batch_size=args.batch_size)
-    print(f"wrote {out}")
+        if args.n is not None and args.n < len(dataset):
+            dataset = torch.utils.data.Subset(dataset, range(args.n))
+        return dataset
+    return ShapesDataset(split=args.split, length=args.n or DEFAULT_SHAPES, num_frames=args.num_frames,
+                         height=args.size, width=args.size, seed=args.seed)
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """A rerun must use the settings the shards there were made with (written once, by the first run)."""
+    path = out / SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text())
+        diff = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if diff:
+            raise ValueError(f"{out} holds a cache made with other settings "
+                             f"({'; '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); use a new --out")
+        return
+    tmp = out / f".{SETTINGS}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def build_cache_parts(tokenizer, text_encoder, dataset, out_dir, batch_size: int = 16, shard_size: int = 256,
+                      state=None, device=None, progress: bool = True) -> dict:
+    """Encode the parts of `dataset` this process owns and has not written yet; the main process then
+    writes the index. Returns {"parts", "written", "skipped"} for this process."""
+    state = state if state is not None else process_state()
+    out_dir = Path(out_dir)
+    parts = math.ceil(len(dataset) / shard_size)
+    mine = range(state.process_index, parts, state.num_processes)
+    todo = [k for k in mine if not (out_dir / shard_name(k)).is_file()]
+    total = sum(min(shard_size, len(dataset) - k * shard_size) for k in todo)
+    bar = tqdm(total=total, desc=f"token cache (process {state.process_index})", unit="sample", disable=not progress)
+    writer = TokenCacheWriter(out_dir, shard_size=shard_size + 1)  # shards are cut by write_part, never by size
+    for k in todo:
+        rows = range(k * shard_size, min((k + 1) * shard_size, len(dataset)))
+        for start in range(rows.start, rows.stop, batch_size):
+            batch = [dataset[i] for i in range(start, min(start + batch_size, rows.stop))]
+            encode_batch(tokenizer, text_encoder, batch, writer, device)
+            bar.update(len(batch))
+        writer.write_part(k)
+    bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        files = [out_dir / shard_name(k) for k in range(parts)]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise RuntimeError(f"{out_dir}: parts {missing} are missing after every process finished")
+        layouts = [read_shard_layout(f) for f in files]
+        if any(layout != layouts[0][0] for layout, _ in layouts):
+            raise ValueError(f"{out_dir}: shards differ in grids or text layout; use a new --out")
+        write_index(out_dir, layouts[0][0], [{"file": f.name, "num_samples": n} for f, (_, n) in zip(files, layouts)],
+                    getattr(tokenizer, "quantizer", None))
+    state.wait_for_everyone()
+    return {"parts": parts, "written": len(todo), "skipped": len(mine) - len(todo)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    state = process_state()
+    device = torch.device(args.device) if args.device else state.device
+    out = Path(args.out)
+    dataset = make_dataset(args)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "batch_size")}
+    settings["tokenizer"] = str(Path(args.tokenizer).resolve())
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        check_settings(out, settings | {"num_samples": len(dataset)})
+    state.wait_for_everyone()
+    check_settings(out, settings | {"num_samples": len(dataset)})  # every process: the same settings
+    tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).to(device).eval()
+    text_encoder = TextEncoder.from_pretrained(args.text_encoder, device=device)
+    summary = build_cache_parts(tokenizer, text_encoder, dataset, out, args.batch_size, args.shard_size, state,
+                                device, progress=state.is_local_main_process)
+    if state.is_main_process:
+        print(json.dumps({**summary, "out": str(out), "index": str(out / INDEX)}))
+    if state.num_processes > 1:
+        torch.distributed.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -29,6 +29,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from pyratok.accelerate_utils import process_state
 from pyratok.data.video_io import VideoReadError, read_video, write_video
 
 from .video_export import frames_to_uint8
@@ -53,9 +54,7 @@ def output_name(index: int, prompt: str) -> str:
 
 def make_state() -> PartialState:
     """The process state of `accelerate launch` (gloo between CPU processes), or a single process."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # without CUDA, accelerate only sets up MULTI_CPU (gloo) with cpu=True; otherwise barriers are no-ops
-    return PartialState(cpu=True) if distributed and not torch.cuda.is_available() else PartialState()
+    return process_state()
 
 
 def _read_lines(path: Path) -> list[dict]:
