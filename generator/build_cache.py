@@ -1,7 +1,7 @@
 """Build the generator's token cache from a trained tokenizer and captioned clips, once, on many processes.
 
 Runs the tokenizer's encoder and the text encoder over Shapes, a folder of captioned videos or WebDataset
-shards and stores token pyramids plus text states as safetensors shards (DESIGN.md "Generator", "Scale story").
+shards (one part per tar shard) and stores token pyramids plus text states as safetensors shards (DESIGN.md "Generator", "Scale story").
 Samples are cut into parts of --shard-size; part k becomes shard k, made by process k mod the number of
 processes, written atomically: a rerun skips the shards already there (resume), and the main process
 writes index.json once every part exists.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
@@ -32,12 +31,14 @@ DEFAULT_SHAPES = 4000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="a saved PyraTokTokenizer folder")
     p.add_argument("--out", required=True, help="cache folder to write (or to finish: a rerun resumes)")
     p.add_argument("--n", type=int, default=None,
                    help=f"number of samples (Shapes: default {DEFAULT_SHAPES}; a folder: default all of it)")
     p.add_argument("--folder", default=None, help="a folder of captioned videos instead of Shapes")
+    p.add_argument("--shards", default=None, help="a folder of WebDataset shards (`pyratok shard`): one part per shard")
     p.add_argument("--split", default="train", help="Shapes split: train or heldout")
     p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 1 + 4k")
     p.add_argument("--size", type=int, default=64, help="clip height and width in pixels")
@@ -49,18 +50,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_dataset(args: argparse.Namespace):
-    """The samples to encode, indexable: Shapes clips or the first --n clips of a folder."""
+class Part:
+    """One unit of work, written as one shard of the cache: the samples of `items` (an iterable), or
+    `dataset[i]` for i in `items` when a dataset is given; `size` of them."""
+
+    def __init__(self, items, size: int, dataset=None):
+        self.items, self.size, self.dataset = items, size, dataset
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        return iter(self.items) if self.dataset is None else (self.dataset[i] for i in self.items)
+
+
+def dataset_parts(dataset, shard_size: int) -> list[Part]:
+    """An indexable dataset cut into consecutive parts of `shard_size` samples."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    bounds = [(k, min(k + shard_size, len(dataset))) for k in range(0, len(dataset), shard_size)]
+    return [Part(range(a, b), b - a, dataset) for a, b in bounds]
+
+
+def make_parts(args: argparse.Namespace) -> list[Part]:
+    """The samples to encode: Shapes clips, the first --n clips of a folder, or one part per tar shard."""
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be positive, got {args.n}")
+    if sum(x is not None for x in (args.folder, args.shards)) > 1:
+        raise ValueError("give --folder or --shards, not both")
+    if args.shards:
+        from pyratok.data.shards import ShardVideoDataset, shard_files
+
+        return [Part(ShardVideoDataset([path], num_frames=args.num_frames, size=args.size, seed=args.seed,
+                                       split_by_node=False), count) for path, count in shard_files(args.shards)]
     if args.folder:
         dataset = VideoTextDataset(args.folder, num_frames=args.num_frames, size=args.size, seed=args.seed,
                                    temporal_crop="centre")
         if args.n is not None and args.n < len(dataset):
             dataset = torch.utils.data.Subset(dataset, range(args.n))
-        return dataset
-    return ShapesDataset(split=args.split, length=args.n or DEFAULT_SHAPES, num_frames=args.num_frames,
-                         height=args.size, width=args.size, seed=args.seed)
+    else:
+        dataset = ShapesDataset(split=args.split, length=args.n or DEFAULT_SHAPES, num_frames=args.num_frames,
+                                height=args.size, width=args.size, seed=args.seed)
+    return dataset_parts(dataset, args.shard_size)
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -79,29 +110,33 @@ def check_settings(out: Path, settings: dict) -> None:
 
 
 @torch.no_grad()
-def build_cache_parts(tokenizer, text_encoder, dataset, out_dir, batch_size: int = 16, shard_size: int = 256,
-                      state=None, device=None, progress: bool = True) -> dict:
-    """Encode the parts of `dataset` this process owns and has not written yet; the main process then
-    writes the index. Returns {"parts", "written", "skipped"} for this process."""
+def build_cache_parts(tokenizer, text_encoder, parts: list[Part], out_dir, batch_size: int = 16, state=None,
+                      device=None, progress: bool = True) -> dict:
+    """Encode the parts this process owns (k mod the number of processes) and has not written yet; the main
+    process then writes the index. Returns {"parts", "written", "skipped"} for this process."""
     state = state if state is not None else process_state()
     out_dir = Path(out_dir)
-    parts = math.ceil(len(dataset) / shard_size)
-    mine = range(state.process_index, parts, state.num_processes)
+    mine = range(state.process_index, len(parts), state.num_processes)
     todo = [k for k in mine if not (out_dir / shard_name(k)).is_file()]
-    total = sum(min(shard_size, len(dataset) - k * shard_size) for k in todo)
-    bar = tqdm(total=total, desc=f"token cache (process {state.process_index})", unit="sample", disable=not progress)
-    writer = TokenCacheWriter(out_dir, shard_size=shard_size + 1)  # shards are cut by write_part, never by size
+    bar = tqdm(total=sum(len(parts[k]) for k in todo), desc=f"token cache (process {state.process_index})",
+               unit="sample", disable=not progress)
+    writer = TokenCacheWriter(out_dir, shard_size=max(len(p) for p in parts) + 1)  # cut by write_part only
     for k in todo:
-        rows = range(k * shard_size, min((k + 1) * shard_size, len(dataset)))
-        for start in range(rows.start, rows.stop, batch_size):
-            batch = [dataset[i] for i in range(start, min(start + batch_size, rows.stop))]
+        batch = []
+        for sample in parts[k]:
+            batch.append(sample)
+            if len(batch) == batch_size:
+                encode_batch(tokenizer, text_encoder, batch, writer, device)
+                bar.update(len(batch))
+                batch = []
+        if batch:
             encode_batch(tokenizer, text_encoder, batch, writer, device)
             bar.update(len(batch))
         writer.write_part(k)
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        files = [out_dir / shard_name(k) for k in range(parts)]
+        files = [out_dir / shard_name(k) for k in range(len(parts))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise RuntimeError(f"{out_dir}: parts {missing} are missing after every process finished")
@@ -111,7 +146,7 @@ def build_cache_parts(tokenizer, text_encoder, dataset, out_dir, batch_size: int
         write_index(out_dir, layouts[0][0], [{"file": f.name, "num_samples": n} for f, (_, n) in zip(files, layouts)],
                     getattr(tokenizer, "quantizer", None))
     state.wait_for_everyone()
-    return {"parts": parts, "written": len(todo), "skipped": len(mine) - len(todo)}
+    return {"parts": len(parts), "written": len(todo), "skipped": len(mine) - len(todo)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,18 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     state = process_state()
     device = torch.device(args.device) if args.device else state.device
     out = Path(args.out)
-    dataset = make_dataset(args)
+    parts = make_parts(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "batch_size")}
     settings["tokenizer"] = str(Path(args.tokenizer).resolve())
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        check_settings(out, settings | {"num_samples": len(dataset)})
+        check_settings(out, settings | {"parts": [len(p) for p in parts]})
     state.wait_for_everyone()
-    check_settings(out, settings | {"num_samples": len(dataset)})  # every process: the same settings
+    check_settings(out, settings | {"parts": [len(p) for p in parts]})  # every process: the same settings
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).to(device).eval()
     text_encoder = TextEncoder.from_pretrained(args.text_encoder, device=device)
-    summary = build_cache_parts(tokenizer, text_encoder, dataset, out, args.batch_size, args.shard_size, state,
-                                device, progress=state.is_local_main_process)
+    summary = build_cache_parts(tokenizer, text_encoder, parts, out, args.batch_size, state, device,
+                                progress=state.is_local_main_process)
     if state.is_main_process:
         print(json.dumps({**summary, "out": str(out), "index": str(out / INDEX)}))
     if state.num_processes > 1:

@@ -90,6 +90,21 @@ def run_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- pyratok shard ----------------------------------------------------------------------------
+def _add_shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="a folder of videos with captions.jsonl or .txt sidecars")
+    p.add_argument("--out", type=Path, required=True, help="folder for shard-*.tar and shards.json")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="videos per tar shard")
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from pyratok.data.shards import SHARD_INDEX, pack_folder
+
+    index = pack_folder(args.folder, args.out, args.samples_per_shard)
+    print(f"wrote {index['num_samples']} videos in {len(index['shards'])} shards and {SHARD_INDEX} to {args.out}")
+    return 0
+
+
 # ---- pyratok info -----------------------------------------------------------------------------
 def _version(dist: str) -> str | None:
     try:
@@ -276,6 +291,7 @@ def _demo_without_model(args: argparse.Namespace, missing: Exception) -> int:
 
 COMMANDS = MappingProxyType({
     "shapes": Command("write Shapes clips + captions.jsonl", _add_shapes_args, run_shapes),
+    "shard": Command("pack a folder of captioned videos into WebDataset tar shards", _add_shard_args, run_shard),
     "info": Command("print versions, device and optional accelerators", _add_info_args, run_info),
     "generate": Command("text to video: one prompt (-o OUT.mp4) or a prompts file (--out-dir)",
                         _add_generate_args, run_generate),
