@@ -108,6 +108,16 @@ def test_resume_after_interruption(pipe, tmp_path):
     assert manifest(out) == records
 
 
+def test_resumed_batch_equals_an_uninterrupted_one_file_for_file(pipe, tmp_path):
+    generate_batch(pipe, PROMPTS, tmp_path / "straight", batch_size=1, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        generate_batch(FailAfter(pipe, calls=2), PROMPTS, tmp_path / "resumed", batch_size=1, **SMALL)
+    generate_batch(pipe, PROMPTS, tmp_path / "resumed", batch_size=1, **SMALL)
+    for record in manifest(tmp_path / "straight"):  # byte-identical mp4s: one encoder thread
+        assert (tmp_path / "resumed" / record["file"]).read_bytes() == (tmp_path / "straight" / record["file"]).read_bytes()
+    assert (tmp_path / "resumed" / MANIFEST).read_text() == (tmp_path / "straight" / MANIFEST).read_text()
+
+
 def test_resume_refuses_other_settings(pipe, tmp_path):
     generate_batch(pipe, PROMPTS[:1], tmp_path, **SMALL)
     with pytest.raises(ValueError, match="guidance_scale: 3.0 != 5.0.*fresh --out-dir"):
