@@ -94,3 +94,16 @@ def test_library_code_never_passes_trust_remote_code():
         for path in (ROOT / package).rglob("*.py"):
             calls = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)]
             assert not any(k.arg == "trust_remote_code" for call in calls for k in call.keywords), path
+
+
+def test_understanding_reads_both_layouts(saved, tmp_path):
+    from pyratok.understanding.loading import load_text_encoder, tokenizer_folder
+
+    folder, _ = saved
+    assert tokenizer_folder(folder) == folder / "vae"
+    text = load_text_encoder(folder)
+    assert text.dim == 16 and text.tokenizer.__class__.__name__.startswith("BertTokenizer")  # the saved tiny BERT
+    old = tmp_path / "old"
+    (old / "tokenizer").mkdir(parents=True)
+    (old / "tokenizer" / "config.json").write_text((folder / "vae" / "config.json").read_text())
+    assert tokenizer_folder(old) == old / "tokenizer"
