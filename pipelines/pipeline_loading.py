@@ -93,7 +93,9 @@ def check_finite_weights(modules: dict[str, torch.nn.Module | None]) -> None:
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all():
                 bad = int((~torch.isfinite(tensor)).sum())
-                raise ValueError(f"{component} weight {name!r} has {bad} non-finite values of {tensor.numel()}: "
+                source = getattr(getattr(module, "config", None), "_name_or_path", None)
+                where = f" in {source}" if source else ""
+                raise ValueError(f"{component} weight {name!r}{where} has {bad} non-finite values of {tensor.numel()}: "
                                  "the weights file is damaged; restore or re-download it")
 
 
