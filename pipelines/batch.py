@@ -124,7 +124,8 @@ def _append_line(path: Path, record: dict) -> None:
 
 def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: int = 0, batch_size: int = 4,
                    num_frames: int = 17, height: int | None = None, width: int | None = None,
-                   guidance_scale: float = 3.0, temperature: float = 1.0, negative_prompt: str | None = None,
+                   guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, negative_prompt: str | None = None,
                    fps: float = 8, model: str | None = None, state: PartialState | None = None) -> dict:
     """Generate every prompt not yet finished in `out_dir`; returns counts (see the module docstring)."""
     if batch_size < 1:
@@ -133,10 +134,15 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     default_h, default_w = pipe.default_size()
-    settings = {"num_frames": num_frames, "height": height or default_h, "width": width or default_w,
-                "guidance_scale": guidance_scale, "temperature": temperature, "negative_prompt": negative_prompt,
+    settings = {"num_frames": num_frames, "height": default_h if height is None else height,
+                "width": default_w if width is None else width,
+                "guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "negative_prompt": negative_prompt,
                 "fps": fps, "model": model}
     plan = [{"index": i, "prompt": p, "seed": seed + i, "file": output_name(i, p)} for i, p in enumerate(prompts)]
+    pipe.check_inputs(prompts[:batch_size], negative_prompt=negative_prompt, num_frames=num_frames,  # before any work
+                      height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
+                      temperature=temperature, top_k=top_k, top_p=top_p, output_type="np")
 
     if state.is_main_process:
         consolidate(out_dir, plan, settings, check_all=True)
@@ -152,7 +158,7 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
             frames = pipe(
                 [item["prompt"] for item in chunk], negative_prompt=negative_prompt, num_frames=num_frames,
                 height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
-                temperature=temperature, generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
+                temperature=temperature, top_k=top_k, top_p=top_p, generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
                 output_type="np",
             ).frames  # (b, f, h, w, 3) in [0, 1]
             for item, video in zip(chunk, frames):

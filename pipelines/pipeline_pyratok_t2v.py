@@ -6,6 +6,7 @@ Letters: b - videos, f - frames, c - channels, h/w - pixels, s - text tokens, d 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -204,6 +205,27 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         as_uint8 = np.round(frames_bfhwc * 255).astype(np.uint8)
         return [[PIL.Image.fromarray(frame) for frame in clip] for clip in as_uint8]
 
+    def check_inputs(self, *args, **kwargs) -> None:
+        """Only the checks of `pipe(*args, **kwargs)`: a ValueError naming the first bad value; no model runs."""
+        bound = inspect.signature(self.__call__).bind(*args, **kwargs)
+        bound.apply_defaults()
+        self._check(bound.arguments)
+
+    def _check(self, call: dict) -> tuple[int, int]:
+        """check_call on the arguments of one `__call__`; returns (height, width) with the defaults filled in."""
+        default_h, default_w = self.default_size()
+        height = default_h if call["height"] is None else call["height"]
+        width = default_w if call["width"] is None else call["width"]
+        callback = call["callback_on_step_end"]
+        tensor_inputs = callback.tensor_inputs if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)) \
+            else call["callback_on_step_end_tensor_inputs"]
+        names = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_frames", "output_type",
+                 "num_videos_per_prompt", "generator", "guidance_scale", "guidance_schedule", "temperature", "top_k",
+                 "top_p", "max_sequence_length", "latents", "attention_kwargs")
+        check_call(self, **{name: call[name] for name in names}, height=height, width=width,
+                   callback_tensor_inputs=tensor_inputs)
+        return height, width
+
     # --- the pipeline ---------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -247,17 +269,9 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         h_l, w_l, k) this level's bits; tensors it returns replace them, and `pipe._interrupt = True` stops
         sampling there (the video then decodes from the levels sampled so far).
         """
+        height, width = self._check({k: v for k, v in locals().items() if k != "self"})
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        default_h, default_w = self.default_size()
-        height = default_h if height is None else height
-        width = default_w if width is None else width
-        check_call(self, prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                   negative_prompt_embeds=negative_prompt_embeds, num_frames=num_frames, height=height, width=width,
-                   output_type=output_type, num_videos_per_prompt=num_videos_per_prompt, generator=generator,
-                   guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, temperature=temperature,
-                   top_k=top_k, top_p=top_p, max_sequence_length=max_sequence_length, latents=latents,
-                   attention_kwargs=attention_kwargs, callback_tensor_inputs=callback_on_step_end_tensor_inputs)
         device = self._execution_device
         self._interrupt = False
 

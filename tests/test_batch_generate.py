@@ -65,6 +65,9 @@ class FailAfter:
     def default_size(self):
         return self.pipe.default_size()
 
+    def check_inputs(self, *args, **kwargs):
+        return self.pipe.check_inputs(*args, **kwargs)
+
     def __call__(self, *args, **kwargs):
         if self.calls == 0:
             raise KeyboardInterrupt("simulated interruption")
@@ -203,6 +206,14 @@ def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
     assert gap < 5.0, f"batch video 0 differs from the single-prompt video with the same seed by {gap:.1f} levels"
 
 
+def test_cli_greedy_bits_give_the_same_file_for_any_seed(model_dir, tmp_path):
+    files = [tmp_path / f"seed{seed}.mp4" for seed in (1, 2)]
+    for seed, video in zip((1, 2), files):
+        assert main(["generate", PROMPTS[0], "-o", str(video), "--model", str(model_dir), "--seed", str(seed),
+                     "--top-k", "1", *SIZE_ARGS]) == 0
+    assert files[0].read_bytes() == files[1].read_bytes()  # greedy: no randomness left, and mp4s are reproducible
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "x"], "one prompt needs -o OUT.mp4"),
     (["generate"], "give either one prompt"),
@@ -212,6 +223,20 @@ def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
 def test_cli_generate_errors(argv, message, capsys):
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--height", "0"], "height must be a positive multiple of the spatial factor 8, got 0"),
+    (["--guidance-scale", "nan"], "guidance_scale must be a finite number >= 0, got nan"),
+    (["--temperature", "-1"], "temperature must be a finite number > 0, got -1.0"),
+])
+def test_cli_refuses_bad_values_in_one_line(model_dir, tmp_path, flags, message, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    for argv in (["a", "-o", str(tmp_path / "a.mp4")], ["--prompts", str(prompts), "--out-dir", str(tmp_path / "o")]):
+        assert main(["generate", *argv, "--model", str(model_dir), *SIZE_ARGS, *flags]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_demo_command(model_dir, tmp_path, capsys):
