@@ -101,7 +101,7 @@ def run_shard(args: argparse.Namespace) -> int:
     from pyratok.data.shards import SHARD_INDEX, pack_folder
 
     index = pack_folder(args.folder, args.out, args.samples_per_shard)
-    print(f"wrote {index['num_samples']} videos in {len(index['shards'])} shards and {SHARD_INDEX} to {args.out}")
+    print(f"wrote {index['num_samples']} videos in {len(index['shardlist'])} shards and {SHARD_INDEX} to {args.out}")
     return 0
 
 

@@ -12,7 +12,8 @@ from test_build_cache import assert_same, tokenizer_dir  # noqa: F401  (fixture)
 from generator.build_cache import main as build_cache
 from pipelines.cli import main
 from pyratok.data.folder import VideoTextDataset
-from pyratok.data.shards import ShardVideoDataset, pack_folder, shard_files
+from pyratok.data.mix import DataConfig, build_dataset
+from pyratok.data.shards import ShardClipDataset, ShardVideoDataset, pack_folder, shard_files
 
 SIZE = ["--num-frames", "5", "--size", "16"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,8 +36,8 @@ def shards(clips, tmp_path_factory):
 
 def test_shard_command_packs_the_folder_in_order(clips, shards):
     index = json.loads((shards / "shards.json").read_text())
-    assert [s["num_samples"] for s in index["shards"]] == [2, 2, 1] and index["num_samples"] == 5
-    with tarfile.open(shards / index["shards"][0]["file"]) as tar:
+    assert [s["nsamples"] for s in index["shardlist"]] == [2, 2, 1] and index["num_samples"] == 5
+    with tarfile.open(shards / index["shardlist"][0]["url"]) as tar:
         assert tar.getnames() == ["000000000.mp4", "000000000.txt", "000000001.mp4", "000000001.txt"]
         first = json.loads((clips / "captions.jsonl").read_text().splitlines()[0])
         assert tar.extractfile("000000000.txt").read().decode() == first["caption"]
@@ -62,3 +63,17 @@ def test_cache_from_shards_equals_cache_from_folder(clips, shards, tokenizer_dir
     assert build_cache([*common, "--out", str(tmp_path / "folder"), "--folder", str(clips), "--shard-size", "2"]) == 0
     assert build_cache([*common, "--out", str(tmp_path / "shards"), "--shards", str(shards)]) == 0
     assert_same(tmp_path / "shards", tmp_path / "folder")  # one cache shard per tar shard, same tokens
+
+
+def test_shards_are_a_training_source(clips, shards):
+    folder = VideoTextDataset(clips, num_frames=5, size=16, temporal_crop="centre")
+    indexed = ShardClipDataset(shards, num_frames=5, size=16, temporal_crop="centre")
+    assert len(indexed) == 5
+    for i in (4, 0, 2):  # random access, across shards
+        assert indexed[i]["caption"] == folder[i]["caption"] and torch.equal(indexed[i]["video"], folder[i]["video"])
+    mix = build_dataset(DataConfig(shapes_weight=0.0, shards=str(shards), shards_weight=1.0, num_frames=5, height=16,
+                                   width=16, fps=None, length=6))
+    items = [mix[i] for i in range(6)]
+    assert {item["source"] for item in items} == {"shards"} and all(item["video"].shape == (3, 5, 16, 16) for item in items)
+    with pytest.raises(ValueError, match="shards_weight=1.0 but no shards folder is set"):
+        build_dataset(DataConfig(shards_weight=1.0))
