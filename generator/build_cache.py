@@ -1,7 +1,8 @@
 """Build the generator's token cache from a trained tokenizer and captioned clips, once, on many processes.
 
 Runs the tokenizer's encoder and the text encoder over Shapes, a folder of captioned videos or WebDataset
-shards (one part per tar shard) and stores token pyramids plus text states as safetensors shards (DESIGN.md "Generator", "Scale story").
+shards (one part per tar shard) and stores token pyramids plus text states as safetensors shards
+(DESIGN.md "Generator", "Scale story").
 Samples are cut into parts of --shard-size; part k becomes shard k, made by process k mod the number of
 processes, written atomically: a rerun skips the shards already there (resume), and the main process
 writes index.json once every part exists.

@@ -158,7 +158,8 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
             frames = pipe(
                 [item["prompt"] for item in chunk], negative_prompt=negative_prompt, num_frames=num_frames,
                 height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
-                temperature=temperature, top_k=top_k, top_p=top_p, generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
+                temperature=temperature, top_k=top_k, top_p=top_p,
+                generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
                 output_type="np",
             ).frames  # (b, f, h, w, 3) in [0, 1]
             for item, video in zip(chunk, frames):

@@ -17,8 +17,8 @@ import torch
 
 # diffusers' generic loader resolves `"_class_name": [file stem, class]` by running `<folder>/<file stem>.py`
 REMOTE_CODE_STEM = "pipeline_pyratok"
-REMOTE_CODE_TEXT = '''"""Lets `DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)` return the installed
-PyraTok pipeline (`pip install pyratok`): this file only imports it."""
+REMOTE_CODE_TEXT = '''"""Lets `DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)` return
+the installed PyraTok pipeline (`pip install pyratok`): this file only imports it."""
 from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline  # noqa: F401
 '''
 # old component name -> diffusers' name (the PyraTok tokenizer is the `vae`, the generator the `transformer`)

@@ -1,7 +1,8 @@
 """`PyraTokT2VPipeline`: text -> token pyramid (next-scale sampling) -> video, as a diffusers pipeline.
 
 The inference side of PyraTok's text-to-video generation (DESIGN.md "Pipeline"): frozen text encoder,
-level-by-level sampling of LaPQ tokens by the generator, (tiled) decoding by the tokenizer.
+level-by-level sampling of LaPQ tokens by the generator (`transformer`), (tiled) decoding by the PyraTok
+tokenizer (`vae`).
 Letters: b - videos, f - frames, c - channels, h/w - pixels, s - text tokens, d - text width.
 """
 from __future__ import annotations

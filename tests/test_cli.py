@@ -115,8 +115,9 @@ def test_every_flag_has_help_that_shows_its_default(name):
 def test_load_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     broken = tmp_path / "pipe"
     broken.mkdir()
-    (broken / "model_index.json").write_text('{"_class_name": "PyraTokT2VPipeline", "vae": ["pyratok.tokenizer", '
-                                             '"PyraTokTokenizer"], "transformer": ["generator.model", "PyraTokGenerator"]}')
+    index = {"_class_name": "PyraTokT2VPipeline", "vae": ["pyratok.tokenizer", "PyraTokTokenizer"],
+             "transformer": ["generator.model", "PyraTokGenerator"]}  # but no vae/ or transformer/ folder
+    (broken / "model_index.json").write_text(json.dumps(index))
     argv = ["generate", "a", "-o", str(tmp_path / "a.mp4"), "--model", str(broken)]
     assert main(argv) == 1
     err = capsys.readouterr().err

@@ -32,22 +32,27 @@ def test_wheel_installs_and_runs_the_demo_in_an_empty_folder(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for name in SOURCES:  # a copy: building writes build/ and *.egg-info next to the sources
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
           str(src)])
     wheel = next((tmp_path / "dist").glob("pyratok-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"pyratok/shipped_configs/tokenizer/tiny.yaml", "pyratok/shipped_model/model_index.json",
-            "pyratok/shipped_model/pipeline_pyratok.py", "pyratok/shipped_model/vae/diffusion_pytorch_model.safetensors",
+            "pyratok/shipped_model/pipeline_pyratok.py",
+            "pyratok/shipped_model/vae/diffusion_pytorch_model.safetensors",
             "pyratok/shipped_model/transformer/diffusion_pytorch_model.safetensors"} <= names
     assert any(n.endswith("licenses/LICENSE") for n in names)
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
-    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    (purelib / "reuse_installed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., after the wheel
+    where_libs = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = Path(_run([str(python), "-c", where_libs]).stdout.strip())
+    # this environment's packages (torch & co.) come after the wheel's own files
+    (purelib / "reuse_installed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)])
 
     empty = tmp_path / "empty"

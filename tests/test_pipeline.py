@@ -127,7 +127,8 @@ def test_callback_replaces_tensors_and_interrupts(pipe):
 
     changed = pipe("a", generator=gens(1), output_type="latent", callback_on_step_end=zero_level_0,
                    callback_on_step_end_tensor_inputs=["bits"], **SMALL).frames
-    assert torch.equal(changed.bits[0], -torch.ones_like(plain.bits[0])) and not torch.equal(plain.bits[0], changed.bits[0])
+    assert torch.equal(changed.bits[0], -torch.ones_like(plain.bits[0]))
+    assert not torch.equal(plain.bits[0], changed.bits[0])
     assert not torch.equal(plain.latent, changed.latent)  # the replaced bits fed the finer levels and z_hat
     zeroed = pipe("a", generator=gens(1), output_type="latent", **SMALL,
                   callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"] * 0} if i == 2 else kw).frames
@@ -165,7 +166,8 @@ def test_default_text_encoder_is_not_copied(tmp_path):
     pipe.save_pretrained(tmp_path / "pipe")  # include_text_encoder=None: the default MiniLM is left out
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["text_encoder"] == [None, None] and index["tokenizer"] == [None, None]
-    assert sorted(p.name for p in (tmp_path / "pipe").iterdir()) == ["model_index.json", "pipeline_pyratok.py", "transformer", "vae"]
+    saved = sorted(p.name for p in (tmp_path / "pipe").iterdir())
+    assert saved == ["model_index.json", "pipeline_pyratok.py", "transformer", "vae"]
     assert pipe.config.text_encoder == ("transformers", "BertModel")  # restored after saving
     loaded = PyraTokT2VPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)

@@ -85,7 +85,8 @@ def test_non_finite_weights_are_refused_naming_the_tensor(saved, tmp_path):
     start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]  # after the header: the tensors' bytes
     data[start + 1000:start + 3000] = b"\xff" * 2000  # 0xFFFFFFFF is a float32 NaN
     weights.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="transformer weight '[a-z_.0-9]+' in .*broken/transformer has [0-9]+ non-finite values"):
+    named = "transformer weight '[a-z_.0-9]+' in .*broken/transformer has [0-9]+ non-finite values"
+    with pytest.raises(ValueError, match=named):
         PyraTokT2VPipeline.from_pretrained(broken)
 
 

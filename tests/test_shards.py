@@ -74,6 +74,7 @@ def test_shards_are_a_training_source(clips, shards):
     mix = build_dataset(DataConfig(shapes_weight=0.0, shards=str(shards), shards_weight=1.0, num_frames=5, height=16,
                                    width=16, fps=None, length=6))
     items = [mix[i] for i in range(6)]
-    assert {item["source"] for item in items} == {"shards"} and all(item["video"].shape == (3, 5, 16, 16) for item in items)
+    assert {item["source"] for item in items} == {"shards"}
+    assert all(item["video"].shape == (3, 5, 16, 16) for item in items)
     with pytest.raises(ValueError, match="shards_weight=1.0 but no shards folder is set"):
         build_dataset(DataConfig(shards_weight=1.0))
