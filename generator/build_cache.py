@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from pyratok.accelerate_utils import process_state
 from pyratok.data.folder import VideoTextDataset
 from pyratok.data.shapes import ShapesDataset
+from pyratok.help_format import DefaultsFormatter
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
 
@@ -33,11 +34,11 @@ DEFAULT_SHAPES = 4000
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsFormatter)
     p.add_argument("--tokenizer", required=True, help="a saved PyraTokTokenizer folder")
     p.add_argument("--out", required=True, help="cache folder to write (or to finish: a rerun resumes)")
     p.add_argument("--n", type=int, default=None,
-                   help=f"number of samples (Shapes: default {DEFAULT_SHAPES}; a folder: default all of it)")
+                   help=f"number of samples (default: {DEFAULT_SHAPES} Shapes clips, or all of --folder)")
     p.add_argument("--folder", default=None, help="a folder of captioned videos instead of Shapes")
     p.add_argument("--shards", default=None, help="a folder of WebDataset shards (`pyratok shard`): one part per shard")
     p.add_argument("--split", default="train", help="Shapes split: train or heldout")

@@ -9,19 +9,23 @@ from __future__ import annotations
 import argparse
 
 from generator import PyraTokGenerator
+from pyratok.help_format import DefaultsFormatter
 from pyratok.tokenizer import PyraTokTokenizer
 
 from .pipeline_pyratok_t2v import PyraTokT2VPipeline
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--tokenizer", required=True, help="trained PyraTok tokenizer folder (the pipeline's vae)")
     parser.add_argument("--generator", required=True, help="trained generator folder (the pipeline's transformer)")
     parser.add_argument("--out", required=True, help="pipeline folder to write")
     parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     pipe = PyraTokT2VPipeline(
         vae=PyraTokTokenizer.from_pretrained(args.tokenizer),
         transformer=PyraTokGenerator.from_pretrained(args.generator),

@@ -20,14 +20,7 @@ from types import MappingProxyType
 from typing import Callable, NamedTuple
 
 from pipelines import locate as _locate  # heavy imports stay inside _locate.run
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every flag's default, unless its help already says it ("default: ...")."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        return help_text if "default:" in help_text else super()._get_help_string(action)
+from pyratok.help_format import DefaultsFormatter
 
 
 class Command(NamedTuple):

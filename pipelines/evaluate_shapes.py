@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from pyratok.data.contact_sheet import save_contact_sheet
 from pyratok.data.shapes import COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, caption_for
 from pyratok.data.shapes_judge import judge_video
+from pyratok.help_format import DefaultsFormatter
 
-from .cli import DefaultsFormatter, add_debug_flag, report_errors
+from .cli import add_debug_flag, report_errors
 from .video_export import frames_to_uint8
 
 SEED_BASE = 1_000_000  # generation seeds; training runs use small seeds (0, 1, ...)
