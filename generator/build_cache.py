@@ -3,9 +3,9 @@
 Runs the tokenizer's encoder and the text encoder over Shapes, a folder of captioned videos or WebDataset
 shards (one part per tar shard) and stores token pyramids plus text states as safetensors shards
 (DESIGN.md "Generator", "Scale story").
-Samples are cut into parts of --shard-size; part k becomes shard k, made by process k mod the number of
-processes, written atomically: a rerun skips the shards already there (resume), and the main process
-writes index.json once every part exists.
+Samples are cut into parts of --shard-size; part k is a small cache of its own in parts/part_k/, made by
+process k mod the number of processes and renamed into place when complete: a rerun skips the parts already
+there (resume), and the main process writes index.json over all of them once every part exists.
     python -m generator.build_cache --tokenizer runs/tok/tokenizer --out runs/token_cache --n 4000
     accelerate launch -m generator.build_cache --tokenizer ... --out ...     # parts split across processes
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,9 +27,10 @@ from pyratok.help_format import DefaultsFormatter
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
 
-from .token_cache import INDEX, TokenCacheWriter, encode_batch, read_shard_layout, shard_name, write_index
+from .token_cache import INDEX, Q_CONFIG, Q_WEIGHTS, build_token_cache
 
 SETTINGS = "build_settings.json"
+PARTS = "parts"
 DEFAULT_SHAPES = 4000
 
 
@@ -111,44 +113,74 @@ def check_settings(out: Path, settings: dict) -> None:
     os.replace(tmp, path)
 
 
+class _EncoderOnly:
+    """The tokenizer without its `.quantizer`: parts after the first do not each store a copy of it."""
+
+    def __init__(self, tokenizer):
+        self.encode = tokenizer.encode
+
+
+def part_folder(out_dir: Path, part: int) -> Path:
+    return out_dir / PARTS / f"part_{part:05d}"
+
+
 @torch.no_grad()
 def build_cache_parts(tokenizer, text_encoder, parts: list[Part], out_dir, batch_size: int = 16, state=None,
                       device=None, progress: bool = True) -> dict:
-    """Encode the parts this process owns (k mod the number of processes) and has not written yet; the main
-    process then writes the index. Returns {"parts", "written", "skipped"} for this process."""
+    """Encode the parts this process owns (k mod the number of processes) and has not finished yet, each a
+    small cache of its own (`build_token_cache`) in parts/part_k/, made in a hidden folder and renamed when
+    complete; the main process then writes index.json listing every part's shards in order (and copies part
+    0's quantizer). Returns {"parts", "written", "skipped"} for this process."""
     state = state if state is not None else process_state()
     out_dir = Path(out_dir)
     mine = range(state.process_index, len(parts), state.num_processes)
-    todo = [k for k in mine if not (out_dir / shard_name(k)).is_file()]
+    todo = [k for k in mine if not (part_folder(out_dir, k) / INDEX).is_file()]
     bar = tqdm(total=sum(len(parts[k]) for k in todo), desc=f"token cache (process {state.process_index})",
                unit="sample", disable=not progress)
-    writer = TokenCacheWriter(out_dir, shard_size=max(len(p) for p in parts) + 1)  # cut by write_part only
+
+    def counted(samples):
+        for sample in samples:
+            yield sample
+            bar.update()
+
     for k in todo:
-        batch = []
-        for sample in parts[k]:
-            batch.append(sample)
-            if len(batch) == batch_size:
-                encode_batch(tokenizer, text_encoder, batch, writer, device)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            encode_batch(tokenizer, text_encoder, batch, writer, device)
-            bar.update(len(batch))
-        writer.write_part(k)
+        final = part_folder(out_dir, k)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        encoder = tokenizer if k == 0 else _EncoderOnly(tokenizer)
+        build_token_cache(encoder, text_encoder, counted(parts[k]), tmp, batch_size=batch_size,
+                          shard_size=max(len(parts[k]), 1), device=device, progress=False)
+        os.replace(tmp, final)
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        files = [out_dir / shard_name(k) for k in range(len(parts))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise RuntimeError(f"{out_dir}: parts {missing} are missing after every process finished")
-        layouts = [read_shard_layout(f) for f in files]
-        if any(layout != layouts[0][0] for layout, _ in layouts):
-            raise ValueError(f"{out_dir}: shards differ in grids or text layout; use a new --out")
-        write_index(out_dir, layouts[0][0], [{"file": f.name, "num_samples": n} for f, (_, n) in zip(files, layouts)],
-                    getattr(tokenizer, "quantizer", None))
+        write_merged_index(out_dir, len(parts))
     state.wait_for_everyone()
     return {"parts": len(parts), "written": len(todo), "skipped": len(mine) - len(todo)}
+
+
+def write_merged_index(out_dir: Path, num_parts: int) -> None:
+    """index.json over every part's shards (paths relative to out_dir), part 0's quantizer beside it."""
+    indexes = []
+    for k in range(num_parts):
+        path = part_folder(out_dir, k) / INDEX
+        if not path.is_file():
+            raise RuntimeError(f"{out_dir}: part {k} is missing after every process finished")
+        indexes.append(json.loads(path.read_text()))
+    layout = {key: value for key, value in indexes[0].items() if key not in ("shards", "num_samples")}
+    for k, index in enumerate(indexes):
+        other = {key: value for key, value in index.items() if key not in ("shards", "num_samples")}
+        if other != layout:
+            raise ValueError(f"{out_dir}: part {k} differs from part 0 in its layout; use a new --out")
+    shards = [{**shard, "file": f"{PARTS}/{part_folder(out_dir, k).name}/{shard['file']}"}
+              for k, index in enumerate(indexes) for shard in index["shards"]]
+    for name in (Q_WEIGHTS, Q_CONFIG):
+        if (part_folder(out_dir, 0) / name).is_file():
+            shutil.copy2(part_folder(out_dir, 0) / name, out_dir / name)
+    merged = {**layout, "num_samples": sum(s["num_samples"] for s in shards), "shards": shards}
+    tmp = out_dir / f".{INDEX}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    os.replace(tmp, out_dir / INDEX)  # last: a cache with an index is complete
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         check_settings(out, settings | {"parts": [len(p) for p in parts]})
+        for stale in (out / PARTS).glob(".part_*"):  # what an interrupted run was making
+            shutil.rmtree(stale)
     state.wait_for_everyone()
     check_settings(out, settings | {"parts": [len(p) for p in parts]})  # every process: the same settings
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).to(device).eval()

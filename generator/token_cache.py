@@ -8,7 +8,6 @@ text_states: (n, s, d), text_mask: (n, s) bool), quantizer.safetensors + quantiz
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -58,63 +57,37 @@ class TokenCacheWriter:
             if len(self.pending) == self.shard_size:
                 self._flush()
 
-    def _flush(self, name: str | None = None):
-        """Write the pending samples as one shard (atomically, with the cache layout in its metadata)."""
+    def _flush(self):
         if not self.pending:
             return
         index_dtype = torch.int32 if self.meta["num_bits"] <= 31 else torch.int64
         tensors = {}
-        for key in self.pending[0]:
-            rows = [s[key] for s in self.pending]
-            if key.startswith("level"):
-                tensors[key] = torch.stack(rows).to(index_dtype)
+        for name in self.pending[0]:
+            rows = [s[name] for s in self.pending]
+            if name.startswith("level"):
+                tensors[name] = torch.stack(rows).to(index_dtype)
             else:  # pad text to the longest in this shard: (n, s, d) / (n, s)
                 s = max(r.shape[0] for r in rows)
                 pad = [torch.cat([r, r.new_zeros(s - r.shape[0], *r.shape[1:])]) for r in rows]
-                tensors[key] = torch.stack(pad).contiguous()
-        name = name or shard_name(len(self.shards))
-        tmp = self.out_dir / f".{name}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp), metadata={"layout": json.dumps(self.meta, sort_keys=True)})
-        os.replace(tmp, self.out_dir / name)
+                tensors[name] = torch.stack(pad).contiguous()
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        save_file(tensors, str(self.out_dir / name))
         self.shards.append({"file": name, "num_samples": len(self.pending)})
         self.pending = []
-
-    def write_part(self, part: int) -> None:
-        """Everything added since the last shard becomes shard number `part` (caches built in parts)."""
-        self._flush(shard_name(part))
 
     def close(self, quantizer: LaPQ | None = None) -> Path:
         """Write the last shard, the index and (if given) the quantizer; returns the cache folder."""
         self._flush()
         if self.meta is None:
             raise ValueError(f"no samples were added to the token cache in {self.out_dir}")
-        return write_index(self.out_dir, self.meta, self.shards, quantizer)
-
-
-def shard_name(part: int) -> str:
-    return f"shard_{part:05d}.safetensors"
-
-
-def write_index(out_dir, meta: dict, shards: list[dict], quantizer: LaPQ | None = None) -> Path:
-    """index.json for `shards` ({file, num_samples}, in order) and (if given) the quantizer; returns out_dir."""
-    out_dir = Path(out_dir)
-    index = {"format": FORMAT_VERSION, "num_samples": sum(s["num_samples"] for s in shards),
-             "num_levels": len(meta["grids"]), **meta, "shards": shards}
-    if quantizer is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in quantizer.state_dict().items()},
-                  str(out_dir / Q_WEIGHTS))
-        save_config(quantizer.config, out_dir / Q_CONFIG)
-    tmp = out_dir / f".{INDEX}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, out_dir / INDEX)  # last: a cache with an index is complete
-    return out_dir
-
-
-def read_shard_layout(path) -> tuple[dict, int]:
-    """(layout, number of samples) of one shard, from its safetensors metadata and level-0 rows."""
-    with safe_open(str(path), framework="pt") as f:
-        layout = json.loads((f.metadata() or {})["layout"])
-        return layout, f.get_slice("level0").get_shape()[0]
+        index = {"format": FORMAT_VERSION, "num_samples": sum(s["num_samples"] for s in self.shards),
+                 "num_levels": len(self.meta["grids"]), **self.meta, "shards": self.shards}
+        (self.out_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        if quantizer is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in quantizer.state_dict().items()},
+                      str(self.out_dir / Q_WEIGHTS))
+            save_config(quantizer.config, self.out_dir / Q_CONFIG)
+        return self.out_dir
 
 
 def _split_sample(sample):
@@ -131,22 +104,6 @@ def _split_sample(sample):
 
 
 @torch.no_grad()
-def encode_batch(tokenizer, text_encoder, samples: list, writer: TokenCacheWriter, device=None) -> None:
-    """Encode dataset samples (see `_split_sample`) as one batch and add them to `writer`."""
-    batch = [_split_sample(sample) for sample in samples]
-    videos = torch.stack([torch.as_tensor(v) for v, _ in batch])
-    if device is not None:
-        videos = videos.to(device)
-    prompts = [p for _, p in batch]
-    states = mask = None
-    if text_encoder is not None and all(p is not None for p in prompts):
-        out = text_encoder(prompts)
-        states, mask = out.hidden_states, out.attention_mask
-    pyramid = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask)
-    writer.add(pyramid.to("cpu"), states, mask)
-
-
-@torch.no_grad()
 def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int = 8, shard_size: int = 256,
                       text_dtype: torch.dtype = torch.float16, device=None, progress: bool = True) -> Path:
     """Encode every sample of `dataset` once: `tokenizer.encode(video, prompt_embeds, prompt_mask)`
@@ -155,17 +112,28 @@ def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int
     from tqdm.auto import tqdm
 
     writer = TokenCacheWriter(out_dir, shard_size, text_dtype)
-    total = len(dataset) if hasattr(dataset, "__len__") else None
-    batch, bar = [], tqdm(desc="token cache", total=total, disable=not progress, unit="sample")
-    for sample in dataset:
-        batch.append(sample)
-        if len(batch) == batch_size:
-            encode_batch(tokenizer, text_encoder, batch, writer, device)
-            bar.update(len(batch))
-            batch = []
-    if batch:
-        encode_batch(tokenizer, text_encoder, batch, writer, device)
+    batch, bar = [], tqdm(desc="token cache", disable=not progress, unit="sample")
+
+    def flush():
+        videos = torch.stack([torch.as_tensor(v) for v, _ in batch])
+        if device is not None:
+            videos = videos.to(device)
+        prompts = [p for _, p in batch]
+        states = mask = None
+        if text_encoder is not None and all(p is not None for p in prompts):
+            out = text_encoder(prompts)
+            states, mask = out.hidden_states, out.attention_mask
+        pyramid = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask)
+        writer.add(pyramid.to("cpu"), states, mask)
         bar.update(len(batch))
+        batch.clear()
+
+    for sample in dataset:
+        batch.append(_split_sample(sample))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
     bar.close()
     return writer.close(getattr(tokenizer, "quantizer", None))
 

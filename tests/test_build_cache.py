@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,19 +58,23 @@ def test_parts_make_one_cache(one_process):
     assert [s["num_samples"] for s in index["shards"]] == [4, 4, 2] and index["num_samples"] == 10
     ds = TokenCacheDataset(one_process)
     assert len(ds) == 10 and ds.has_text and ds.load_quantizer() is not None
-    assert not list(one_process.glob(".*.tmp"))
+    assert [s["file"] for s in index["shards"]] == [f"parts/part_{k:05d}/shard_00000.safetensors" for k in range(3)]
+    assert not list(one_process.glob(".*")) and not list(one_process.glob("parts/.*"))  # no temporaries left
 
 
 def test_resume_writes_only_missing_parts(one_process, tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "resumed"
-    out.mkdir()
-    for name in ("build_settings.json", "shard_00000.safetensors", "shard_00002.safetensors"):
-        (out / name).write_bytes((one_process / name).read_bytes())  # a run stopped after parts 0 and 2
+    (out / "parts").mkdir(parents=True)
+    shutil.copy2(one_process / "build_settings.json", out)
+    for name in ("part_00000", "part_00002"):  # a run stopped after parts 0 and 2 ...
+        shutil.copytree(one_process / "parts" / name, out / "parts" / name)
+    (out / "parts" / ".part_00001.123").mkdir()  # ... while making part 1
     capsys.readouterr()
     assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL]) == 0
     said = capsys.readouterr()
     assert json.loads(said.out.splitlines()[-1])["written"] == 1 and "4/4" in said.err  # the bar's total: 4 samples
     assert_same(out, one_process)
+    assert not list((out / "parts").glob(".*"))  # the interrupted run's temporary is gone
     with pytest.raises(ValueError, match="made with other settings .*seed: 0 != 1"):
         main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL, "--seed", "1"])
 
