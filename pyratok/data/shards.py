@@ -18,7 +18,7 @@ import webdataset as wds
 import wids
 from torch.utils.data import Dataset, IterableDataset
 
-from pyratok.data.folder import check_num_frames, clip_start, frames_to_video, index_folder
+from pyratok.data.folder import VideoTextDataset, check_num_frames, clip_start, frames_to_video
 from pyratok.data.shapes import seed_for
 from pyratok.data.video_io import VideoReadError, probe_video, read_video
 
@@ -34,9 +34,7 @@ def pack_folder(root: str | os.PathLike, out_dir: str | os.PathLike, samples_per
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    entries = index_folder(root)
-    if not entries:
-        raise ValueError(f"no videos found in {root}")
+    entries = VideoTextDataset(root, num_frames=1).entries  # (path, caption) pairs, as training reads them
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / SHARD_INDEX).exists():
