@@ -4,7 +4,7 @@ A trained tokenizer's encoder turns Shapes and real clips into latents and taps 
 quantizer of each kind (equal bits per video, equal steps, no text) learns to quantize them
 (latent error + commitment + entropy), and is scored by its latent error, as an SNR against the
 latents' variance, and by PSNR through the frozen decoder, on held-out Shapes and real clips:
-    python bench/ablate_quantizer.py --tokenizer checkpoints/pyratok-shapes-tiny/tokenizer --steps 1000
+    python bench/ablate_quantizer.py --tokenizer checkpoints/pyratok-shapes-tiny/vae --steps 1000
 Unlike bench/ablate_pyramid.py no encoder or decoder adapts to the quantizer, so the figures
 compare the quantizers themselves, in minutes.
 """

@@ -6,6 +6,7 @@ Letters: b - batch, s - text length, d - text width, c - latent channels, k - bi
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -24,16 +25,52 @@ def per_level(value, num_levels: int, name: str) -> list[float]:
 
 def guidance_per_level(guidance_scale: float, schedule, num_levels: int) -> list[float]:
     """None/"constant": the scale everywhere; "linear": 1.0 at level 0 rising to the scale at the
-    finest level; a list: one scale per level (guidance_scale is then ignored)."""
+    finest level; a list: one scale per level (guidance_scale is then ignored). Each must be finite, >= 0."""
     if schedule is None or schedule == "constant":
-        return per_level(guidance_scale, num_levels, "guidance_scale")
-    if schedule == "linear":
+        scales = per_level(guidance_scale, num_levels, "guidance_scale")
+    elif schedule == "linear":
+        _check_finite("guidance_scale", [guidance_scale], minimum=0.0)
         if num_levels == 1:
             return [float(guidance_scale)]
-        return [1.0 + (guidance_scale - 1.0) * l / (num_levels - 1) for l in range(num_levels)]
-    if isinstance(schedule, (list, tuple)):
-        return per_level(schedule, num_levels, "guidance_schedule")
-    raise ValueError(f"guidance_schedule must be None, 'constant', 'linear' or a list per level, got {schedule!r}")
+        scales = [1.0 + (guidance_scale - 1.0) * l / (num_levels - 1) for l in range(num_levels)]
+    elif isinstance(schedule, (list, tuple)):
+        scales = per_level(schedule, num_levels, "guidance_schedule")
+    else:
+        raise ValueError(f"guidance_schedule must be None, 'constant', 'linear' or a list per level, got {schedule!r}")
+    _check_finite("guidance_scale" if not isinstance(schedule, (list, tuple)) else "guidance_schedule", scales, 0.0)
+    return scales
+
+
+def _check_finite(name: str, values, minimum: float, strict: bool = False) -> None:
+    """ValueError naming `name` when a value is not a finite number >= minimum (> minimum when strict)."""
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < minimum or (strict and v == minimum):
+            relation = ">" if strict else ">="
+            raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {v!r}")
+
+
+def temperature_per_level(temperature, num_levels: int) -> list[float]:
+    """One temperature per level, each finite and > 0 (use top_k=1 for greedy)."""
+    values = temperature if isinstance(temperature, (list, tuple)) else [temperature]
+    _check_finite("temperature", values, 0.0, strict=True)
+    return per_level(temperature, num_levels, "temperature")
+
+
+def check_top_k_top_p(top_k, top_p) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def check_sampling_values(guidance_scale, guidance_schedule, temperature, top_k, top_p, num_levels: int):
+    """Every sampling knob checked at once, before any model runs; returns the guidance scale per level."""
+    scales = guidance_per_level(guidance_scale, guidance_schedule, num_levels)
+    temperature_per_level(temperature, num_levels)
+    check_top_k_top_p(top_k, top_p)
+    return scales
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -43,18 +80,27 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> tor
     return uncond + scale * (cond - uncond)
 
 
+def check_generators(generator, batch: int) -> None:
+    """None, one torch.Generator, or a list of exactly `batch` of them; ValueError naming anything else."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, (list, tuple)):
+        raise ValueError(f"generator must be a torch.Generator or a list of them, got "
+                         f"{type(generator).__name__}: {generator!r}")
+    for i, g in enumerate(generator):
+        if not isinstance(g, torch.Generator):
+            raise ValueError(f"generator[{i}] must be a torch.Generator, got {type(g).__name__}: {g!r}")
+    if len(generator) != batch:
+        raise ValueError(f"got {len(generator)} generators for a batch of {batch}; pass one per sample or a single one")
+
+
 def make_generators(generator, batch: int):
     """One torch.Generator for the whole batch, or a list with one per sample (checked)."""
+    check_generators(generator, batch)
     if generator is None:  # fresh, non-deterministic; the global RNG is left alone
         generator = torch.Generator()
         generator.seed()
-        return generator
-    if isinstance(generator, torch.Generator):
-        return generator
-    generator = list(generator)
-    if len(generator) != batch:
-        raise ValueError(f"got {len(generator)} generators for a batch of {batch}; pass one per sample or a single one")
-    return generator
+    return generator if isinstance(generator, torch.Generator) else list(generator)
 
 
 def draw_uniform(shape: Sequence[int], generators, device) -> torch.Tensor:
@@ -70,19 +116,14 @@ def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     top_k / top_p act on each bit's 2-way distribution: top_k=1 is greedy (top_k >= 2 keeps
     both outcomes); top_p keeps only the likelier outcome where its probability is >= top_p.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy), got {temperature}")
+    _check_finite("temperature", [temperature], 0.0, strict=True)
+    check_top_k_top_p(top_k, top_p)
     p_on = torch.sigmoid(logits.float() / temperature)
     on = uniforms < p_on
     greedy = logits > 0
-    if top_k is not None:
-        if int(top_k) < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        if int(top_k) == 1:
-            on = greedy
+    if top_k == 1:
+        on = greedy
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         on = torch.where(torch.maximum(p_on, 1 - p_on) >= top_p, greedy, on)
     return torch.where(on, 1.0, -1.0)
 
@@ -142,15 +183,21 @@ def generate(
     negative_prompt_mask: torch.Tensor | None = None,
     generator=None,
     use_cache: bool = True,
-    callback: Callable[[int, TokenPyramid], None] | None = None,
+    callback: Callable[[int, TokenPyramid], dict | None] | None = None,
     batch_size: int | None = None,
+    prefix_bits: Sequence[torch.Tensor] | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> TokenPyramid:
     """Sample a TokenPyramid for text (b, s, d) + mask (b, s) on the quantizer's grids of latent_grid.
 
     model: a PyraTokGenerator (anything with forward / new_cache / forward_level / null_text_like);
     quantizer: a LaPQ (grids_for, dequantize_level, config.latent_channels). prompt_embeds None
     with batch_size: unconditional. generator: one torch.Generator or a list, one per sample.
-    callback(level, pyramid_so_far) runs after each level.
+    prefix_bits: the bits (b, t_l, h_l, w_l, k) of the first levels, kept instead of sampled (their
+    uniforms are still drawn, so a prefix equal to what the seed samples changes nothing).
+    callback(level, pyramid_so_far) runs after each level; it may return {"bits": this level's bits,
+    "latents": z_hat (b, c, t, h, w)} to replace them (new bits re-derive z_hat, unless "latents" is given).
+    interrupt() -> True stops after the current level: the pyramid then has fewer levels.
     """
     if prompt_embeds is None and batch_size is None:
         raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
@@ -165,7 +212,11 @@ def generate(
     if len(grids) != num_levels:
         raise ValueError(f"the quantizer gives {len(grids)} levels for {latent_grid} but the model has {num_levels}")
     scales = guidance_per_level(guidance_scale, guidance_schedule, num_levels)
-    temps = per_level(temperature, num_levels, "temperature")
+    temps = temperature_per_level(temperature, num_levels)
+    check_top_k_top_p(top_k, top_p)
+    prefix_bits = list(prefix_bits or [])
+    if len(prefix_bits) > num_levels:
+        raise ValueError(f"prefix_bits has {len(prefix_bits)} levels but the model samples {num_levels}")
     use_cfg = prompt_embeds is not None and any(s != 1.0 for s in scales)
     param = next(model.parameters())
     text, text_mask = _text_batch(
@@ -187,10 +238,21 @@ def generate(
             cond, uncond = logits.chunk(2)
             logits = guided_logits(cond, uncond, scales[level])
         uniforms = draw_uniform(logits.shape, gens, logits.device)
-        level_bits = sample_bits(logits, uniforms, temps[level], top_k, top_p)  # (b, t_l, h_l, w_l, k)
+        if level < len(prefix_bits):
+            level_bits = prefix_bits[level].to(logits.device, torch.float32)
+        else:
+            level_bits = sample_bits(logits, uniforms, temps[level], top_k, top_p)  # (b, t_l, h_l, w_l, k)
         bits.append(level_bits)
-        part = quantizer.dequantize_level(level_bits.to(q_param.device), level)
-        z_hat = z_hat + resample(part, latent_grid)
+        z_before = z_hat
+        z_hat = z_before + resample(quantizer.dequantize_level(level_bits.to(q_param.device), level), latent_grid)
         if callback is not None:
-            callback(level, TokenPyramid(list(bits), latent_grid, latent=z_hat))
+            replaced = callback(level, TokenPyramid(list(bits), latent_grid, latent=z_hat)) or {}
+            if "bits" in replaced and replaced["bits"] is not bits[level]:
+                bits[level] = replaced["bits"]
+                part = quantizer.dequantize_level(bits[level].to(q_param.device), level)
+                z_hat = z_before + resample(part, latent_grid)
+            if "latents" in replaced:
+                z_hat = replaced["latents"]
+        if interrupt is not None and interrupt():
+            break
     return TokenPyramid(bits, latent_grid, latent=z_hat)

@@ -9,21 +9,26 @@ from __future__ import annotations
 import argparse
 
 from generator import PyraTokGenerator
+from pyratok.help_format import DefaultsFormatter
 from pyratok.tokenizer import PyraTokTokenizer
 
 from .pipeline_pyratok_t2v import PyraTokT2VPipeline
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
+    parser.add_argument("--tokenizer", required=True, help="trained PyraTok tokenizer folder (the pipeline's vae)")
+    parser.add_argument("--generator", required=True, help="trained generator folder (the pipeline's transformer)")
+    parser.add_argument("--out", required=True, help="pipeline folder to write")
+    parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True)
-    parser.add_argument("--generator", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--sample-size", type=int, default=64)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     pipe = PyraTokT2VPipeline(
-        tokenizer=PyraTokTokenizer.from_pretrained(args.tokenizer),
-        generator=PyraTokGenerator.from_pretrained(args.generator),
+        vae=PyraTokTokenizer.from_pretrained(args.tokenizer),
+        transformer=PyraTokGenerator.from_pretrained(args.generator),
         sample_size=args.sample_size,
     )
     pipe.save_pretrained(args.out, include_text_encoder=False)

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from tqdm.auto import tqdm
 
+from pyratok.accelerate_utils import process_state
 from pyratok.data.video_io import VideoReadError, read_video, write_video
 
 from .video_export import frames_to_uint8
@@ -52,9 +54,7 @@ def output_name(index: int, prompt: str) -> str:
 
 def make_state() -> PartialState:
     """The process state of `accelerate launch` (gloo between CPU processes), or a single process."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # without CUDA, accelerate only sets up MULTI_CPU (gloo) with cpu=True; otherwise barriers are no-ops
-    return PartialState(cpu=True) if distributed and not torch.cuda.is_available() else PartialState()
+    return process_state()
 
 
 def _read_lines(path: Path) -> list[dict]:
@@ -124,7 +124,8 @@ def _append_line(path: Path, record: dict) -> None:
 
 def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: int = 0, batch_size: int = 4,
                    num_frames: int = 17, height: int | None = None, width: int | None = None,
-                   guidance_scale: float = 3.0, temperature: float = 1.0, negative_prompt: str | None = None,
+                   guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, negative_prompt: str | None = None,
                    fps: float = 8, model: str | None = None, state: PartialState | None = None) -> dict:
     """Generate every prompt not yet finished in `out_dir`; returns counts (see the module docstring)."""
     if batch_size < 1:
@@ -133,10 +134,15 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     default_h, default_w = pipe.default_size()
-    settings = {"num_frames": num_frames, "height": height or default_h, "width": width or default_w,
-                "guidance_scale": guidance_scale, "temperature": temperature, "negative_prompt": negative_prompt,
+    settings = {"num_frames": num_frames, "height": default_h if height is None else height,
+                "width": default_w if width is None else width,
+                "guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "negative_prompt": negative_prompt,
                 "fps": fps, "model": model}
     plan = [{"index": i, "prompt": p, "seed": seed + i, "file": output_name(i, p)} for i, p in enumerate(prompts)]
+    pipe.check_inputs(prompts[:batch_size], negative_prompt=negative_prompt, num_frames=num_frames,  # before any work
+                      height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
+                      temperature=temperature, top_k=top_k, top_p=top_p, output_type="np")
 
     if state.is_main_process:
         consolidate(out_dir, plan, settings, check_all=True)
@@ -145,19 +151,22 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
     todo = [item for item in plan if item["index"] not in done]
     rank_manifest = out_dir / f"manifest.rank{state.process_index}.jsonl"
     written = 0
-    with state.split_between_processes(todo) as mine:
+    with state.split_between_processes(todo) as mine, \
+            tqdm(total=len(mine), desc="prompts", unit="video", disable=not state.is_main_process) as bar:
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             frames = pipe(
                 [item["prompt"] for item in chunk], negative_prompt=negative_prompt, num_frames=num_frames,
                 height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
-                temperature=temperature, generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
+                temperature=temperature, top_k=top_k, top_p=top_p,
+                generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
                 output_type="np",
             ).frames  # (b, f, h, w, 3) in [0, 1]
             for item, video in zip(chunk, frames):
                 write_video(frames_to_uint8(video), out_dir / item["file"], fps=fps)  # atomic
                 _append_line(rank_manifest, {**item, **settings})
                 written += 1
+                bar.update()
     state.wait_for_everyone()
     finished = len(done) + written
     if state.is_main_process:

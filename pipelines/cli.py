@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Callable, NamedTuple
 
 from pipelines import locate as _locate  # heavy imports stay inside _locate.run
+from pyratok.help_format import DefaultsFormatter
 
 
 class Command(NamedTuple):
@@ -31,14 +32,15 @@ class Command(NamedTuple):
 # ---- pyratok shapes ---------------------------------------------------------------------------
 def _add_shapes_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="number of clips to write")
-    p.add_argument("--split", choices=["train", "heldout"], default="train")
+    p.add_argument("--split", choices=["train", "heldout"], default="train",
+                   help="train colour x shape pairs, or the held-out pairs")
     p.add_argument("--out", type=Path, required=True, help="output folder (mp4 files + captions.jsonl)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-frames", type=int, default=17)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--objects", type=int, choices=[1, 2], default=1)
+    p.add_argument("--seed", type=int, default=0, help="clip i is drawn from (split, i, seed)")
+    p.add_argument("--num-frames", type=int, default=17, help="frames per clip")
+    p.add_argument("--height", type=int, default=64, help="pixels")
+    p.add_argument("--width", type=int, default=64, help="pixels")
+    p.add_argument("--fps", type=int, default=8, help="frame rate written to the mp4 files")
+    p.add_argument("--objects", type=int, choices=[1, 2], default=1, help="objects per clip")
     p.add_argument("--textured-prob", type=float, default=0.0, help="share of clips on a dim textured background")
 
 
@@ -78,6 +80,21 @@ def run_shapes(args: argparse.Namespace) -> int:
     os.replace(tmp, args.out / "captions.jsonl")
     print(f"wrote {args.n} {args.split} clips ({args.num_frames}x{args.height}x{args.width}) "
           f"and captions.jsonl to {args.out}")
+    return 0
+
+
+# ---- pyratok shard ----------------------------------------------------------------------------
+def _add_shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="a folder of videos with captions.jsonl or .txt sidecars")
+    p.add_argument("--out", type=Path, required=True, help="folder for shard-*.tar and shards.json")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="videos per tar shard")
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from pyratok.data.shards import SHARD_INDEX, pack_folder
+
+    index = pack_folder(args.folder, args.out, args.samples_per_shard)
+    print(f"wrote {index['num_samples']} videos in {len(index['shardlist'])} shards and {SHARD_INDEX} to {args.out}")
     return 0
 
 
@@ -151,10 +168,14 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-frames", type=int, default=17, help="1 + 4k frames")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's sample size)")
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--guidance-scale", type=float, default=3.0,
+                   help="classifier-free guidance against the learned null text (1: none), finite, >= 0")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of every bit, > 0")
+    p.add_argument("--top-k", type=int, default=None, help="1: greedy bits (default: sample every bit)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="bits likelier than this are taken greedily, the rest sampled (default: sample every bit)")
+    p.add_argument("--negative-prompt", default=None, help="text to steer away from (default: the null text)")
+    p.add_argument("--fps", type=float, default=8, help="frame rate of the written mp4")
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
 
 
@@ -183,11 +204,12 @@ def _generate_one(pipe, args: argparse.Namespace, prompt: str, output: Path, she
     from pyratok.data.contact_sheet import save_contact_sheet
 
     frames = pipe(prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames, height=args.height,
-                  width=args.width, guidance_scale=args.guidance_scale, temperature=args.temperature,
+                  width=args.width, guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p,
                   generator=[torch.Generator().manual_seed(args.seed)], output_type="np").frames[0]
     print(f"prompt: {prompt}\nvideo:  {export_to_video(frames, output, fps=args.fps)}")
     if sheet is not None:
-        print(f"frames: {save_contact_sheet(frames_to_uint8(frames), sheet, cols=9, scale=2)}")
+        print(f"frames: {save_contact_sheet(frames_to_uint8(frames), sheet, cols=9, scale=2, labels=prompt)}")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -208,7 +230,8 @@ def run_generate(args: argparse.Namespace) -> int:
     summary = generate_batch(
         pipe, read_prompts(args.prompts), args.out_dir, seed=args.seed, batch_size=args.batch_size,
         num_frames=args.num_frames, height=args.height, width=args.width, guidance_scale=args.guidance_scale,
-        temperature=args.temperature, negative_prompt=args.negative_prompt, fps=args.fps, model=str(model),
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, negative_prompt=args.negative_prompt,
+        fps=args.fps, model=str(model),
         state=state,
     )
     if state.is_main_process:
@@ -228,7 +251,7 @@ def _end_processes() -> None:
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="writes OUT/demo.mp4 and OUT/demo.png")
-    p.add_argument("--prompt", default=DEMO_PROMPT)
+    p.add_argument("--prompt", default=DEMO_PROMPT, help="the text to turn into a video")
     _add_sampling_args(p)
 
 
@@ -257,7 +280,7 @@ def _demo_without_model(args: argparse.Namespace, missing: Exception) -> int:
     frames = video_to_uint8(ShapesDataset(split="train").render(colour, shape, motion, seed=0)["video"])
     args.out.mkdir(parents=True, exist_ok=True)
     write_video(frames, args.out / "demo.mp4", fps=8)
-    save_contact_sheet(frames, args.out / "demo.png", cols=9, scale=2)
+    save_contact_sheet(frames, args.out / "demo.png", cols=9, scale=2, labels=f"Shapes clip for: {args.prompt}")
     print(f"note: {missing}\nno trained default model yet, so this is the Shapes clip that {args.prompt!r} "
           f"describes, not a generated one (`make default-model` trains and assembles the model).\n"
           f"wrote {args.out / 'demo.mp4'} and {args.out / 'demo.png'}")
@@ -266,6 +289,7 @@ def _demo_without_model(args: argparse.Namespace, missing: Exception) -> int:
 
 COMMANDS = MappingProxyType({
     "shapes": Command("write Shapes clips + captions.jsonl", _add_shapes_args, run_shapes),
+    "shard": Command("pack a folder of captioned videos into WebDataset tar shards", _add_shard_args, run_shard),
     "info": Command("print versions, device and optional accelerators", _add_info_args, run_info),
     "generate": Command("text to video: one prompt (-o OUT.mp4) or a prompts file (--out-dir)",
                         _add_generate_args, run_generate),
@@ -279,18 +303,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyratok {_version('pyratok') or 'source'}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
-        cmd.add_arguments(sub.add_parser(name, help=cmd.help, description=cmd.help))
+        command = sub.add_parser(name, help=cmd.help, description=cmd.help,
+                                 formatter_class=DefaultsFormatter)
+        cmd.add_arguments(command)
+        add_debug_flag(command)
     return parser
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+
+
+def report_errors(prog: str, run: Callable[[], int], debug: bool) -> int:
+    """`run()`; an error becomes one line on stderr and exit code 1 (with `debug`, its traceback)."""
+    if debug:
+        return run()
+    try:
+        return run()
+    except Exception as err:  # anything a user can cause, from a bad flag to a damaged model folder
+        kind = "" if isinstance(err, (ValueError, FileNotFoundError)) else f"{type(err).__name__}: "
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pyratok` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command].run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:  # user errors: one clear line, no traceback
-        print(f"pyratok {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    return report_errors(f"pyratok {args.command}", lambda: COMMANDS[args.command].run(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pyratok.data.contact_sheet import save_contact_sheet
 from pyratok.data.shapes import COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, caption_for
 from pyratok.data.shapes_judge import judge_video
+from pyratok.help_format import DefaultsFormatter
 
+from .cli import add_debug_flag, report_errors
 from .video_export import frames_to_uint8
 
 SEED_BASE = 1_000_000  # generation seeds; training runs use small seeds (0, 1, ...)
@@ -56,7 +59,8 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     jobs = [(split, item, k) for split, items in prompts.items() for item in items for k in range(num_seeds)]
-    records, sheets = [], {split: [] for split in prompts}
+    records, sheets, titles = [], {split: [] for split in prompts}, {split: [] for split in prompts}
+    bar = tqdm(total=len(jobs), desc="prompts x seeds", unit="video")
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         seeds = [SEED_BASE + start + j for j in range(len(chunk))]
@@ -68,49 +72,55 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
             judged = judge_video(clip)
             records.append({"split": split, "prompt": text, "seed": seed, "colour": c, "shape": s, "motion": m,
                             "judged": {key: judged[key] for key in (*ATTRIBUTES, "found", "fill_ratio")}})
+            bar.update()
             if k == 0 and len(sheets[split]) < SHEET_ROWS:
                 sheets[split].append(clip)
+                titles[split].append(f"{text} (seed {seed})")
+    bar.close()
     if out_dir is not None:
         for split, clips in sheets.items():
             if clips:
-                save_contact_sheet(clips, Path(out_dir) / f"{split}_sheet.png")
+                save_contact_sheet(clips, Path(out_dir) / f"{split}_sheet.png", labels=titles[split])
     splits = {split: _accuracies([r for r in records if r["split"] == split]) for split in prompts if prompts[split]}
     return {"splits": splits, "chance": CHANCE, "num_seeds": num_seeds, "videos": records}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate_shapes", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.evaluate_shapes", description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsFormatter)
     p.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the shipped model)")
     p.add_argument("--num-seeds", type=int, default=4, help="videos per prompt")
-    p.add_argument("--out", type=Path, default=Path("outputs/evaluate_shapes"))
+    p.add_argument("--out", type=Path, default=Path("outputs/evaluate_shapes"),
+                   help="folder for results.json and the labelled contact sheets")
     p.add_argument("--train-prompts", type=int, default=48, help="fixed random subset of the 120 (0: all)")
     p.add_argument("--heldout-prompts", type=int, default=0, help="subset of the 24 heldout prompts (0: all)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-frames", type=int, default=17)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call")
+    p.add_argument("--num-frames", type=int, default=17, help="1 + 4k frames")
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's sample size)")
+    p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1: none)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report_errors("evaluate_shapes", lambda: _run(args), args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     from pipelines.pipeline_pyratok_t2v import load_pipeline
     from pyratok.default_model import default_model_path
 
-    args = build_parser().parse_args(argv)
-    try:
-        model = (args.model or default_model_path()).resolve()
-        pipe = load_pipeline(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts)
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
-                          height=args.height, width=args.width, guidance_scale=args.guidance_scale,
-                          temperature=args.temperature)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"evaluate_shapes: error: {err}", file=sys.stderr)
-        return 1
+    model = (args.model or default_model_path()).resolve()
+    pipe = load_pipeline(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
+                      height=args.height, width=args.width, guidance_scale=args.guidance_scale,
+                      temperature=args.temperature)
     result["model"] = str(model)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({"model": str(model), "splits": result["splits"], "chance": CHANCE,

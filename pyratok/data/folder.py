@@ -63,6 +63,19 @@ def index_folder(root: str | os.PathLike, captions_file: str = "captions.jsonl",
     return out
 
 
+def clip_start(path, meta: VideoMeta, num_frames: int, fps: float | None, temporal_crop: str,
+               rng: np.random.Generator) -> int:
+    """First output frame of a `num_frames` clip at `fps` (None: native): random or centred; VideoReadError
+    when the video is too short."""
+    step = 1.0 if fps is None else meta.fps / fps  # source frames per output frame
+    available = int(np.floor((meta.num_frames - 1) / step + 1e-6)) + 1
+    spare = available - num_frames
+    if spare < 0:
+        raise VideoReadError(f"{path}: too short, {available} frame(s) at {fps or meta.fps:g} fps but "
+                             f"{num_frames} needed")
+    return int(rng.integers(spare + 1)) if temporal_crop == "random" else spare // 2
+
+
 class VideoTextDataset(Dataset):
     """Clips of `num_frames` (1 + 4k) at `fps` (None: native) and `size`, with their captions.
 
@@ -103,14 +116,7 @@ class VideoTextDataset(Dataset):
         path = self.entries[index][0]
         if index not in self._meta:  # probing may decode (mkv/webm lack a frame count): once per file
             self._meta[index] = probe_video(path)
-        meta = self._meta[index]
-        step = 1.0 if self.fps is None else meta.fps / self.fps  # source frames per output frame
-        available = int(np.floor((meta.num_frames - 1) / step + 1e-6)) + 1
-        spare = available - self.num_frames
-        if spare < 0:
-            raise VideoReadError(f"{path}: too short, {available} frame(s) at "
-                                 f"{self.fps or meta.fps:g} fps but {self.num_frames} needed")
-        return int(rng.integers(spare + 1)) if self.temporal_crop == "random" else spare // 2
+        return clip_start(path, self._meta[index], self.num_frames, self.fps, self.temporal_crop, rng)
 
     def load(self, index: int) -> dict:
         """Load entry `index` or raise `VideoReadError` (no skipping)."""

@@ -97,6 +97,8 @@ class DataConfig:
     pans_weight: float = 0.0
     folder: str | None = None
     folder_weight: float = 0.0
+    shards: str | None = None  # a `pyratok shard` folder of WebDataset tar shards
+    shards_weight: float = 0.0
     num_frames: int = 17  # 1 + 4k
     height: int = 64
     width: int = 64
@@ -117,6 +119,8 @@ def build_dataset(cfg: DataConfig) -> MixedDataset:
         raise ValueError(f"multi_object_prob must be in [0, 1], got {cfg.multi_object_prob!r}")
     if cfg.folder_weight > 0 and not cfg.folder:
         raise ValueError(f"folder_weight={cfg.folder_weight} but no folder is set")
+    if cfg.shards_weight > 0 and not cfg.shards:
+        raise ValueError(f"shards_weight={cfg.shards_weight} but no shards folder is set")
     size = (cfg.height, cfg.width)
     shapes = dict(split=cfg.split, length=cfg.length, num_frames=cfg.num_frames, height=cfg.height,
                   width=cfg.width, fps=cfg.fps, textured_prob=cfg.textured_prob, seed=cfg.seed)
@@ -131,10 +135,17 @@ def build_dataset(cfg: DataConfig) -> MixedDataset:
             cfg.channel_shuffle_prob, cfg.seed)),
         "folder": (cfg.folder_weight, lambda: VideoTextDataset(
             cfg.folder, num_frames=cfg.num_frames, size=size, fps=cfg.fps, seed=cfg.seed)),
+        "shards": (cfg.shards_weight, lambda: _shard_clips(cfg.shards, cfg.num_frames, size, cfg.fps, cfg.seed)),
     }
     weights = {name: w for name, (w, _) in builders.items() if w > 0}
     datasets = {name: builders[name][1]() for name in weights}
     return MixedDataset(datasets, weights, cfg.length, cfg.seed)
+
+
+def _shard_clips(folder: str, num_frames: int, size, fps, seed: int):
+    from pyratok.data.shards import ShardClipDataset  # webdataset's reader loads only when shards are used
+
+    return ShardClipDataset(folder, num_frames=num_frames, size=size, fps=fps, seed=seed)
 
 
 def collate_videos(batch: Sequence[dict]) -> dict:

@@ -248,6 +248,9 @@ def write_video(frames, path: str | os.PathLike, fps: float = 8, codec: str = "l
             stream.pix_fmt = "yuv420p" if even else "yuv444p"
             if codec in _CRF_CODECS:
                 stream.options = {"crf": str(crf)}
+            # one encoder thread: libx264's frame threads make the bytes depend on timing, and the same
+            # frames must give the same file (a resumed batch equals an uninterrupted one, file for file)
+            stream.codec_context.thread_count = 1
             for image in data:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
                 container.mux(stream.encode(frame))

@@ -1,7 +1,7 @@
 """Load the models that zero-shot understanding needs: a PyraTok tokenizer and its text encoder.
 
-Accepts a pipeline folder (`tokenizer/`, `text_encoder/`, `text_tokenizer/` subfolders, as PyraTok's
-diffusers pipeline saves them) or a bare tokenizer folder (its text encoder is then the bundled MiniLM).
+Accepts a pipeline folder (`vae/`, `text_encoder/`, `tokenizer/` subfolders as PyraTok's diffusers pipeline
+saves them; older ones: `tokenizer/`, `text_tokenizer/`) or a bare tokenizer folder (text encoder: MiniLM).
 """
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import torch
 
 
 def tokenizer_folder(model_dir: str | Path) -> Path:
-    """`model_dir/tokenizer` for a pipeline folder, `model_dir` itself for a tokenizer folder."""
+    """`model_dir/vae` (old folders: `model_dir/tokenizer`) for a pipeline folder, `model_dir` itself for a
+    tokenizer folder."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
-    for candidate in (model_dir / "tokenizer", model_dir):
+    for candidate in (model_dir / "vae", model_dir / "tokenizer", model_dir):
         if (candidate / "config.json").is_file():
             return candidate
-    raise FileNotFoundError(f"{model_dir} holds neither tokenizer/config.json nor config.json: "
+    raise FileNotFoundError(f"{model_dir} holds neither vae/config.json nor config.json: "
                             "pass a saved pipeline or tokenizer folder")
 
 
@@ -32,14 +33,16 @@ def default_model_dir() -> Path:
 
 
 def load_text_encoder(model_dir: str | Path, device: str | torch.device = "cpu"):
-    """The pipeline's `text_encoder/` (+ `text_tokenizer/`) when present, else the bundled MiniLM."""
+    """The pipeline's `text_encoder/` (+ its `tokenizer/`, old folders `text_tokenizer/`) when present, else
+    the bundled MiniLM."""
     from pyratok.text_encoder import TextEncoder
 
     model_dir = Path(model_dir)
     encoder = model_dir / "text_encoder"
     if (encoder / "config.json").is_file():
-        words = model_dir / "text_tokenizer"
-        return TextEncoder.from_pretrained(encoder, device=device, tokenizer_path=words if words.is_dir() else None)
+        words = next((model_dir / name for name in ("text_tokenizer", "tokenizer")
+                      if (model_dir / name / "tokenizer_config.json").is_file()), None)
+        return TextEncoder.from_pretrained(encoder, device=device, tokenizer_path=words)
     return TextEncoder.from_pretrained(device=device)
 
 

@@ -1,0 +1,105 @@
+"""Tests for generator.build_cache: parts split across processes, resume, settings checks, --n with --folder.
+
+The 2-process run goes through `accelerate launch` (gloo on CPU) and must equal the 1-process cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from factories import tiny_tokenizer
+from safetensors.torch import load_file
+
+from generator.build_cache import main
+from generator.token_cache import TokenCacheDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--n", "10", "--shard-size", "4", "--batch-size", "2", "--num-frames", "5", "--size", "16"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tok") / "tokenizer"
+    tiny_tokenizer(text_dim=384).save_pretrained(folder)  # 384: the default MiniLM text encoder
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(tokenizer_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "one"
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def contents(cache: Path) -> dict:
+    index = json.loads((cache / "index.json").read_text())
+    return {"index": index, **{s["file"]: load_file(str(cache / s["file"])) for s in index["shards"]}}
+
+
+def assert_same(a: Path, b: Path) -> None:
+    ca, cb = contents(a), contents(b)
+    assert ca.keys() == cb.keys() and ca["index"] == cb["index"]
+    for name in ca:
+        if name != "index":
+            assert ca[name].keys() == cb[name].keys()
+            assert all(torch.equal(ca[name][k], cb[name][k]) for k in ca[name]), name
+
+
+def test_parts_make_one_cache(one_process):
+    index = json.loads((one_process / "index.json").read_text())
+    assert [s["num_samples"] for s in index["shards"]] == [4, 4, 2] and index["num_samples"] == 10
+    ds = TokenCacheDataset(one_process)
+    assert len(ds) == 10 and ds.has_text and ds.load_quantizer() is not None
+    assert [s["file"] for s in index["shards"]] == [f"parts/part_{k:05d}/shard_00000.safetensors" for k in range(3)]
+    assert not list(one_process.glob(".*")) and not list(one_process.glob("parts/.*"))  # no temporaries left
+
+
+def test_resume_writes_only_missing_parts(one_process, tokenizer_dir, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    (out / "parts").mkdir(parents=True)
+    shutil.copy2(one_process / "build_settings.json", out)
+    for name in ("part_00000", "part_00002"):  # a run stopped after parts 0 and 2 ...
+        shutil.copytree(one_process / "parts" / name, out / "parts" / name)
+    (out / "parts" / ".part_00001.123").mkdir()  # ... while making part 1
+    capsys.readouterr()
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out.splitlines()[-1])["written"] == 1 and "4/4" in said.err  # the bar's total: 4 samples
+    assert_same(out, one_process)
+    assert not list((out / "parts").glob(".*"))  # the interrupted run's temporary is gone
+    with pytest.raises(ValueError, match="made with other settings .*seed: 0 != 1"):
+        main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL, "--seed", "1"])
+
+
+def test_n_limits_a_folder(tokenizer_dir, tmp_path):
+    from pipelines.cli import main as cli_main
+
+    assert cli_main(["shapes", "--n", "5", "--out", str(tmp_path / "clips"), "--num-frames", "5", "--height", "16",
+                     "--width", "16"]) == 0
+    out = tmp_path / "cache"
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), "--folder", str(tmp_path / "clips"),
+                 "--n", "3", "--shard-size", "2", "--batch-size", "2", "--num-frames", "5", "--size", "16"]) == 0
+    assert len(TokenCacheDataset(out)) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(one_process, tokenizer_dir, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): each makes its own parts; the cache equals one process's."""
+    out = tmp_path / "two"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "generator.build_cache",
+           "--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["written"] == 2  # process 0: parts 0 and 2
+    assert_same(out, one_process)
