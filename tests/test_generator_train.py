@@ -21,8 +21,9 @@ from generator.train import main as train_main
 from pyratok.config import load_config
 from pyratok.lapq import LaPQ, LaPQConfig
 
+from factories import LATENT, FakeTextEncoder, fresh_accelerate_state
+
 ROOT = Path(__file__).resolve().parents[1]
-LATENT = (2, 4, 4)
 TINY = ["model.width=32", "model.depth=1", "model.heads=2", "train.batch_size=2", "train.log_every=1",
         "train.warmup_steps=2"]
 
@@ -33,27 +34,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny models: one thread is faster on a shared 2-core box
     yield
     torch.set_num_threads(threads)
-
-
-class FakeTextEncoder:
-    """Deterministic stand-in for TextEncoder: hidden states from the prompt length, 3-6 tokens."""
-
-    def __call__(self, prompts):
-        n = max(3 + len(p) % 4 for p in prompts)
-        states = torch.stack([torch.randn(n, 384, generator=torch.Generator().manual_seed(len(p))) for p in prompts])
-        mask = torch.stack([torch.arange(n) < 3 + len(p) % 4 for p in prompts])
-        return type("Out", (), {"hidden_states": states, "attention_mask": mask})()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        quantizer = LaPQ(LaPQConfig(use_text=True)).eval()
-    samples = random_latents(6, 8, LATENT, torch.Generator().manual_seed(0), prompts=["a", "red ball", "two cats"])
-    out = tmp_path_factory.mktemp("cache")
-    return build_token_cache(QuantizerEncoder(quantizer), FakeTextEncoder(), samples, out,
-                             batch_size=4, shard_size=4, progress=False)
 
 
 def test_token_cache_round_trip(cache_dir):
@@ -130,15 +110,8 @@ def test_config_files_are_valid():
 
 
 def _train_in_process(args: list[str]) -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
+    with fresh_accelerate_state():
         assert train_main(args) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 def _exported(run_dir: Path) -> dict:
