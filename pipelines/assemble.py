@@ -7,6 +7,7 @@ copied, it loads from its installed package.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from generator import PyraTokGenerator
 from pyratok.tokenizer import PyraTokTokenizer
@@ -20,14 +21,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generator", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--sample-size", type=int, default=64)
+    parser.add_argument("--raw-weights", action="store_true", help="the generator's raw weights even if EMA ones exist")
     args = parser.parse_args(argv)
+    # generator.train exports the EMA of the weights beside them, as the "ema" variant: used when present
+    ema = (Path(args.generator) / "diffusion_pytorch_model.ema.safetensors").is_file() and not args.raw_weights
     pipe = PyraTokT2VPipeline(
         tokenizer=PyraTokTokenizer.from_pretrained(args.tokenizer),
-        generator=PyraTokGenerator.from_pretrained(args.generator),
+        generator=PyraTokGenerator.from_pretrained(args.generator, variant="ema" if ema else None),
         sample_size=args.sample_size,
     )
     pipe.save_pretrained(args.out, include_text_encoder=False)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (generator weights: {'EMA' if ema else 'raw'})")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_unknown_key_is_named(override, key):
 
 def test_unknown_key_in_file(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("train:\n  steps: 3\n  speed: fast\n")
+    path.write_text("train:\n  max_steps: 3\n  speed: fast\n")
     with pytest.raises(ConfigError, match="train.speed"):
         load_config(TokenizerTrainConfig, path)
 

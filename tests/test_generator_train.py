@@ -160,9 +160,29 @@ def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
     assert list((tmp_path / "straight" / "logs").rglob("events.out.tfevents*"))
     model = PyraTokGenerator.from_pretrained(tmp_path / "straight" / "generator")
     assert model.config.width == 32
+    ema = load_file(str(tmp_path / "straight" / "generator" / "diffusion_pytorch_model.ema.safetensors"))
+    resumed_ema = load_file(str(tmp_path / "resumed" / "generator" / "diffusion_pytorch_model.ema.safetensors"))
+    assert all(torch.equal(ema[k], resumed_ema[k]) for k in ema)  # the EMA resumes exactly too
+    assert not torch.equal(ema["transformer.head.weight"], straight["transformer.head.weight"])  # an average of the steps' weights
 
 
-def _launch(launch_args: list[str], cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
+def test_assembled_pipeline_takes_the_ema_weights(cache_dir, tmp_path):
+    from pipelines.assemble import main as assemble
+    from factories import tiny_tokenizer
+
+    _train_in_process(["--set", f"data.token_cache_dir={cache_dir}", f"train.output_dir={tmp_path}", "train.max_steps=2",
+                       *TINY])
+    tiny_tokenizer(text_dim=384).save_pretrained(tmp_path / "tok")
+    for flags, name in (([], "ema"), (["--raw-weights"], None)):
+        assemble(["--tokenizer", str(tmp_path / "tok"), "--generator", str(tmp_path / "generator"),
+                  "--out", str(tmp_path / "pipe"), *flags])
+        got = load_file(str(tmp_path / "pipe" / "generator" / "diffusion_pytorch_model.safetensors"))
+        want = _exported(tmp_path) if name is None else load_file(
+            str(tmp_path / "generator" / "diffusion_pytorch_model.ema.safetensors"))
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+
+
+def _launch(launch_args: list[str], cache_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     # DeepSpeed JIT-compiles its CPU comm op once: keep the build in a stable temp folder
@@ -170,7 +190,7 @@ def _launch(launch_args: list[str], cache_dir: Path, out: Path) -> subprocess.Co
     sets = [f"data.token_cache_dir={cache_dir}", f"train.output_dir={out}", "train.max_steps=3", "train.save_every=2",
             "train.write_param_checksum=true", *TINY]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "-m", "generator.train",
-           "--config", "configs/generator/tiny.yaml", *sum((["--set", s] for s in sets), [])]
+           "--config", "configs/generator/tiny.yaml", *sum((["--set", s] for s in sets), []), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -196,3 +216,8 @@ def test_two_process_deepspeed_zero2(cache_dir, tmp_path):
     result = _launch(["--config_file", "configs/accelerate/deepspeed_zero2.yaml"], cache_dir, out)
     _check_two_ranks(result, out, "DEEPSPEED")
     assert (out / "checkpoints" / "checkpoint-2" / "deepspeed").is_dir()  # DeepSpeed's own layout
+    # a resume reads DeepSpeed's files once they pass the weights_only=True check
+    again = _launch(["--config_file", "configs/accelerate/deepspeed_zero2.yaml"], cache_dir, out,
+                    "--set", "train.max_steps=4", "--resume_from_checkpoint", "latest")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert "at step 3" in again.stdout + again.stderr and (out / "checkpoints" / "checkpoint-4").is_dir()
