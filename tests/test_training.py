@@ -252,3 +252,22 @@ def test_chaos_sigkill_and_resume_gives_the_uninterrupted_weights(cache_dir, tmp
         chaos = load_file(str(out / "generator" / name))
         for key in straight:
             assert torch.equal(straight[key], chaos[key]), (name, key)
+
+
+def test_report_to_none_and_wandb_offline(tmp_path, monkeypatch):
+    from pyratok.accelerate_utils import make_accelerator
+
+    with fresh_accelerate_state():
+        acc = make_accelerator(tmp_path, report_to="none")
+        acc.init_trackers("x")
+        assert acc.log_with == [] and not (tmp_path / "logs").exists()
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs the wandb package"):
+            make_accelerator(tmp_path, report_to="wandb")
+        return
+    with fresh_accelerate_state():
+        make_accelerator(tmp_path, report_to="wandb")
+    assert os.environ["WANDB_MODE"] == "offline"
