@@ -1,7 +1,7 @@
 """Kill / resume experiments: SIGKILL a training run at a chosen step, resume with `latest`, compare.
 
 Exercises PyraTok's training scaffold (pyratok.training) through the real command lines: for the
-tokenizer (a micro config) and the generator (configs/generator/tiny.yaml on a 16-clip token cache of
+tokenizer (configs/tokenizer/tiny.yaml on 5x32x32 clips) and the generator (configs/generator/tiny.yaml on a 16-clip token cache of
 the shipped tokenizer), one run straight through and one killed right after checkpoint-K was written,
 then resumed; prints the loss of step K+1 in both and the largest weight difference of the exports.
     python bench/kill_resume.py [--out runs/kill_resume] [--steps 12] [--kill-after 8]
@@ -17,21 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-MICRO_TOKENIZER = {
-    "model": {"backbone": {"base_dim": 8, "z_dim": 4, "num_res_blocks": 1},
-              "quantizer": {"hidden_dim": 32, "num_bits": 16, "bits_per_group": 4,
-                            "level_strides": [[4, 4, 4], [2, 2, 2], [1, 1, 1]]},
-              "alignment": {"embed_dim": 16, "hidden_dim": 16}, "prior": {"width": 32, "depth": 1, "heads": 2},
-              "text_dim": 384},
-    "data": {"shapes_weight": 1.0, "num_frames": 5, "height": 32, "width": 32, "length": 10},
-    "train": {"batch_size": 2, "log_every": 1, "image_every": 1000, "save_every": 1, "warmup_steps": 2,
-              "gradient_accumulation_steps": 2, "text_dropout": 0.5, "vae_steps": 3, "vae_sample": True},
-}
+TOKENIZER_SETS = ["data.num_frames=5", "data.height=32", "data.width=32", "data.length=10", "train.batch_size=2",
+                  "train.gradient_accumulation_steps=2", "train.save_every=1", "train.log_every=1",
+                  "train.image_every=1000", "train.warmup_steps=2", "train.vae_steps=3", "train.vae_sample=true",
+                  "train.text_dropout=0.5"]
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -86,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    (out / "micro.yaml").write_text(yaml.safe_dump(MICRO_TOKENIZER))
-    experiment("tokenizer", [sys.executable, "-m", "pyratok.train", "--config", str(out / "micro.yaml"), "--set"],
+    experiment("tokenizer", [sys.executable, "-m", "pyratok.train", "--config", "configs/tokenizer/tiny.yaml", "--set",
+                             *TOKENIZER_SETS],
                Path("tokenizer/diffusion_pytorch_model.safetensors"), out / "tokenizer", args.steps, args.kill_after)
     cache = out / "token_cache"
     subprocess.run([sys.executable, "-m", "generator.build_cache", "--tokenizer",

@@ -206,6 +206,8 @@ def test_renamed_tokenizer_keys_load_with_a_message(tmp_path):
     assert cfg.train.mixed_precision is None  # the launcher's setting, unless the config says otherwise
     with pytest.raises(ValueError, match="report_to must be one of"):
         load_config(TokenizerTrainConfig, None, ["train.report_to=mlflow"])
+    with pytest.raises(ValueError, match="got 'cosine_to_zero'"):
+        load_config(TokenizerTrainConfig, None, ["train.lr_scheduler=cosine_to_zero"])
 
 
 CHAOS_STEPS = 12

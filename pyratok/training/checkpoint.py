@@ -178,6 +178,20 @@ def load_optimizer(optimizer, path: Path) -> None:
     optimizer.load_state_dict(state)
 
 
+def save_ema(ema, folder: Path) -> None:
+    """A diffusers EMAModel: shadow weights as safetensors (ema.safetensors), the rest as JSON (ema.json)."""
+    state = ema.state_dict()
+    save_file({f"{i}": p.contiguous() for i, p in enumerate(state.pop("shadow_params"))}, str(folder / "ema.safetensors"))
+    write_json(folder / "ema.json", state)
+
+
+def load_ema(ema, folder: Path, device: str | torch.device = "cpu") -> None:
+    shadow = load_tensors(folder / "ema.safetensors", device)
+    if len(shadow) != len(ema.shadow_params):
+        raise ValueError(f"{folder / 'ema.safetensors'} holds {len(shadow)} weights, the model has {len(ema.shadow_params)}")
+    ema.load_state_dict(read_json(folder / "ema.json") | {"shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+
+
 def save_module_state(module: torch.nn.Module, path: Path) -> None:
     """Parameters and buffers; tensors that share memory are stored once (safetensors save_model)."""
     from safetensors.torch import save_model

@@ -49,5 +49,10 @@ class TrainConfig:
             raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.report_to not in REPORT_TO:
             raise ValueError(f"train.report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        from transformers import SchedulerType
+
+        if self.lr_scheduler not in {t.value for t in SchedulerType}:
+            raise ValueError(f"train.lr_scheduler must be a transformers.get_scheduler name "
+                             f"({sorted(t.value for t in SchedulerType)}), got {self.lr_scheduler!r}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(f"train.checkpoints_total_limit must be >= 1 or null, got {self.checkpoints_total_limit}")

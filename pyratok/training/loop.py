@@ -103,10 +103,7 @@ class Trainer:
                 ckpt.save_module_state(acc.unwrap_model(self.model), tmp / "model.safetensors")
                 ckpt.save_optimizer(self.optimizer, tmp / "optimizer.pt")
             if self.ema is not None:
-                state = self.ema.state_dict()
-                ckpt.save_file({f"{i}": p.contiguous() for i, p in enumerate(state.pop("shadow_params"))},
-                               str(tmp / "ema.safetensors"))
-                ckpt.write_json(tmp / "ema.json", state)
+                ckpt.save_ema(self.ema, tmp)
             if acc.scaler is not None:
                 ckpt.write_json(tmp / "scaler.json", acc.scaler.state_dict())
             ckpt.write_json(tmp / "scheduler.json", self.scheduler.state_dict())
@@ -135,9 +132,7 @@ class Trainer:
             ckpt.load_optimizer(self.optimizer, path / "optimizer.pt")
         if self.ema is not None:
             if (path / "ema.json").is_file():
-                shadow = ckpt.load_tensors(path / "ema.safetensors", acc.device)
-                self.ema.load_state_dict(ckpt.read_json(path / "ema.json")
-                                         | {"shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+                ckpt.load_ema(self.ema, path, acc.device)
             else:
                 acc.print(f"{path} has no EMA weights: the EMA starts from the resumed weights")
                 self.ema.shadow_params = [p.detach().clone() for p in acc.unwrap_model(self.model).parameters()]
