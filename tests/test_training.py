@@ -107,6 +107,21 @@ def test_planted_pickles_never_run_on_resume(cache_dir, tmp_path):
     assert not marker.exists()
 
 
+def test_deepspeed_files_must_load_with_weights_only_first(tmp_path):
+    """DeepSpeed reads its own files with weights_only=False: the guard refuses one that holds code."""
+    from pyratok.training.loop import guard_deepspeed_files
+
+    folder = tmp_path / "deepspeed" / "global_step2"
+    folder.mkdir(parents=True)
+    torch.save({"module": {"w": torch.ones(2)}, "ds_version": "0.19", "step": 2}, folder / "mp_rank_00_model_states.pt")
+    guard_deepspeed_files(tmp_path / "deepspeed")
+    marker = tmp_path / "payload_ran"
+    torch.save({"optimizer_state_dict": Payload(marker)}, folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(ValueError, match="refusing .*zero_pp_rank_0"):
+        guard_deepspeed_files(tmp_path / "deepspeed")
+    assert not marker.exists()
+
+
 MICRO_TOKENIZER = {
     "model": {"backbone": {"base_dim": 8, "z_dim": 4, "num_res_blocks": 1},
               "quantizer": {"hidden_dim": 32, "num_bits": 16, "bits_per_group": 4,
