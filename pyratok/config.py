@@ -181,7 +181,7 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 # old dotted key -> new dotted key, or a function of the old value giving {new dotted key: value}
-Renames = dict[str, "str | Callable[[Any], dict[str, Any]]"]
+Renames = dict[str, str | Callable[[Any], dict[str, Any]]]
 
 
 def _pop(data: dict, dotted: str) -> tuple[bool, Any]:
