@@ -226,42 +226,70 @@ def test_renamed_tokenizer_keys_load_with_a_message(tmp_path):
 
 
 CHAOS_STEPS = 12
+# A parent that imports the trainer once, then forks one training process per command it reads (its pid,
+# then its wait status, go back): each run is a whole process that a SIGKILL ends, without paying the
+# imports (most of a start-up here) for every run. The parent never runs torch, so forking is safe.
+FORK_SERVER = """
+import json, os, sys
+from generator.train import main
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1), os.dup2(devnull, 2)
+        try:
+            code = main(json.loads(line))
+        except BaseException:
+            code = 1
+        os._exit(code or 0)
+    print(pid, flush=True)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
 
 
 @pytest.mark.slow
 def test_chaos_sigkill_and_resume_gives_the_uninterrupted_weights(cache_dir, tmp_path):
-    """SIGKILL a generator run at random moments (a checkpoint every step, so many kills land in a save),
+    """SIGKILL a generator run at random moments (a checkpoint every step, so kills land in saves too),
     resume with 'latest' until it finishes: the exported weights (raw and EMA) equal an uninterrupted run's."""
     common = ["train.save_every=1", "train.gradient_accumulation_steps=2", "train.checkpoints_total_limit=2"]
     _generator(tmp_path / "straight", CHAOS_STEPS, *common, cache=cache_dir)
     out = tmp_path / "chaos"
     sets = [f"data.token_cache_dir={cache_dir}", f"train.output_dir={out}", f"train.max_steps={CHAOS_STEPS}",
             *GEN_TINY, *common]
-    cmd = [sys.executable, "-m", "generator.train", "--resume_from_checkpoint", "latest", "--set", *sets]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     rng = random.Random(0)
     kills, during_save = 0, 0
-    for attempt in range(6):
-        done = max([ckpt.step_of(p) for p in ckpt.list_checkpoints(out)], default=0)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if attempt < 3:  # kill after this run has made progress: at once when a save is seen under way
-            while proc.poll() is None and not any(ckpt.step_of(p) > done for p in ckpt.list_checkpoints(out)):
-                time.sleep(0.005)
-            pause, t0 = rng.uniform(0.0, 0.3), time.monotonic()
-            while proc.poll() is None and time.monotonic() - t0 < pause:
-                if attempt == 0 and any((out / "checkpoints").glob("tmp-*")):
-                    break
-                time.sleep(0.001)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-                during_save += any((out / "checkpoints").glob("tmp-*"))
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 0 and (out / "generator").is_dir():
-            break
-        assert proc.returncode == -signal.SIGKILL, err[-3000:]
-    else:
-        pytest.fail("the run never finished")
+    try:
+        for attempt in range(6):
+            done = max([ckpt.step_of(p) for p in ckpt.list_checkpoints(out)], default=0)
+            server.stdin.write(json.dumps(["--resume_from_checkpoint", "latest", "--set", *sets]) + "\n")
+            server.stdin.flush()
+            pid = int(server.stdout.readline())
+            if attempt < 3:  # kill after this run has made progress: at once when a save is seen under way
+                t0 = time.monotonic()
+                while not any(ckpt.step_of(p) > done for p in ckpt.list_checkpoints(out)):
+                    assert time.monotonic() - t0 < 120, "no progress"
+                    time.sleep(0.002)
+                pause, t0 = rng.uniform(0.0, 0.3), time.monotonic()
+                while time.monotonic() - t0 < pause and not (attempt == 0 and any((out / "checkpoints").glob("tmp-*"))):
+                    time.sleep(0.001)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                    during_save += any((out / "checkpoints").glob("tmp-*"))
+                except ProcessLookupError:  # it had finished already
+                    pass
+            status = int(server.stdout.readline())
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and (out / "generator").is_dir():
+                break
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"run failed: status {status}"
+        else:
+            pytest.fail("the run never finished")
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
     print(f"chaos: {kills} SIGKILLs, {during_save} during a save, finished on attempt {attempt + 1}")
     assert kills == 3
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.ema.safetensors"):
