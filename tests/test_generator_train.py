@@ -142,10 +142,12 @@ def test_old_flat_config_loads_with_a_message_per_renamed_key(tmp_path):
     assert lrs == pytest.approx([0.0, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.375, 0.25, 0.125])
 
 
-def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
-    """3 batches per epoch; stop after step 2 (mid-epoch), resume to 5: same weights as 5 straight steps."""
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path, accumulate):
+    """3 batches per epoch; stop after step 2 (mid-epoch), resume to 5: same weights as 5 straight steps
+    (with 2 micro-batches a step the resume and the steps straddle epoch ends)."""
     common = [f"data.token_cache_dir={cache_dir}", "train.save_every=2", "train.text_dropout=0.5",
-              "train.self_correction_prob=0.1", *TINY]
+              "train.self_correction_prob=0.1", f"train.gradient_accumulation_steps={accumulate}", *TINY]
     sets = lambda out, steps: sum((["--set", s] for s in [*common, f"train.output_dir={out}", f"train.max_steps={steps}"]), [])  # noqa: E731
     _train_in_process(sets(tmp_path / "straight", 5))
     _train_in_process(sets(tmp_path / "resumed", 2))
