@@ -42,22 +42,24 @@ GEN_DECAY ?= 1000
 CACHE_N ?= 2000
 default-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny.yaml --resume_from_checkpoint latest \
-	  --set train.steps=$(TOK_STEPS) train.output_dir=$(RUNS)/tokenizer
+	  --set train.max_steps=$(TOK_STEPS) train.output_dir=$(RUNS)/tokenizer
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer/config.yaml --resume_from_checkpoint latest \
-	  --set train.steps=$(TOK17_STEPS) data.num_frames=17 loss.entropy=1.0
+	  --set train.max_steps=$(TOK17_STEPS) data.num_frames=17 loss.entropy=1.0
 	# 32 bits grown from 16, chroma loss, channel-shuffled real clips: the colours' green-magenta axis
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer/config.yaml --resume_from_checkpoint latest \
-	  --output_dir $(RUNS)/tokenizer32 --set train.steps=$(TOK32_STEPS) train.init_from=$(RUNS)/tokenizer/tokenizer \
+	  --output_dir $(RUNS)/tokenizer32 --set train.max_steps=$(TOK32_STEPS) train.init_from=$(RUNS)/tokenizer/tokenizer \
 	  train.grow_from_init=true train.pretrained_vae=null model.quantizer.num_bits=32 data.num_frames=9 \
 	  data.channel_shuffle_prob=0.8 loss.chroma=2.0 loss.latent=0.25 train.lr=0.0003 train.warmup_steps=20
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(RUNS)/tokenizer32/config.yaml --resume_from_checkpoint latest \
-	  --set train.steps=$(TOK32_17_STEPS) data.num_frames=17
+	  --set train.max_steps=$(TOK32_17_STEPS) data.num_frames=17
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train_alignment --tokenizer $(RUNS)/tokenizer32/tokenizer \
-	  --output_dir $(RUNS)/alignment --set steps=$(ALIGN_STEPS)
+	  --output_dir $(RUNS)/alignment --resume_from_checkpoint latest --set train.max_steps=$(ALIGN_STEPS)
 	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/tokenizer \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
 	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml --resume_from_checkpoint latest \
-	  --set max_steps=$(GEN_STEPS) decay_steps=$(GEN_DECAY) token_cache_dir=$(RUNS)/token_cache output_dir=$(RUNS)/generator
+	  --set train.max_steps=$(GEN_STEPS) train.lr_scheduler=warmup_stable_decay \
+	  "train.lr_scheduler_kwargs={num_decay_steps: $(GEN_DECAY), decay_type: linear}" \
+	  data.token_cache_dir=$(RUNS)/token_cache train.output_dir=$(RUNS)/generator
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/alignment/tokenizer \
 	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny
 
@@ -67,9 +69,9 @@ REAL := runs/tokenizer-real
 real-tokenizer: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config configs/tokenizer/tiny_real.yaml --resume_from_checkpoint latest \
 	  --set train.output_dir=$(REAL)
-	# two 150-step stages at 128x128, as measured: the cosine schedule's tail follows train.steps of each
+	# two 150-step stages at 128x128, as measured: the cosine schedule's tail follows train.max_steps of each
 	for steps in 550 700; do HF_HUB_OFFLINE=1 $(PY) -m pyratok.train --config $(REAL)/config.yaml \
-	  --resume_from_checkpoint latest --set train.steps=$$steps data.height=128 data.width=128 || exit 1; done
+	  --resume_from_checkpoint latest --set train.max_steps=$$steps data.height=128 data.width=128 || exit 1; done
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.evaluate --checkpoint $(REAL)/tokenizer --data real --size 128 --num-clips 96 \
 	  --batch-size 4 --captioned --out $(REAL)/eval_captioned
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.evaluate --checkpoint $(REAL)/tokenizer --data real --size 128 --num-clips 96 \

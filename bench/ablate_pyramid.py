@@ -47,7 +47,7 @@ def main() -> None:
                         help="autoencoder warm-up steps (default: 0 with --pretrained-vae, else the config's)")
     args = parser.parse_args()
     out = Path(args.out)
-    common = [f"train.steps={args.steps}", "train.save_every=100000", "train.image_every=100000",
+    common = [f"train.max_steps={args.steps}", "train.save_every=100000", "train.image_every=100000",
               "train.log_every=25", "loss.ar=0.0", "loss.align=0.0", *args.set]
     if args.pretrained_vae:
         common.append(f"train.pretrained_vae={args.pretrained_vae}")
@@ -62,7 +62,7 @@ def main() -> None:
     results = {}
     for name, extra in variants.items():
         cfg = load_config(TokenizerTrainConfig, args.config, common + extra + [f"train.output_dir={out / name}"])
-        if cfg.train.vae_steps >= cfg.train.steps:
+        if cfg.train.vae_steps >= cfg.train.max_steps:
             raise ValueError(f"--steps {args.steps} leaves no quantized steps after {cfg.train.vae_steps} warm-up steps")
         folder = out / name / "tokenizer"
         if not (folder / "config.json").is_file():

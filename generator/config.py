@@ -6,10 +6,10 @@ dataclasses round-trip through `pyratok.config` (YAML files plus `--set a.b=c` o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pyratok.nextscale import NextScaleConfig
-
-MIXED_PRECISION = (None, "no", "fp16", "bf16")
+from pyratok.training import TrainConfig
 
 
 @dataclass
@@ -25,39 +25,50 @@ class GeneratorConfig(NextScaleConfig):
 
 
 @dataclass
-class GeneratorTrainConfig:
-    model: GeneratorConfig = field(default_factory=GeneratorConfig)
-    token_cache_dir: str = "runs/token_cache"  # made by generator.token_cache.build_token_cache
+class GeneratorTrainLoop(TrainConfig):
+    """The shared `train` knobs (pyratok.training.TrainConfig) plus the generator's own."""
+
     output_dir: str = "runs/generator"  # checkpoints/, logs/, generator/ (final export)
-    seed: int = 0
     batch_size: int = 8  # per process
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 1000  # optimizer steps
-    lr: float = 3e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
-    decay_steps: int = 0  # warmup-stable-decay: the last N steps before max_steps anneal lr linearly to 0
-    max_grad_norm: float = 1.0
-    cfg_dropout: float = 0.1  # share of samples trained with the null text
+    text_dropout: float = 0.1  # share of samples trained with the null text (classifier-free guidance)
     self_correction_prob: float = 0.0  # Infinity's bitwise self-correction: flip rate of teacher-forced bits
-    mixed_precision: str | None = None  # None: whatever `accelerate launch` says; else "no" | "fp16" | "bf16"
-    save_every: int = 500  # accelerator.save_state every N optimizer steps (and at the end)
-    checkpoints_total_limit: int | None = 3
-    log_every: int = 10
-    num_workers: int = 0
-    write_param_checksum: bool = False  # each rank writes a checksum of its parameters (tests)
+    ema_decay: float = 0.999  # EMA of the weights (diffusers EMAModel), exported beside them; 0: none
 
     def __post_init__(self):
-        for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "save_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("cfg_dropout", "self_correction_prob"):
+        super().__post_init__()
+        for name in ("text_dropout", "self_correction_prob", "ema_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if not 0 <= self.decay_steps <= self.max_steps:
-            raise ValueError(f"decay_steps must be in [0, max_steps={self.max_steps}], got {self.decay_steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class GeneratorDataConfig:
+    token_cache_dir: str = "runs/token_cache"  # made by generator.build_cache (generator.token_cache)
+
+
+def _decay_steps(n: int) -> dict:
+    """The old `decay_steps: N` (linear anneal to 0 over the last N steps) as a transformers schedule."""
+    if not n:
+        return {}
+    return {"train.lr_scheduler": "warmup_stable_decay",
+            "train.lr_scheduler_kwargs": {"num_decay_steps": n, "decay_type": "linear"}}
+
+
+_MOVED = ("output_dir", "seed", "batch_size", "gradient_accumulation_steps", "max_steps", "lr", "weight_decay",
+          "betas", "warmup_steps", "max_grad_norm", "self_correction_prob", "mixed_precision", "save_every",
+          "checkpoints_total_limit", "log_every", "num_workers", "write_param_checksum")
+
+
+@dataclass
+class GeneratorTrainConfig:
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    data: GeneratorDataConfig = field(default_factory=GeneratorDataConfig)
+    train: GeneratorTrainLoop = field(default_factory=GeneratorTrainLoop)
+
+    RENAMED_KEYS: ClassVar[dict] = {
+        **{k: f"train.{k}" for k in _MOVED}, "cfg_dropout": "train.text_dropout",
+        "token_cache_dir": "data.token_cache_dir", "decay_steps": _decay_steps,
+    }

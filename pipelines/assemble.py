@@ -7,6 +7,7 @@ copied, it loads from its installed package.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from generator import PyraTokGenerator
 from pyratok.help_format import DefaultsFormatter
@@ -21,18 +22,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generator", required=True, help="trained generator folder (the pipeline's transformer)")
     parser.add_argument("--out", required=True, help="pipeline folder to write")
     parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="the generator's raw weights even if EMA ones exist (default: EMA when present)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # generator.train exports the EMA of the weights beside them, as the "ema" variant: used when present
+    ema = (Path(args.generator) / "diffusion_pytorch_model.ema.safetensors").is_file() and not args.raw_weights
     pipe = PyraTokT2VPipeline(
         vae=PyraTokTokenizer.from_pretrained(args.tokenizer),
-        transformer=PyraTokGenerator.from_pretrained(args.generator),
+        transformer=PyraTokGenerator.from_pretrained(args.generator, variant="ema" if ema else None),
         sample_size=args.sample_size,
     )
     pipe.save_pretrained(args.out, include_text_encoder=False)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} (generator weights: {'EMA' if ema else 'raw'})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Accelerator set-up shared by the training scripts: CPU-friendly process groups, TensorBoard.
+"""Accelerator set-up shared by the training scripts: CPU-friendly process groups, trackers.
 
 Supports the training of PyraTok's tokenizer and generator (§4) under `accelerate launch`:
 on machines without CUDA, multi-process runs use the gloo backend.
@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
+    GradientAccumulationPlugin,
     InitProcessGroupKwargs,
     ProjectConfiguration,
 )
@@ -31,12 +32,17 @@ def launched_with_deepspeed() -> bool:
 
 def make_accelerator(
     output_dir: str | Path,
-    mixed_precision: str = "no",
+    mixed_precision: str | None = None,
     find_unused_parameters: bool = False,
     gradient_accumulation_steps: int = 1,
     data_seed: int | None = None,
+    report_to: str = "tensorboard",
 ) -> Accelerator:
-    """An Accelerator logging to `output_dir/logs` (TensorBoard).
+    """An Accelerator logging to `output_dir/logs` (report_to: "tensorboard", "wandb" offline, "none").
+
+    mixed_precision None: the launcher's setting. Gradients accumulate over exactly
+    `gradient_accumulation_steps` micro-batches, across epoch ends too (so a step's micro-batches
+    follow from its number alone, which exact resume needs).
 
     `data_seed`: shuffle through accelerate's seedable sampler with this seed (the same order on every
     rank and after a resume); None keeps the DataLoader's own sampler.
@@ -51,11 +57,21 @@ def make_accelerator(
     if launched_distributed() and on_cpu:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     out = Path(output_dir)
+    if report_to == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ValueError("report_to='wandb' needs the wandb package (pip install wandb)") from None
+        os.environ.setdefault("WANDB_MODE", "offline")  # runs here never reach a server; `wandb sync` later
+        os.environ.setdefault("WANDB_DIR", str(out / "logs"))
+    elif report_to not in ("tensorboard", "none"):
+        raise ValueError(f"report_to must be 'tensorboard', 'wandb' or 'none', got {report_to!r}")
     return Accelerator(
         cpu=on_cpu and not launched_with_deepspeed(),
         mixed_precision=mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        log_with="tensorboard",
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=gradient_accumulation_steps, sync_with_dataloader=False),
+        log_with=None if report_to == "none" else report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=data_seed is not None, data_seed=data_seed),
         kwargs_handlers=handlers,

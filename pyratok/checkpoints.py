@@ -1,44 +1,13 @@
-"""Checkpoint helpers: find accelerate checkpoints to resume, load pretrained Wan VAE weights.
+"""Starting weights for tokenizer training: pretrained Wan VAE weights, a saved tokenizer.
 
-Supports the training scripts of PyraTok (tokenizer and generator): `--resume_from_checkpoint
-latest`, `--pretrained_vae DIR` and `train.init_from`; nothing here downloads or unpickles.
+Supports PyraTok's tokenizer stages (§4): `--pretrained_vae DIR` and `train.init_from`; nothing here
+downloads or unpickles (training checkpoints: `pyratok.training.checkpoint`).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from diffusers import AutoencoderKLWan
-
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def step_of(path: str | Path) -> int:
-    m = _CKPT.match(Path(path).name)
-    if not m:
-        raise ValueError(f"not a checkpoint folder (expected checkpoint-<step>): {path}")
-    return int(m.group(1))
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """`checkpoint-<step>` folders under output_dir/checkpoints, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    found = [p for p in root.glob("checkpoint-*") if _CKPT.match(p.name) and p.is_dir()] if root.is_dir() else []
-    return sorted(found, key=step_of)
-
-
-def find_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
-    """The folder to resume from: None (no resume, or 'latest' before any checkpoint: start fresh), the
-    newest checkpoint for 'latest', else the given checkpoint-<step> folder."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_dir() or not _CKPT.match(path.name):
-        raise ValueError(f"--resume_from_checkpoint must be 'latest' or a checkpoint-<step> folder, got {resume!r}")
-    return path
 
 
 def load_pretrained_wan(tokenizer, path: str | Path) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+import warnings
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -161,8 +163,15 @@ def read_config_file(path: str | Path) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load `cls` from a YAML/JSON file (or defaults when `path` is None) plus overrides."""
+    """Load `cls` from a YAML/JSON file (or defaults when `path` is None) plus overrides.
+
+    Keys that `cls.RENAMED_KEYS` lists under an old name (in the file or an override) move to their new
+    name, with a warning for each."""
     data = read_config_file(path) if path is not None else {}
+    renames = getattr(cls, "RENAMED_KEYS", None)
+    if renames:
+        data = rename_keys(data, renames, where=str(path))
+        overrides = [new for item in overrides or [] for new in rename_override(item, renames)]
     return config_from_dict(cls, apply_overrides(data, overrides))
 
 
@@ -170,8 +179,66 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = config_to_dict(cfg)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    else:
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    text = json.dumps(data, indent=2) + "\n" if path.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic: a killed run never leaves half a config
     return path
+
+
+# old dotted key -> new dotted key, or a function of the old value giving {new dotted key: value}
+Renames = dict[str, str | Callable[[Any], dict[str, Any]]]
+
+
+def _pop(data: dict, dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.get(p)
+        if not isinstance(node, dict):
+            return False, None
+    return (True, node.pop(leaf)) if leaf in node else (False, None)
+
+
+def _put(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+    node.setdefault(leaf, value)  # a key already under its new name wins over the old one
+
+
+def rename_keys(data: dict, renames: Renames, where: str = "config") -> dict:
+    """Move each old key of `data` (nested dict) to its new place, with a warning naming both."""
+    for old, new in renames.items():
+        found, value = _pop(data, old)
+        if not found:
+            continue
+        moved = new(value) if callable(new) else {new: value}
+        names = ", ".join(moved) or "nothing (dropped)"
+        warnings.warn(f"{where}: config key {old!r} is renamed: now {names}", UserWarning, stacklevel=3)
+        for key, v in moved.items():
+            _put(data, key, v)
+    return data
+
+
+def rename_override(item: str, renames: Renames) -> list[str]:
+    """`--set old.key=value` -> the same override under its new key(s), with a warning."""
+    key, sep, raw = item.partition("=")
+    if not sep or key.strip() not in renames:
+        return [item]
+    data: dict = {}
+    _put(data, key.strip(), yaml.safe_load(raw))
+    rename_keys(data, {key.strip(): renames[key.strip()]}, where="--set")
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in _flatten(data).items()]
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -17,7 +17,7 @@ zero-shot understanding encodes them; then only the alignment head learns, with 
   only the background can explain it; localisation and segmentation then ask "query or background?".
 No masks or boxes are used.
 Batches are far larger than the tokenizer's (hundreds of clips against 4), which contrastive losses need.
-Writes output_dir/tokenizer (the whole tokenizer, new head), alignment_config.yaml, TensorBoard logs,
+Writes output_dir/tokenizer (the whole tokenizer, new head), config.yaml, checkpoints/, logs,
 alignment_curve.png and encoded_clips.safetensors (the encoded clips, reused by a rerun with the same
 tokenizer weights and clip settings).
 """
@@ -27,7 +27,8 @@ import argparse
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -35,38 +36,69 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .accelerate_utils import make_accelerator, shutdown
 from .alignment import PHRASE_WEIGHT, TOP_FRACTION, multi_positive_nce, split_phrases, top_fraction_mean
-from .config import cli_overrides, config_to_dict, flat_dict, load_config, save_config
+from .config import cli_overrides, config_to_dict, load_config
 from .data.shapes import ShapesDataset
 from .text_encoder import TextEncoder
 from .tokenizer import PyraTokTokenizer
+from .training import TrainConfig
+from .training.loop import Trainer
 
 
 @dataclass
-class AlignmentTrainConfig:
-    tokenizer: str = ""  # folder of a trained PyraTokTokenizer (save_pretrained)
-    output_dir: str = "runs/alignment"
-    text_encoder: str | None = None  # local folder; None = the installed MiniLM
-    clips: int = 3000  # encoded once; the last `val_clips` are held out
+class AlignmentData:
+    """The captioned Shapes clips, encoded once; the last `val_clips` are held out."""
+
+    clips: int = 3000
     val_clips: int = 100
     two_object_share: float = 0.5
     num_frames: int = 17
     size: int = 64
     split: str = "train"
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    seed: int = 0
+
+
+@dataclass
+class AlignmentLoss:
     phrase_weight: float = 1.0
     top_fraction: float = TOP_FRACTION
     background_weight: float = 1.0  # 0: no background class (the head keeps background_text unset)
     background_text: str = "background"
+
+
+@dataclass
+class AlignmentTrainLoop(TrainConfig):
+    """The shared `train` knobs (pyratok.training.TrainConfig) with this stage's defaults."""
+
+    output_dir: str = "runs/alignment"
+    max_steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    lr_scheduler: str = "cosine_with_min_lr"  # cosine from lr down to 10% of it
+    lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
+    save_every: int = 250
     log_every: int = 25
-    seed: int = 0
 
 
-def shapes_clips(cfg: AlignmentTrainConfig):
+_RENAMED = {**{k: f"data.{k}" for k in ("clips", "val_clips", "two_object_share", "num_frames", "size", "split")},
+            **{k: f"loss.{k}" for k in ("phrase_weight", "top_fraction", "background_weight", "background_text")},
+            **{k: f"train.{k}" for k in ("output_dir", "batch_size", "lr", "weight_decay", "log_every")},
+            "steps": "train.max_steps", "seed": lambda v: {"train.seed": v, "data.seed": v}}
+
+
+@dataclass
+class AlignmentTrainConfig:
+    tokenizer: str = ""  # folder of a trained PyraTokTokenizer (save_pretrained)
+    text_encoder: str | None = None  # local folder; None = the installed MiniLM
+    data: AlignmentData = field(default_factory=AlignmentData)
+    loss: AlignmentLoss = field(default_factory=AlignmentLoss)
+    train: AlignmentTrainLoop = field(default_factory=AlignmentTrainLoop)
+
+    RENAMED_KEYS: ClassVar[dict] = _RENAMED
+
+
+def shapes_clips(cfg: AlignmentData):
     """Yield (video (3, T, H, W), caption) for cfg.clips Shapes clips, one- and two-object mixed."""
     two = round(cfg.clips * cfg.two_object_share)
     kw = dict(split=cfg.split, num_frames=cfg.num_frames, height=cfg.size, width=cfg.size, seed=cfg.seed)
@@ -81,7 +113,7 @@ def shapes_clips(cfg: AlignmentTrainConfig):
 
 
 @torch.no_grad()
-def encode_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, batch: int = 16):
+def encode_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentData, batch: int = 16):
     """-> (bits per level, each (n, t, h, w, k) int8 in {-1, 1}; captions)."""
     chunks, captions, videos = [], [], []
     for video, caption in tqdm(shapes_clips(cfg), total=cfg.clips, desc="encoding clips"):
@@ -94,11 +126,11 @@ def encode_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, batch: 
     return [torch.cat(level) for level in zip(*chunks)], captions
 
 
-def encoded_clips(tokenizer: PyraTokTokenizer, cfg: AlignmentTrainConfig, path: Path):
-    """`encode_clips`, kept in `path` (safetensors) and reused while the tokenizer's weights and the
-    clip settings are unchanged."""
+def encoded_clips(tokenizer: PyraTokTokenizer, folder: str, cfg: AlignmentData, path: Path):
+    """`encode_clips`, kept in `path` (safetensors) and reused while the tokenizer's weights (in
+    `folder`) and the clip settings are unchanged."""
     digest = hashlib.sha256()
-    for weights in sorted(Path(cfg.tokenizer).glob("*.safetensors")):
+    for weights in sorted(Path(folder).glob("*.safetensors")):
         digest.update(weights.read_bytes())
     settings = ("clips", "two_object_share", "num_frames", "size", "split", "seed")
     key = json.dumps({"weights": digest.hexdigest(), **{k: getattr(cfg, k) for k in settings}}, sort_keys=True)
@@ -140,7 +172,7 @@ def background_loss(volume: torch.Tensor, background: torch.Tensor, phrase_pos: 
     return partial + instance
 
 
-def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, cfg,
+def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, cfg: AlignmentLoss,
                      background_pooled: torch.Tensor | None = None) -> dict:
     """bits: per level (b, t, h, w, k); caption_pooled (b, d) with ids (b,) (equal captions are both positive);
     phrase_pooled (m, d) with phrase_pos (m, b) True where video j's caption holds phrase i;
@@ -166,6 +198,18 @@ def alignment_losses(head, bits, caption_pooled, caption_ids, phrase_pooled, phr
         out["background"] = background_loss(volume, bg, phrase_pos, scale, cfg.top_fraction)
         out["loss"] = out["loss"] + cfg.background_weight * out["background"]
     return out
+
+
+class AlignmentObjective(torch.nn.Module):
+    """`alignment_losses` as a module's forward, so DDP averages the head's gradients."""
+
+    def __init__(self, head, cfg: AlignmentLoss):
+        super().__init__()
+        self.head, self.cfg = head, cfg
+
+    def forward(self, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, background_pooled) -> dict:
+        return alignment_losses(self.head, bits, caption_pooled, caption_ids, phrase_pooled, phrase_pos, self.cfg,
+                                background_pooled)
 
 
 class TokenTextData:
@@ -205,62 +249,57 @@ def retrieval_at_1(head, data: TokenTextData, idx: torch.Tensor, device, phrase_
     return float((ids[scores.argmax(-1)] == ids).float().mean())
 
 
-def train_alignment(cfg: AlignmentTrainConfig) -> Path:
+def train_alignment(cfg: AlignmentTrainConfig, resume: str | None = None) -> Path:
+    tc = cfg.train
     if not cfg.tokenizer:
         raise ValueError("train_alignment needs a tokenizer folder (cfg.tokenizer / --tokenizer)")
-    if not 0 < cfg.val_clips < cfg.clips:
-        raise ValueError(f"val_clips must be in (0, clips={cfg.clips}), got {cfg.val_clips}")
-    out = Path(cfg.output_dir)
-    accelerator = make_accelerator(out)
-    device = accelerator.device
+    if not 0 < cfg.data.val_clips < cfg.data.clips:
+        raise ValueError(f"data.val_clips must be in (0, data.clips={cfg.data.clips}), got {cfg.data.val_clips}")
+    trainer = Trainer(tc, "alignment", cfg)
+    out, device = trainer.out, trainer.accelerator.device
     tokenizer = PyraTokTokenizer.from_pretrained(cfg.tokenizer).to(device).eval()
     text_encoder = TextEncoder.from_pretrained(cfg.text_encoder, device=device)
-    bits, captions = encoded_clips(tokenizer, cfg, out / "encoded_clips.safetensors")
-    data = TokenTextData(bits, captions, text_encoder, cfg.background_text)
+    bits, captions = encoded_clips(tokenizer, cfg.tokenizer, cfg.data, out / "encoded_clips.safetensors")
+    data = TokenTextData(bits, captions, text_encoder, cfg.loss.background_text)
     del text_encoder
-    head = tokenizer.alignment.train()
     tokenizer.requires_grad_(False)
-    head.requires_grad_(True)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps, eta_min=cfg.lr * 0.1)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "alignment_config.yaml")
-    accelerator.init_trackers("alignment", config=flat_dict(cfg))
+    tokenizer.alignment.requires_grad_(True)
+    objective = trainer.prepare(AlignmentObjective(tokenizer.alignment.train(), cfg.loss))
+    trainer.resume(resume)
 
-    n_train = len(data) - cfg.val_clips
+    n_train = len(data) - cfg.data.val_clips
     val = torch.arange(n_train, len(data))
-    rng = torch.Generator().manual_seed(cfg.seed)
+    unwrapped = trainer.accelerator.unwrap_model(objective).head
     history = {"step": [], "loss": [], "caption": [], "phrase": [], "val_r1": [], "val_r1_phrases": []}
-    before = retrieval_at_1(head.eval(), data, val, device)
-    accelerator.print(f"before: held-out text->video R@1 {before:.3f} over {len(val)} clips")
-    bar = tqdm(range(cfg.steps), desc="alignment", disable=not accelerator.is_main_process)
-    for step in bar:
-        head.train()
-        idx = torch.randperm(n_train, generator=rng)[: cfg.batch_size]
-        terms = alignment_losses(head, *data.batch(idx, device), cfg, data.background_pooled.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            logs = {k: v.item() for k, v in terms.items()}
-            logs["val_t2v_r1"] = retrieval_at_1(head.eval(), data, val, device)
-            logs["val_t2v_r1_phrases"] = retrieval_at_1(head, data, val, device, PHRASE_WEIGHT)
-            accelerator.log(logs, step=done)
-            for key, name in (("loss", "loss"), ("caption", "caption"), ("phrase", "phrase"), ("val_r1", "val_t2v_r1"),
-                              ("val_r1_phrases", "val_t2v_r1_phrases")):
-                history[key].append(logs[name])
-            history["step"].append(done)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", val_r1=f"{logs['val_t2v_r1']:.2f}",
-                            val_r1_phrases=f"{logs['val_t2v_r1_phrases']:.2f}")
-    if cfg.background_weight > 0:  # understanding now contrasts every query with this text
-        tokenizer.cfg.alignment.background_text = cfg.background_text
+    trainer.accelerator.print(f"held-out text->video R@1 {retrieval_at_1(unwrapped.eval(), data, val, device):.3f} "
+                              f"over {len(val)} clips at step {trainer.step}")
+
+    def loss_fn(_, rng):
+        objective.train()
+        idx = torch.randperm(n_train, generator=rng)[: tc.batch_size]
+        terms = objective(*data.batch(idx, device), data.background_pooled.to(device))
+        return terms.pop("loss"), terms
+
+    def after_step(step: int) -> None:
+        if not (step % tc.log_every == 0 or step == tc.max_steps):
+            return
+        logs = trainer.last_logs | trainer.log({
+            "val_t2v_r1": retrieval_at_1(unwrapped.eval(), data, val, device),
+            "val_t2v_r1_phrases": retrieval_at_1(unwrapped, data, val, device, PHRASE_WEIGHT)}, reduce=False)
+        history["step"].append(step)
+        for key, name in (("loss", "loss"), ("caption", "caption"), ("phrase", "phrase"), ("val_r1", "val_t2v_r1"),
+                          ("val_r1_phrases", "val_t2v_r1_phrases")):
+            history[key].append(logs[name])
+
+    trainer.fit(loss_fn, after_step)
+    if cfg.loss.background_weight > 0:  # understanding now contrasts every query with this text
+        tokenizer.cfg.alignment.background_text = cfg.loss.background_text
         tokenizer.register_to_config(alignment_config=config_to_dict(tokenizer.cfg.alignment))
-    if accelerator.is_main_process:
-        tokenizer.save_pretrained(out / "tokenizer")
+    trainer.full_state_dict()
+    trainer.export("tokenizer", tokenizer.save_pretrained)
+    if trainer.accelerator.is_main_process and history["step"]:
         plot_curves(history, out / "alignment_curve.png")
-    shutdown(accelerator)
+    trainer.finish()
     return out / "tokenizer"
 
 
@@ -289,11 +328,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None, help="YAML AlignmentTrainConfig (defaults if omitted)")
     parser.add_argument("--tokenizer", default=None, help="folder of the trained tokenizer")
     parser.add_argument("--output_dir", default=None)
-    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="overrides, e.g. steps=500")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. train.max_steps=500")
+    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     args = parser.parse_args(argv)
-    overrides = cli_overrides(args, {"tokenizer": "tokenizer", "output_dir": "output_dir"})
+    overrides = cli_overrides(args, {"tokenizer": "tokenizer", "output_dir": "train.output_dir"})
     cfg = load_config(AlignmentTrainConfig, args.config, overrides)
-    train_alignment(cfg)
+    train_alignment(cfg, args.resume_from_checkpoint)
 
 
 if __name__ == "__main__":

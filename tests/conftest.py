@@ -54,3 +54,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A tiny token cache (factories.tiny_token_cache) shared by the generator training tests."""
+    from factories import tiny_token_cache
+
+    return tiny_token_cache(tmp_path_factory.mktemp("cache"))

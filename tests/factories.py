@@ -1,6 +1,9 @@
 """Tiny random models shared by the tests (a few thousand parameters, 32x32 videos in milliseconds)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
 
 from pyratok.tokenizer import PyraTokTokenizer
@@ -25,3 +28,43 @@ def tiny_tokenizer(seed: int = 0, text_dim: int = 24, **overrides) -> PyraTokTok
     for key, value in overrides.items():
         kwargs[key].update(value) if isinstance(value, dict) else kwargs.__setitem__(key, value)
     return PyraTokTokenizer(**kwargs).eval()
+
+
+LATENT = (2, 4, 4)  # latent grid of the token caches in tests
+
+
+class FakeTextEncoder:
+    """Deterministic stand-in for TextEncoder: hidden states from the prompt length, 3-6 tokens."""
+
+    def __call__(self, prompts):
+        n = max(3 + len(p) % 4 for p in prompts)
+        states = torch.stack([torch.randn(n, 384, generator=torch.Generator().manual_seed(len(p))) for p in prompts])
+        mask = torch.stack([torch.arange(n) < 3 + len(p) % 4 for p in prompts])
+        return type("Out", (), {"hidden_states": states, "attention_mask": mask})()
+
+
+def tiny_token_cache(out: Path) -> Path:
+    """6 pyramids (3 prompts) of a random LaPQ over LATENT: a token cache for generator training tests."""
+    from generator.token_cache import QuantizerEncoder, build_token_cache, random_latents
+    from pyratok.lapq import LaPQ, LaPQConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        quantizer = LaPQ(LaPQConfig(use_text=True)).eval()
+    samples = random_latents(6, 8, LATENT, torch.Generator().manual_seed(0), prompts=["a", "red ball", "two cats"])
+    return build_token_cache(QuantizerEncoder(quantizer), FakeTextEncoder(), samples, out,
+                             batch_size=4, shard_size=4, progress=False)
+
+
+@contextmanager
+def fresh_accelerate_state():
+    """Run a trainer in this process: accelerate's process-wide state is reset before and after."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

@@ -24,9 +24,9 @@ def test_overrides_parse_values():
     cfg = load_config(
         TokenizerTrainConfig,
         CONFIGS / "tokenizer" / "tiny.yaml",
-        ["train.steps=7", "train.lr=1e-4", "model.quantizer.level_strides=[[2,2,2],[1,1,1]]", "train.pretrained_vae=null"],
+        ["train.max_steps=7", "train.lr=1e-4", "model.quantizer.level_strides=[[2,2,2],[1,1,1]]", "train.pretrained_vae=null"],
     )
-    assert cfg.train.steps == 7 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.max_steps == 7 and cfg.train.lr == pytest.approx(1e-4)
     assert cfg.model.quantizer.level_strides == [(2, 2, 2), (1, 1, 1)]
     assert cfg.train.pretrained_vae is None
 
@@ -42,16 +42,16 @@ def test_unknown_key_is_named(override, key):
 
 def test_unknown_key_in_file(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("train:\n  steps: 3\n  speed: fast\n")
+    path.write_text("train:\n  max_steps: 3\n  speed: fast\n")
     with pytest.raises(ConfigError, match="train.speed"):
         load_config(TokenizerTrainConfig, path)
 
 
 def test_wrong_type_and_bad_override():
-    with pytest.raises(ConfigError, match="train.steps"):
-        load_config(TokenizerTrainConfig, None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(TokenizerTrainConfig, None, ["train.max_steps=many"])
     with pytest.raises(ConfigError, match="key.path=value"):
-        load_config(TokenizerTrainConfig, None, ["train.steps"])
+        load_config(TokenizerTrainConfig, None, ["train.max_steps"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(TokenizerTrainConfig, "no/such/file.yaml")
 
@@ -59,6 +59,6 @@ def test_wrong_type_and_bad_override():
 def test_cli_overrides_appends_given_shortcut_flags_after_set_pairs():
     import argparse
 
-    args = argparse.Namespace(set=["train.steps=5"], output_dir="runs/x", pretrained_vae=None)
+    args = argparse.Namespace(set=["train.max_steps=5"], output_dir="runs/x", pretrained_vae=None)
     flags = {"output_dir": "train.output_dir", "pretrained_vae": "train.pretrained_vae"}
-    assert cli_overrides(args, flags) == ["train.steps=5", "train.output_dir=runs/x"]
+    assert cli_overrides(args, flags) == ["train.max_steps=5", "train.output_dir=runs/x"]

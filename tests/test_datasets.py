@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -44,6 +45,19 @@ def test_folder_with_jsonl(jsonl_folder):
     centre = VideoTextDataset(jsonl_folder, num_frames=5, size=(8, 12), fps=4, temporal_crop="centre")
     assert centre[0]["video"].shape == (3, 5, 8, 12)
     assert ds.num_skipped == 0
+
+
+def test_folder_skips_bad_caption_lines_and_null_captions(tmp_path, make_video):
+    for i in range(3):
+        make_video(f"clip{i}.mp4", num_frames=9)
+    lines = ['{"file": "clip0.mp4", "caption": "a ramp"}', '{"file": "clip1.mp4", "caption": null}', "not json",
+             '["clip2.mp4"]', '{"caption": "no file"}', '{"file": "clip2.mp4"}']
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"captions.jsonl:2: skipped"):
+        ds = VideoTextDataset(tmp_path, num_frames=5, size=16)
+    assert [(Path(p).name, c) for p, c in ds.entries] == [("clip0.mp4", "a ramp"), ("clip2.mp4", "")]
+    assert [m.split(":")[1] for m in ds.skipped_captions] == ["2", "3", "4", "5"]
+    assert ds[0]["caption"] == "a ramp"
 
 
 def test_folder_with_txt_sidecars(tmp_path, make_video):

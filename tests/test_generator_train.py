@@ -17,14 +17,15 @@ from safetensors.torch import load_file
 
 from generator import GeneratorTrainConfig, PyraTokGenerator, TokenCacheDataset, build_token_cache
 from generator.token_cache import QuantizerEncoder, random_latents
-from generator.train import lr_factor
 from generator.train import main as train_main
 from pyratok.config import load_config
 from pyratok.lapq import LaPQ, LaPQConfig
 
+from factories import LATENT, FakeTextEncoder, fresh_accelerate_state
+
 ROOT = Path(__file__).resolve().parents[1]
-LATENT = (2, 4, 4)
-TINY = ["model.width=32", "model.depth=1", "model.heads=2", "batch_size=2", "log_every=1", "warmup_steps=2"]
+TINY = ["model.width=32", "model.depth=1", "model.heads=2", "train.batch_size=2", "train.log_every=1",
+        "train.warmup_steps=2"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,27 +34,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny models: one thread is faster on a shared 2-core box
     yield
     torch.set_num_threads(threads)
-
-
-class FakeTextEncoder:
-    """Deterministic stand-in for TextEncoder: hidden states from the prompt length, 3-6 tokens."""
-
-    def __call__(self, prompts):
-        n = max(3 + len(p) % 4 for p in prompts)
-        states = torch.stack([torch.randn(n, 384, generator=torch.Generator().manual_seed(len(p))) for p in prompts])
-        mask = torch.stack([torch.arange(n) < 3 + len(p) % 4 for p in prompts])
-        return type("Out", (), {"hidden_states": states, "attention_mask": mask})()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        quantizer = LaPQ(LaPQConfig(use_text=True)).eval()
-    samples = random_latents(6, 8, LATENT, torch.Generator().manual_seed(0), prompts=["a", "red ball", "two cats"])
-    out = tmp_path_factory.mktemp("cache")
-    return build_token_cache(QuantizerEncoder(quantizer), FakeTextEncoder(), samples, out,
-                             batch_size=4, shard_size=4, progress=False)
 
 
 def test_token_cache_round_trip(cache_dir):
@@ -116,7 +96,7 @@ def test_config_files_are_valid():
         cfg = load_config(GeneratorTrainConfig, path)
         assert cfg.model.width % cfg.model.heads == 0, path
     base = load_config(GeneratorTrainConfig, ROOT / "configs/generator/base.yaml")
-    assert base.model.gradient_checkpointing and base.mixed_precision == "bf16"
+    assert base.model.gradient_checkpointing and base.train.mixed_precision == "bf16"
     for path in (ROOT / "configs/deepspeed").glob("*.json"):
         ds = json.loads(path.read_text())
         assert "optimizer" not in ds and ds["train_micro_batch_size_per_gpu"] == "auto"
@@ -125,40 +105,50 @@ def test_config_files_are_valid():
         assert acc["num_machines"] == 1
         if "deepspeed_config" in acc:
             assert (ROOT / acc["deepspeed_config"]["deepspeed_config_file"]).is_file()
-    with pytest.raises(ValueError, match="cfg_dropout must be in"):
-        GeneratorTrainConfig(cfg_dropout=1.5)
+    with pytest.raises(ValueError, match="text_dropout must be in"):
+        load_config(GeneratorTrainConfig, None, ["train.text_dropout=1.5"])
 
 
 def _train_in_process(args: list[str]) -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
+    with fresh_accelerate_state():
         assert train_main(args) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 def _exported(run_dir: Path) -> dict:
     return load_file(str(run_dir / "generator" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_lr_schedule_warmup_stable_decay():
-    cfg = GeneratorTrainConfig(max_steps=10, warmup_steps=2, decay_steps=4)
-    factors = [lr_factor(cfg, s) for s in range(10)]  # step s is the (s + 1)-th optimizer step
-    assert factors[:6] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
-    assert factors[6:] == pytest.approx([1.0, 0.75, 0.5, 0.25])  # linear to 0 at max_steps
-    assert [lr_factor(GeneratorTrainConfig(max_steps=10, warmup_steps=2), s) for s in (0, 9)] == [0.5, 1.0]
-    with pytest.raises(ValueError, match="decay_steps"):
-        GeneratorTrainConfig(max_steps=10, decay_steps=11)
+def test_old_flat_config_loads_with_a_message_per_renamed_key(tmp_path):
+    """A config written before the `train` / `data` sections (e.g. runs/gen/train_config.yaml) still loads;
+    its `decay_steps` becomes transformers' warmup-stable-decay schedule, annealing linearly to 0."""
+    old = {"token_cache_dir": "cache", "max_steps": 10, "warmup_steps": 2, "decay_steps": 4, "cfg_dropout": 0.2,
+           "lr": 0.5, "model": {"width": 32}}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    with pytest.warns(UserWarning) as record:
+        cfg = load_config(GeneratorTrainConfig, tmp_path / "old.yaml", ["save_every=5"])
+    messages = " ".join(str(w.message) for w in record)
+    for key in ("token_cache_dir", "max_steps", "warmup_steps", "decay_steps", "cfg_dropout", "lr", "save_every"):
+        assert f"'{key}' is renamed" in messages, key
+    assert (cfg.data.token_cache_dir, cfg.train.max_steps, cfg.train.text_dropout, cfg.train.save_every) == ("cache", 10, 0.2, 5)
+    from transformers import get_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
+    sched = get_scheduler(cfg.train.lr_scheduler, opt, num_warmup_steps=2, num_training_steps=10,
+                          scheduler_specific_kwargs=cfg.train.lr_scheduler_kwargs)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(), sched.step()
+    assert lrs == pytest.approx([0.0, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.375, 0.25, 0.125])
 
 
-def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
-    """3 batches per epoch; stop after step 2 (mid-epoch), resume to 5: same weights as 5 straight steps."""
-    common = [f"token_cache_dir={cache_dir}", "save_every=2", "cfg_dropout=0.5", "self_correction_prob=0.1", *TINY]
-    sets = lambda out, steps: sum((["--set", s] for s in [*common, f"output_dir={out}", f"max_steps={steps}"]), [])  # noqa: E731
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path, accumulate):
+    """3 batches per epoch; stop after step 2 (mid-epoch), resume to 5: same weights as 5 straight steps
+    (with 2 micro-batches a step the resume and the steps straddle epoch ends)."""
+    common = [f"data.token_cache_dir={cache_dir}", "train.save_every=2", "train.text_dropout=0.5",
+              "train.self_correction_prob=0.1", f"train.gradient_accumulation_steps={accumulate}", *TINY]
+    sets = lambda out, steps: sum((["--set", s] for s in [*common, f"train.output_dir={out}", f"train.max_steps={steps}"]), [])  # noqa: E731
     _train_in_process(sets(tmp_path / "straight", 5))
     _train_in_process(sets(tmp_path / "resumed", 2))
     first = _exported(tmp_path / "resumed")
@@ -172,17 +162,37 @@ def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path):
     assert list((tmp_path / "straight" / "logs").rglob("events.out.tfevents*"))
     model = PyraTokGenerator.from_pretrained(tmp_path / "straight" / "generator")
     assert model.config.width == 32
+    ema = load_file(str(tmp_path / "straight" / "generator" / "diffusion_pytorch_model.ema.safetensors"))
+    resumed_ema = load_file(str(tmp_path / "resumed" / "generator" / "diffusion_pytorch_model.ema.safetensors"))
+    assert all(torch.equal(ema[k], resumed_ema[k]) for k in ema)  # the EMA resumes exactly too
+    assert not torch.equal(ema["transformer.head.weight"], straight["transformer.head.weight"])  # an average of the steps' weights
 
 
-def _launch(launch_args: list[str], cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
+def test_assembled_pipeline_takes_the_ema_weights(cache_dir, tmp_path):
+    from pipelines.assemble import main as assemble
+    from factories import tiny_tokenizer
+
+    _train_in_process(["--set", f"data.token_cache_dir={cache_dir}", f"train.output_dir={tmp_path}", "train.max_steps=2",
+                       *TINY])
+    tiny_tokenizer(text_dim=384).save_pretrained(tmp_path / "tok")
+    for flags, name in (([], "ema"), (["--raw-weights"], None)):
+        assemble(["--tokenizer", str(tmp_path / "tok"), "--generator", str(tmp_path / "generator"),
+                  "--out", str(tmp_path / "pipe"), *flags])
+        got = load_file(str(tmp_path / "pipe" / "generator" / "diffusion_pytorch_model.safetensors"))
+        want = _exported(tmp_path) if name is None else load_file(
+            str(tmp_path / "generator" / "diffusion_pytorch_model.ema.safetensors"))
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+
+
+def _launch(launch_args: list[str], cache_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     # DeepSpeed JIT-compiles its CPU comm op once: keep the build in a stable temp folder
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "pyratok_torch_extensions"))
-    sets = [f"token_cache_dir={cache_dir}", f"output_dir={out}", "max_steps=3", "save_every=2",
-            "write_param_checksum=true", *TINY]
+    sets = [f"data.token_cache_dir={cache_dir}", f"train.output_dir={out}", "train.max_steps=3", "train.save_every=2",
+            "train.write_param_checksum=true", *TINY]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "-m", "generator.train",
-           "--config", "configs/generator/tiny.yaml", *sum((["--set", s] for s in sets), [])]
+           "--config", "configs/generator/tiny.yaml", *sum((["--set", s] for s in sets), []), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -207,4 +217,9 @@ def test_two_process_deepspeed_zero2(cache_dir, tmp_path):
     out = tmp_path / "zero2"
     result = _launch(["--config_file", "configs/accelerate/deepspeed_zero2.yaml"], cache_dir, out)
     _check_two_ranks(result, out, "DEEPSPEED")
-    assert (out / "checkpoints" / "checkpoint-2" / "pytorch_model").is_dir()  # DeepSpeed's own layout
+    assert (out / "checkpoints" / "checkpoint-2" / "deepspeed").is_dir()  # DeepSpeed's own layout
+    # a resume reads DeepSpeed's files once they pass the weights_only=True check
+    again = _launch(["--config_file", "configs/accelerate/deepspeed_zero2.yaml"], cache_dir, out,
+                    "--set", "train.max_steps=4", "--resume_from_checkpoint", "latest")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert "at step 3" in again.stdout + again.stderr and (out / "checkpoints" / "checkpoint-4").is_dir()

@@ -45,7 +45,7 @@ def _write_config(path: Path, out: Path) -> Path:
     cfg = {
         "model": MICRO_MODEL,
         "data": {"shapes_weight": 1.0, "num_frames": 5, "height": 32, "width": 32, "length": 64},
-        "train": {"output_dir": str(out), "steps": 2, "batch_size": 1, "log_every": 1,
+        "train": {"output_dir": str(out), "max_steps": 2, "batch_size": 1, "log_every": 1,
                   "image_every": 100, "save_every": 1, "warmup_steps": 1,
                   "write_param_checksum": True},
     }
@@ -70,12 +70,12 @@ def test_two_process_run_resumes_from_checkpoint(tmp_path):
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
     sums = [(out / f"param_checksum_rank{r}.txt").read_text() for r in (0, 1)]
     assert sums[0] == sums[1], "DDP ranks ended with different parameters"
-    second = _launch(config, "--resume_from_checkpoint", "latest", "--set", "train.steps=3", "--set", "train.log_every=1")
+    second = _launch(config, "--resume_from_checkpoint", "latest", "--set", "train.max_steps=3", "--set", "train.log_every=1")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout + second.stderr and "at step 2" in second.stdout + second.stderr
     assert (out / "checkpoints" / "checkpoint-3").is_dir()
     saved = (out / "config.yaml").read_text()  # repeated --set flags all apply
-    assert "steps: 3" in saved and "log_every: 1" in saved
+    assert "max_steps: 3" in saved and "log_every: 1" in saved
     again = PyraTokTokenizer.from_pretrained(out / "tokenizer")
     assert again.quantizer.config.num_bits == 16
     assert list((out / "logs").rglob("events.out.tfevents*")), "TensorBoard logs missing"

@@ -12,7 +12,10 @@ from pyratok.pyramid import resample
 from pyratok.tokenizer import PyraTokTokenizer
 from pyratok.text_encoder import TextEncoder
 from pyratok.train_alignment import (
+    AlignmentData,
+    AlignmentLoss,
     AlignmentTrainConfig,
+    AlignmentTrainLoop,
     TokenTextData,
     alignment_losses,
     background_loss,
@@ -58,8 +61,9 @@ def test_top_fraction_mean_takes_the_best_tokens_of_the_whole_volume():
 def test_short_run_trains_the_head_only_and_lowers_its_loss(tmp_path):
     tokenizer = tiny_tokenizer(seed=1, text_dim=384)  # MiniLM's width: the stage encodes real captions
     tokenizer.save_pretrained(tmp_path / "tok")
-    cfg = AlignmentTrainConfig(tokenizer=str(tmp_path / "tok"), output_dir=str(tmp_path / "align"), clips=48,
-                               val_clips=8, num_frames=5, size=32, steps=30, batch_size=16, lr=3e-3, log_every=10)
+    cfg = AlignmentTrainConfig(tokenizer=str(tmp_path / "tok"), data=AlignmentData(clips=48, val_clips=8, num_frames=5, size=32),
+                               train=AlignmentTrainLoop(output_dir=str(tmp_path / "align"), max_steps=30, batch_size=16,
+                                                        lr=3e-3, log_every=10))
     out = train_alignment(cfg)
     trained = PyraTokTokenizer.from_pretrained(out)
     before, after = tokenizer.state_dict(), trained.state_dict()
@@ -67,20 +71,21 @@ def test_short_run_trains_the_head_only_and_lowers_its_loss(tmp_path):
     assert changed and all(k.startswith("alignment.") for k in changed)
     assert trained.cfg.alignment.background_text == "background"  # understanding contrasts queries with it
     assert (tmp_path / "align" / "alignment_curve.png").is_file()
-    assert (tmp_path / "align" / "alignment_config.yaml").is_file()
+    assert (tmp_path / "align" / "config.yaml").is_file()
     # a rerun reuses the encoded clips instead of encoding again
     cache = tmp_path / "align" / "encoded_clips.safetensors"
     stamp = cache.stat().st_mtime_ns
-    main(["--tokenizer", cfg.tokenizer, "--output_dir", cfg.output_dir, "--set", "clips=48", "val_clips=8",
-          "num_frames=5", "size=32", "batch_size=16", "steps=1"])
+    with pytest.warns(UserWarning, match="'steps' is renamed: now train.max_steps"):  # old keys still work
+        main(["--tokenizer", cfg.tokenizer, "--output_dir", cfg.train.output_dir, "--set", "clips=48",
+              "data.val_clips=8", "data.num_frames=5", "data.size=32", "train.batch_size=16", "steps=1"])
     assert cache.stat().st_mtime_ns == stamp
     assert list((tmp_path / "align" / "logs").rglob("events.out.tfevents.*"))
     # on the clips it trained on, the new head fits captions and phrases better than the old one
-    data = TokenTextData(*encode_clips(tokenizer, cfg), TextEncoder.from_pretrained(None))
+    data = TokenTextData(*encode_clips(tokenizer, cfg.data), TextEncoder.from_pretrained(None))
     batch = data.batch(torch.arange(40), "cpu")
     with torch.no_grad():
-        old = alignment_losses(tokenizer.alignment, *batch, cfg, data.background_pooled)["loss"]
-        new = alignment_losses(trained.alignment, *batch, cfg, data.background_pooled)["loss"]
+        old = alignment_losses(tokenizer.alignment, *batch, cfg.loss, data.background_pooled)["loss"]
+        new = alignment_losses(trained.alignment, *batch, cfg.loss, data.background_pooled)["loss"]
     assert new < old, (float(old), float(new))
     # held-out R@1 with phrase scores: each caption scores a video by the mean of its phrases' top-10% cosines
     bits, _, ids, phrases, pos = batch
@@ -102,7 +107,7 @@ def test_alignment_losses_can_be_fitted_by_the_head():
     ids, pos = torch.arange(b), torch.eye(b, dtype=torch.bool)
     head = AlignmentHead(AlignmentConfig(), num_bits=k, num_levels=3, text_dim=384)
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
-    cfg = AlignmentTrainConfig()
+    cfg = AlignmentLoss()
     first = alignment_losses(head, bits, captions, ids, phrases, pos, cfg, background)
     for _ in range(60):
         terms = alignment_losses(head, bits, captions, ids, phrases, pos, cfg, background)
@@ -138,9 +143,10 @@ def test_background_loss_wants_objects_on_their_phrase_and_the_rest_on_backgroun
 
 def test_train_alignment_names_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="tokenizer folder"):
-        train_alignment(AlignmentTrainConfig(output_dir=str(tmp_path)))
+        train_alignment(AlignmentTrainConfig(train=AlignmentTrainLoop(output_dir=str(tmp_path))))
     with pytest.raises(ValueError, match="val_clips"):
-        train_alignment(AlignmentTrainConfig(tokenizer="x", clips=10, val_clips=10, output_dir=str(tmp_path)))
+        train_alignment(AlignmentTrainConfig(tokenizer="x", data=AlignmentData(clips=10, val_clips=10),
+                                             train=AlignmentTrainLoop(output_dir=str(tmp_path))))
 
 
 def test_similarity_volume_equals_the_mean_of_resampled_level_maps():

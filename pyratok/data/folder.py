@@ -33,22 +33,29 @@ def frames_to_video(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(video / np.float32(127.5) - np.float32(1.0))
 
 
-def _read_captions_jsonl(path: Path) -> list[tuple[Path, str]]:
-    entries = []
+def _read_captions_jsonl(path: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(video path, caption) pairs of `path`, and a message for each line skipped: not a JSON object
+    with a string 'file', or a caption that is not a string (null included); no caption at all is ""."""
+    entries, skipped = [], []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            entries.append((path.parent / item["file"], str(item.get("caption", ""))))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{n}: expected a JSON object with 'file' and 'caption' ({err})") from None
-    return entries
+            file, caption = item["file"], item.get("caption", "")
+            if not isinstance(file, str) or not isinstance(caption, str):
+                raise TypeError(f"'file' and 'caption' must be strings, got {file!r} and {caption!r}")
+            entries.append((path.parent / file, caption))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            skipped.append(f"{path}:{n}: skipped, expected a JSON object with string 'file' and 'caption' ({err})")
+            warnings.warn(skipped[-1], stacklevel=3)
+    return entries, skipped
 
 
 def index_folder(root: str | os.PathLike, captions_file: str = "captions.jsonl",
-                 default_caption: str = "") -> list[tuple[Path, str]]:
-    """(video path, caption) pairs: from `root/captions_file` if present, else videos + `.txt` sidecars."""
+                 default_caption: str = "") -> tuple[list[tuple[Path, str]], list[str]]:
+    """(video path, caption) pairs: from `root/captions_file` if present, else videos + `.txt` sidecars;
+    and a message for each captions line skipped."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"video folder not found: {root}")
@@ -60,7 +67,7 @@ def index_folder(root: str | os.PathLike, captions_file: str = "captions.jsonl",
     for p in videos:
         sidecar = p.with_suffix(".txt")
         out.append((p, sidecar.read_text().strip() if sidecar.is_file() else default_caption))
-    return out
+    return out, []
 
 
 def clip_start(path, meta: VideoMeta, num_frames: int, fps: float | None, temporal_crop: str,
@@ -82,7 +89,8 @@ class VideoTextDataset(Dataset):
     temporal_crop: "random" (a start drawn from a generator seeded by (seed, index, epoch); call
     `set_epoch` between epochs) or "centre". Unreadable or too-short files are skipped with a warning
     naming the file, counted in `num_skipped` (per process: each DataLoader worker keeps its own count),
-    and the next good file is returned instead. Items: video (3, T, H, W) in [-1, 1], caption, path.
+    and the next good file is returned instead; bad captions lines (not JSON, a null caption) are skipped
+    with a warning, listed in `skipped_captions`. Items: video (3, T, H, W) in [-1, 1], caption, path.
     """
 
     def __init__(self, root: str | os.PathLike, num_frames: int = 17, size: int | tuple[int, int] = 64,
@@ -94,7 +102,7 @@ class VideoTextDataset(Dataset):
         self.num_frames = check_num_frames(num_frames)
         self.size, self.fps, self.seed = size, fps, seed
         self.temporal_crop = "centre" if temporal_crop == "center" else temporal_crop
-        self.entries = index_folder(root, captions_file, default_caption)
+        self.entries, self.skipped_captions = index_folder(root, captions_file, default_caption)
         if not self.entries:
             raise ValueError(f"no videos found in {self.root} (looked for {captions_file} or {VIDEO_EXTENSIONS})")
         self.epoch = 0
