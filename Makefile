@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean default-model real-tokenizer
+.PHONY: demo test setup bench clean default-model real-tokenizer parent-vae
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,deepspeed,bench]"
+	$(PY) -m pip install -q -e ".[test,deepspeed,bench,data]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -76,3 +76,13 @@ real-tokenizer: $(STAMP)
 	  --batch-size 4 --captioned --out $(REAL)/eval_captioned
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.evaluate --checkpoint $(REAL)/tokenizer --data real --size 128 --num-clips 96 \
 	  --batch-size 4 --out $(REAL)/eval_uncaptioned
+
+# The parent VAE (a continuous AutoencoderKLWan, the stand-in for Wan 2.1) on packaged natural photos and
+# bikes, then evaluated beside the blur at the same compression on what it never saw: the carphone clip
+# and the held-out photos (pyratok/data/natural.py names them), and on its training clip.
+PARENT := runs/parent-vae
+parent-vae: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.train_parent --config configs/parent/tiny.yaml \
+	  --output_dir $(PARENT) --resume_from_checkpoint latest
+	for data in heldout-real heldout-images train-real; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.evaluate \
+	  --checkpoint $(PARENT)/vae --data $$data --size 128 --num-clips 32 --out $(PARENT)/eval_$$data || exit 1; done

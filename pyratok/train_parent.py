@@ -8,36 +8,33 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKLWan
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from .accelerate_utils import make_accelerator, shutdown
 from .backbone import BackboneConfig, build_wan, decode_unclamped
-from .checkpoints import find_checkpoint, step_of
-from .config import cli_overrides, flat_dict, load_config, save_config
+from .config import cli_overrides, load_config
 from .data.mix import MixedDataset, collate_videos
 from .data.natural import StillImageDataset, clip_paths, load_rgb, packaged_image_paths
 from .data.real_clips import ImagePanDataset, RealClipDataset
 from .data.shapes import ShapesDataset
 from .data.video_io import read_video
 from .losses import kl_loss, psnr, reconstruction_loss
+from .training import TrainConfig
+from .training.loop import Trainer
 from .visualize import save_recon_grid
 
 
 @dataclass
 class ParentDataConfig:
     image_size: int = 128
-    image_batch: int = 8  # 1-frame videos per step
-    clip_frames: int = 17
+    images_per_clip: int = 6  # photos (1-frame videos) beside each clip of a batch
+    clip_frames: int = 9
     clip_size: int = 64
-    clip_batch: int = 2  # clips per step
     real_weight: float = 0.4  # crops of the training clip (bikes)
     pans_weight: float = 0.45  # pans and zooms over the training photos and bikes' frames
     shapes_weight: float = 0.15  # Shapes, a minority
@@ -46,25 +43,25 @@ class ParentDataConfig:
 
 
 @dataclass
-class ParentTrainConfig:
+class ParentTrainConfig(TrainConfig):
     output_dir: str = "runs/parent-vae"
     max_steps: int = 3000
+    batch_size: int = 1  # clips per micro-batch (each with images_per_clip photos)
     lr: float = 5e-4
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    lr_scheduler: str = "cosine_with_min_lr"
+    lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
+    warmup_steps: int = 30
+    save_every: int = 50
+    log_every: int = 20
     ssim: float = 0.2  # weight of (1 - SSIM)
     mse: float = 1.0  # MSE beside L1: large early errors pull harder (a random Wan starts from flat frames)
     kl: float = 1e-6
     # decode a posterior sample (a VAE) or the posterior mean (an autoencoder whose KL only bounds the
     # latents): a tiny model on a CPU budget learns faster from the mean, as the tokenizer's warm-up did
     sample_posterior: bool = False
-    log_every: int = 20
-    image_every: int = 250
-    save_every: int = 250
-    seed: int = 0
-    mixed_precision: str = "no"
-    stat_batches: int = 16  # clip batches for the exported latents_mean / latents_std
+    image_every: int = 100
+    stat_batches: int = 16  # clips for the exported latents_mean / latents_std
 
 
 @dataclass
@@ -74,8 +71,32 @@ class ParentConfig:
     train: ParentTrainConfig = field(default_factory=ParentTrainConfig)
 
 
-def build_parent_data(cfg: ParentDataConfig) -> tuple[StillImageDataset, MixedDataset]:
-    """(1-frame photo crops, clips) of the training split only."""
+class PhotosAndClip(Dataset):
+    """Item i: `per_clip` photo crops (k, 3, 1, H, W) and one clip (3, T, h, w): one image-video joint sample."""
+
+    def __init__(self, photos: Dataset, clips: Dataset, per_clip: int):
+        if per_clip < 0:
+            raise ValueError(f"images_per_clip must be >= 0, got {per_clip}")
+        self.photos, self.clips, self.per_clip = photos, clips, per_clip
+        self.length = min(len(clips), len(photos) // max(1, per_clip))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        k = self.per_clip
+        photos = [self.photos[i * k + j]["video"] for j in range(k)]
+        return {"photos": torch.stack(photos) if photos else None, "clip": self.clips[i]["video"]}
+
+
+def collate_joint(batch: list[dict]) -> dict:
+    """photos (b * k, 3, 1, H, W) and clips (b, 3, T, h, w)."""
+    photos = [item["photos"] for item in batch if item["photos"] is not None]
+    return {"photos": torch.cat(photos) if photos else None, "clips": torch.stack([item["clip"] for item in batch])}
+
+
+def build_parent_data(cfg: ParentDataConfig) -> PhotosAndClip:
+    """Photo crops and clips of the training split only (held-out photos and carphone never appear)."""
     photos = [load_rgb(p) for p in packaged_image_paths("train")]
     images = StillImageDataset(photos, size=cfg.image_size, length=cfg.length, seed=cfg.seed)
     stills = photos + [f for p in clip_paths("train") for f in read_video(p)[0][::25]]
@@ -86,24 +107,11 @@ def build_parent_data(cfg: ParentDataConfig) -> tuple[StillImageDataset, MixedDa
         "shapes": ShapesDataset(height=cfg.clip_size, width=cfg.clip_size, **geometry),
     }
     weights = {"real": cfg.real_weight, "pans": cfg.pans_weight, "shapes": cfg.shapes_weight}
-    return images, MixedDataset(sources, weights, cfg.length, cfg.seed)
-
-
-def lr_lambda(tc: ParentTrainConfig):
-    """Linear warm-up, then cosine down to `min_lr_ratio` of the peak at `max_steps`."""
-    import math
-
-    def f(step: int) -> float:
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps))
-        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
+    return PhotosAndClip(images, MixedDataset(sources, weights, cfg.length, cfg.seed), cfg.images_per_clip)
 
 
 def vae_loss(vae: AutoencoderKLWan, video: torch.Tensor, tc: ParentTrainConfig, generator: torch.Generator):
-    """L1 + ssim * (1 - SSIM) + kl * KL of one batch (b, 3, T, H, W)."""
+    """L1 + mse * MSE + ssim * (1 - SSIM) + kl * KL of one batch (b, 3, T, H, W); returns (loss, logs, recon)."""
     posterior = vae.encode(video).latent_dist
     z = posterior.mean  # (b, c, t, h, w)
     if tc.sample_posterior:
@@ -122,80 +130,47 @@ def latent_statistics(vae: AutoencoderKLWan, batches) -> tuple[list[float], list
     return z.mean(1).tolist(), z.std(1).clamp_min(1e-4).tolist()
 
 
-def export_parent(vae: AutoencoderKLWan, out: Path, mean: list[float], std: list[float]) -> Path:
-    """Save a diffusers AutoencoderKLWan folder (fp16 safetensors) atomically: temp folder, then rename."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+def write_parent(vae: AutoencoderKLWan, folder: Path, mean: list[float], std: list[float]) -> None:
+    """A diffusers AutoencoderKLWan folder in fp16 safetensors, with the latent statistics in its config."""
     half = copy.deepcopy(vae).to(torch.float16)
     half.register_to_config(latents_mean=mean, latents_std=std)
-    half.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    half.save_pretrained(folder, safe_serialization=True)
 
 
 def train(cfg: ParentConfig, resume: str | None = None) -> Path:
     tc, dc = cfg.train, cfg.data
-    accelerator = make_accelerator(tc.output_dir, tc.mixed_precision)
+    trainer = Trainer(tc, "parent_vae", cfg)
     set_seed(tc.seed)
-    out = Path(tc.output_dir)
-    vae = build_wan(cfg.backbone)
-    images, clips = build_parent_data(dc)
-    shuffle = dict(shuffle=True, drop_last=True, collate_fn=collate_videos)
-    image_loader = DataLoader(images, batch_size=dc.image_batch, generator=torch.Generator().manual_seed(tc.seed), **shuffle)
-    clip_loader = DataLoader(clips, batch_size=dc.clip_batch, generator=torch.Generator().manual_seed(tc.seed + 1), **shuffle)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=tc.lr, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    vae, optimizer, image_loader, clip_loader, scheduler = accelerator.prepare(
-        vae, optimizer, image_loader, clip_loader, scheduler)
+    data = build_parent_data(dc)
+    loader = DataLoader(data, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=tc.num_workers,
+                        collate_fn=collate_joint, generator=torch.Generator().manual_seed(tc.seed))
+    model = trainer.prepare(build_wan(cfg.backbone), loader)
+    trainer.resume(resume)
+    vae, device, last = trainer.accelerator.unwrap_model(model), trainer.accelerator.device, {}
 
-    start = 0
-    ckpt = find_checkpoint(out, resume)
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        start = step_of(ckpt)
-        accelerator.print(f"resumed from {ckpt} at step {start}")
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
-    accelerator.init_trackers("parent_vae", config=flat_dict(cfg))
-    # the datasets are length 1e6 and index-deterministic: resuming skips the batches already seen
-    image_iter = iter(accelerator.skip_first_batches(image_loader, start) if start else image_loader)
-    clip_iter = iter(accelerator.skip_first_batches(clip_loader, start) if start else clip_loader)
-    model = accelerator.unwrap_model(vae)
-    bar = tqdm(range(start, tc.max_steps), initial=start, total=tc.max_steps, disable=not accelerator.is_main_process)
-    for step in bar:
-        noise = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * 7 + accelerator.process_index)
-        metrics = {}
-        for name, batch in (("image", next(image_iter)), ("clip", next(clip_iter))):
-            video = batch["video"].to(accelerator.device)
-            loss, terms, recon = vae_loss(model, video, tc, noise)
-            accelerator.backward(loss)
-            metrics.update({f"{name}/{k}": float(v.detach()) for k, v in terms.items()})
-        if tc.max_grad_norm:
-            accelerator.clip_grad_norm_(vae.parameters(), tc.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % tc.log_every == 0 or done == tc.max_steps:
-            metrics["lr"] = scheduler.get_last_lr()[0]
-            accelerator.log(metrics, step=done)
-            bar.set_postfix(img=f"{metrics['image/psnr']:.2f}", clip=f"{metrics['clip/psnr']:.2f}")
-        if accelerator.is_main_process and (done % tc.image_every == 0 or done == tc.max_steps):
-            save_recon_grid(video, recon.detach().clamp(-1, 1), out / "images" / f"recon_{done:06d}.png")
-        if done % tc.save_every == 0 or done == tc.max_steps:
-            accelerator.save_state(str(out / "checkpoints" / f"checkpoint-{done}"))
+    def loss_fn(batch, rng):
+        total, logs = 0.0, {}
+        for name in ("photos", "clips"):
+            if batch[name] is None:
+                continue
+            video = batch[name].to(device)
+            loss, terms, recon = vae_loss(vae, video, tc, rng)
+            total = total + loss
+            logs.update({f"{name}/{k}": v.detach() for k, v in terms.items()})
+            last.update(video=video, recon=recon.detach().clamp(-1, 1))
+        return total, logs
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model.eval()
-        stats_loader = DataLoader(clips, batch_size=dc.clip_batch, collate_fn=collate_videos)
-        batches = [b["video"] for _, b in zip(range(tc.stat_batches), stats_loader)]
-        mean, std = latent_statistics(model, batches)
-        export_parent(model, out / "vae", mean, std)
-    shutdown(accelerator)
-    return out / "vae"
+    def after_step(step: int) -> None:
+        if trainer.accelerator.is_main_process and (step % tc.image_every == 0 or step == tc.max_steps):
+            save_recon_grid(last["video"], last["recon"], trainer.out / "images" / f"recon_{step:06d}.png")
+
+    trainer.fit(loss_fn, after_step)
+    vae.eval()
+    clips = [data.clips[i]["video"][None] for i in range(tc.stat_batches)]
+    mean, std = latent_statistics(vae, clips)
+    folder = trainer.export("vae", lambda tmp: write_parent(vae, tmp, mean, std))
+    trainer.finish()
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,7 +51,7 @@ def test_blur_reference_and_metrics():
 def test_train_parent_exports_a_plain_diffusers_folder(tmp_path):
     cfg = ParentConfig()
     cfg.backbone.base_dim, cfg.backbone.z_dim = 8, 4
-    cfg.data.image_size, cfg.data.image_batch, cfg.data.clip_size, cfg.data.clip_frames = 32, 2, 32, 5
+    cfg.data.image_size, cfg.data.images_per_clip, cfg.data.clip_size, cfg.data.clip_frames = 32, 2, 32, 5
     cfg.train.output_dir, cfg.train.max_steps, cfg.train.stat_batches = str(tmp_path / "run"), 2, 1
     cfg.train.warmup_steps, cfg.train.save_every, cfg.train.image_every = 1, 1, 1
     folder = train(cfg)
