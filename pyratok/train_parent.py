@@ -61,6 +61,7 @@ class ParentTrainConfig(TrainConfig):
     # latents): a tiny model on a CPU budget learns faster from the mean, as the tokenizer's warm-up did
     sample_posterior: bool = False
     image_every: int = 100
+    init_from: str | None = None  # a saved AutoencoderKLWan folder to continue from (fresh optimizer)
     stat_batches: int = 16  # clips for the exported latents_mean / latents_std
 
 
@@ -137,6 +138,12 @@ def write_parent(vae: AutoencoderKLWan, folder: Path, mean: list[float], std: li
     half.save_pretrained(folder, safe_serialization=True)
 
 
+def load_parent_weights(vae: AutoencoderKLWan, folder: str | Path) -> None:
+    """Copy a saved AutoencoderKLWan's weights (any dtype) into `vae`; the architectures must match."""
+    saved = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.float32)
+    vae.load_state_dict(saved.state_dict())  # raises naming the keys when the architectures differ
+
+
 def train(cfg: ParentConfig, resume: str | None = None) -> Path:
     tc, dc = cfg.train, cfg.data
     trainer = Trainer(tc, "parent_vae", cfg)
@@ -144,7 +151,10 @@ def train(cfg: ParentConfig, resume: str | None = None) -> Path:
     data = build_parent_data(dc)
     loader = DataLoader(data, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=tc.num_workers,
                         collate_fn=collate_joint, generator=torch.Generator().manual_seed(tc.seed))
-    model = trainer.prepare(build_wan(cfg.backbone), loader)
+    vae = build_wan(cfg.backbone)
+    if tc.init_from:
+        load_parent_weights(vae, tc.init_from)
+    model = trainer.prepare(vae, loader)
     trainer.resume(resume)
     vae, device, last = trainer.accelerator.unwrap_model(model), trainer.accelerator.device, {}
 

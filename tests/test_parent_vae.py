@@ -12,7 +12,7 @@ from safetensors import safe_open
 from pyratok.data.natural import HELDOUT_IMAGES, StillImageDataset, clip_paths, packaged_image_paths
 from pyratok.evaluate import build_eval_data, evaluate, main as evaluate_main
 from pyratok.losses import blur_reference, latent_snr, psnr, ssim01
-from pyratok.train_parent import ParentConfig, latent_statistics, train
+from pyratok.train_parent import ParentConfig, latent_statistics, load_parent_weights, train, write_parent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,3 +75,15 @@ def test_latent_statistics_are_per_channel():
     vae = AutoencoderKLWan(base_dim=8, z_dim=4, num_res_blocks=1).eval()
     mean, std = latent_statistics(vae, [torch.rand(2, 3, 5, 32, 32) * 2 - 1])
     assert len(mean) == len(std) == 4 and all(s > 0 for s in std)
+
+
+def test_a_saved_parent_seeds_a_new_run(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, num_res_blocks=1)
+    write_parent(vae, tmp_path / "vae", [0.0] * 4, [1.0] * 4)
+    fresh = AutoencoderKLWan(base_dim=8, z_dim=4, num_res_blocks=1)
+    load_parent_weights(fresh, tmp_path / "vae")
+    for (name, a), b in zip(vae.state_dict().items(), fresh.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), name
+    with pytest.raises(RuntimeError):
+        load_parent_weights(AutoencoderKLWan(base_dim=16, z_dim=4, num_res_blocks=1), tmp_path / "vae")
