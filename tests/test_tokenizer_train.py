@@ -106,3 +106,28 @@ def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path
     with torch.no_grad():
         old, new = small.eval().encode(clip), trained.eval().encode(clip)
     assert all(torch.equal(a, b[..., :16]) for a, b in zip(old.bits, new.bits))
+
+
+def test_lapq_on_a_frozen_parent_keeps_the_parent_and_its_latent_statistics(tmp_path):
+    """pretrained_vae + freeze_encoder + freeze_decoder: the parent's weights leave training unchanged, only
+    LaPQ and the heads learn, and z is normalised by the parent's latents_mean / latents_std."""
+    from diffusers import AutoencoderKLWan
+
+    from pyratok.train import main
+
+    torch.manual_seed(0)
+    parent = AutoencoderKLWan(base_dim=8, z_dim=4, num_res_blocks=1)
+    parent.register_to_config(latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 0.5, 1.0, 2.0])
+    parent.save_pretrained(tmp_path / "parent")
+    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
+    main(["--config", str(config), "--set", f"train.pretrained_vae={tmp_path / 'parent'}", "train.freeze_encoder=true",
+          "train.freeze_decoder=true", "model.backbone.normalize_latents=true", "train.write_param_checksum=false"])
+    trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    assert list(trained.backbone.config.latents_std) == [1.5, 0.5, 1.0, 2.0]
+    for name, value in parent.state_dict().items():
+        assert torch.equal(trained.backbone.state_dict()[name], value), f"the frozen parent changed at {name}"
+    from safetensors.torch import load_file
+
+    steps = [load_file(tmp_path / "run" / "checkpoints" / f"checkpoint-{n}" / "model.safetensors") for n in (1, 2)]
+    moved = {k for k in steps[0] if not torch.equal(steps[0][k], steps[1][k])}
+    assert any(".quantizer." in k for k in moved) and not any(".backbone." in k for k in moved)
