@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from pyratok.config import load_config, save_config
 from pyratok.lapq import LaPQ, LaPQConfig
+from pyratok.null_text import pad_text
 from pyratok.pyramid import TokenPyramid, indices_to_bits
 
 INDEX, Q_WEIGHTS, Q_CONFIG = "index.json", "quantizer.safetensors", "quantizer_config.json"
@@ -194,10 +195,9 @@ class TokenCacheDataset(Dataset):
         batch = {"bits": bits, "latent_grid": self.latent_grid, "text_states": None, "text_mask": None}
         if self.has_text:
             s = max(x["text_states"].shape[0] for x in samples)
-            batch["text_states"] = torch.stack([torch.cat([x["text_states"], x["text_states"].new_zeros(
-                s - x["text_states"].shape[0], x["text_states"].shape[1])]) for x in samples]).float()
-            batch["text_mask"] = torch.stack([torch.cat([x["text_mask"], x["text_mask"].new_zeros(
-                s - x["text_mask"].shape[0])]) for x in samples]).bool()
+            padded = [pad_text(x["text_states"][None], x["text_mask"][None].bool(), s) for x in samples]
+            batch["text_states"] = torch.cat([states for states, _ in padded]).float()  # (b, s, d)
+            batch["text_mask"] = torch.cat([mask for _, mask in padded])  # (b, s)
         return batch
 
     def load_quantizer(self, device=None) -> LaPQ:

@@ -10,6 +10,7 @@ from generator import GeneratorConfig, PyraTokGenerator, generate
 from generator.objective import flip_bits, generator_loss
 from generator.sampling import guidance_per_level, guided_logits, sample_bits
 from pyratok.lapq import LaPQ, LaPQConfig
+from pyratok.null_text import drop_text
 
 LATENT = (2, 4, 4)  # default strides -> grids (1,1,1) (1,1,1) (1,2,2) (2,4,4): 38 tokens
 
@@ -130,7 +131,7 @@ def test_unconditional_and_null_text(model, quantizer):
     pyramid = generate(model, quantizer, None, None, LATENT, batch_size=2, generator=torch.Generator().manual_seed(0))
     assert pyramid.batch_size == 2
     states, mask = text(2)
-    dropped, dmask = model.apply_text_dropout(states, mask, torch.tensor([True, False]))
+    dropped, dmask = drop_text(model.null_text, states, mask, torch.tensor([True, False]))
     assert torch.equal(dropped[1], states[1]) and torch.equal(dmask[1], mask[1])
     assert torch.equal(dropped[0, 0], model.null_text[0]) and dmask[0].tolist() == [True] + [False] * 4
 
