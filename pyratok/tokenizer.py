@@ -101,20 +101,15 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
     # --- geometry -------------------------------------------------------------------------
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.cfg.backbone.dim_mult) - 1)
+        return self.cfg.backbone.spatial_factor
 
     @property
     def temporal_factor(self) -> int:
-        return 2 ** sum(self.cfg.backbone.temperal_downsample)
+        return self.cfg.backbone.temporal_factor
 
     def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent (t, h, w) for a video; raises ValueError for sizes the backbone cannot take."""
-        tf, sf = self.temporal_factor, self.spatial_factor
-        if num_frames < 1 or (num_frames - 1) % tf:
-            raise ValueError(f"num_frames must be 1 + {tf}k (1, {1 + tf}, {1 + 2 * tf}, ...), got {num_frames}")
-        if height % sf or width % sf or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of {sf}, got {height}x{width}")
-        return (1 + (num_frames - 1) // tf, height // sf, width // sf)
+        return self.cfg.backbone.latent_grid(num_frames, height, width)
 
     def token_grids(self, num_frames: int, height: int, width: int) -> list[tuple[int, int, int]]:
         return self.quantizer.grids_for(self.latent_grid(num_frames, height, width))

@@ -23,6 +23,8 @@ except Exception:  # noqa: BLE001 - any import failure just means "not available
 
 def attention(q, k, v, mask=None, dropout_p: float = 0.0, backend: str = "sdpa") -> torch.Tensor:
     """q: (b, h, n, e), k/v: (b, h, m, e), mask: bool broadcastable to (b, h, n, m) -> (b, h, n, e)."""
+    if q.device.type == "meta":  # generator.plan: count what the fused kernel saves and computes (SDPA's
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p)[0]  # meta path is math)
     if backend == "xformers" and _xops is not None and q.is_cuda:
         b, h, n, _ = q.shape
         m = k.shape[2]
@@ -50,7 +52,7 @@ class LevelAttention:
     distributed: object = None  # a sequence_parallel.UlyssesAttention: x holds this rank's slice of the sequence
 
     def __post_init__(self):
-        if self.key_valid is not None and bool(self.key_valid.all()):
+        if self.key_valid is not None and not self.key_valid.is_meta and bool(self.key_valid.all()):
             self.key_valid = None  # no mask at all lets SDPA take its fastest kernel
 
     @classmethod

@@ -51,7 +51,7 @@ class NextScaleTransformer(nn.Module):
         if tuple(text_mask.shape) != (b, s):
             raise ValueError(f"text_mask must be {(b, s)}, got {tuple(text_mask.shape)}")
         text_mask = text_mask.bool()
-        if not text_mask.any(dim=1).all():  # an all-padding row would make attention NaN
+        if not text_mask.is_meta and not text_mask.any(dim=1).all():  # an all-padding row would make attention NaN
             rows = (~text_mask.any(dim=1)).nonzero().flatten().tolist()
             raise ValueError(f"text_mask rows {rows} have no valid token; pass the null text instead")
         if self.config.text_mode == "prefix" and s > self.config.max_text_len:
