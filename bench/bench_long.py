@@ -6,6 +6,7 @@ PyraTok's next-scale generator at video sizes: per-level SDPA attention (the mod
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_long.py            # ~1.5k, 6k, 24k tokens
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_long.py --huge     # + 96k tokens (new attention only)
 
+The "plan MB" column is generator.plan's prediction for the training step (target: within 25%).
 Model: 6 levels (the wan2.1.yaml strides), 18 bits, 16 latent channels, width 64, depth 1, 4 heads,
 cross-attention text of 8 tokens (one padded). Sampling: CFG (batch 2 inside), all 6 levels.
 """
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from bench_tiling import _reset_peak, _rss_kb  # noqa: E402 (bench/ is on the path when run as a script)
 from generator import PyraTokGenerator, generate  # noqa: E402
+from generator.plan import model_cost  # noqa: E402
 from pyratok.lapq import LaPQ, LaPQConfig  # noqa: E402
 from pyratok.nextscale import LevelAttention, bitwise_loss  # noqa: E402
 from pyratok.nextscale.reference import DenseBlockCausal  # noqa: E402
@@ -85,6 +87,13 @@ def run_case(case: str, attention: str, size: str, text_mode: str) -> dict:
     return {"tokens": tokens, "seconds": seconds, "peak_mb": (peak_kb - base_kb) / 1024, "resettable": resettable}
 
 
+def plan_mb(size: str, text_mode: str) -> float:
+    """generator.plan's prediction of a training step's peak (fp32 activations + gradients), in MB."""
+    model, quantizer = build(text_mode)[:2]
+    cost = model_cost(model.generator_config(), quantizer.grids_for(latent_grid(CLIPS[size])), torch.float32, 8)
+    return (cost.activation_bytes(checkpointing=False) + 4 * cost.params) / 2 ** 20
+
+
 def dense_estimate_gb(tokens: int, case: str) -> float:
     """The dense mask's footprint: (b, 1, n, n) bool plus SDPA's work on it (~7 bytes per entry measured)."""
     batch = 1 if case == "train" else 2
@@ -113,7 +122,7 @@ def main() -> None:
         print("note: set OMP_NUM_THREADS=1 for comparable figures")
     sizes = ["1.5k", "6k", "24k"] + (["96k"] if args.huge else [])
     print(f"text_mode={args.text_mode}; one thread; load average at start {os.getloadavg()[0]:.1f}\n")
-    print(f"{'case':<16}{'clip':>14}{'tokens':>8}{'attention':>11}{'time s':>9}{'peak MB':>10}")
+    print(f"{'case':<16}{'clip':>14}{'tokens':>8}{'attention':>11}{'time s':>9}{'peak MB':>10}{'plan MB':>9}")
     results = {}
     for case in args.cases:
         for size in sizes:
@@ -130,8 +139,9 @@ def main() -> None:
                 if "error" in r:
                     print(f"{case:<16}{size:>14}{'':>8}{attention:>11}   error: {r['error']}")
                     continue
+                plan = f"{plan_mb(size, args.text_mode):>9.0f}" if (case, attention) == ("train", "level") else ""
                 print(f"{case:<16}{'x'.join(map(str, CLIPS[size])):>14}{r['tokens']:>8}{attention:>11}"
-                      f"{r['seconds']:>9.2f}{r['peak_mb']:>10.0f}", flush=True)
+                      f"{r['seconds']:>9.2f}{r['peak_mb']:>10.0f}{plan}", flush=True)
     print()
     for case in args.cases:
         a, b = results.get((case, "6k", "level"), {}), results.get((case, "24k", "level"), {})

@@ -39,6 +39,15 @@ class NextScaleTransformer(nn.Module):
         self.head = nn.Linear(d, cfg.num_bits)  # bitwise head: K logits, not 2^K
         self.sequence_parallel = None  # a sequence_parallel.UlyssesAttention (set by enable_sequence_parallel)
 
+    def enable_sequence_parallel(self, group=None) -> None:
+        """Split `forward`'s sequence over `group` (default: the world) with DeepSpeed Ulysses.
+
+        Every rank of the group must get the same batch; it returns the same logits on each rank.
+        """
+        from .sequence_parallel import UlyssesAttention
+
+        self.sequence_parallel = UlyssesAttention(group)
+
     # --- pieces -------------------------------------------------------------------------------
     def _check_text(self, text_states, text_mask):
         if text_states is None:

@@ -1,0 +1,85 @@
+"""Ulysses sequence parallelism (DeepSpeed DistributedAttention) on 2 CPU processes over gloo:
+loss and gradients equal one process's, both text modes, a sequence length that needs padding."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pyratok.nextscale import NextScaleConfig, NextScaleTransformer, bitwise_loss
+
+GRIDS = [(1, 1, 1), (1, 2, 2), (2, 3, 3), (3, 5, 4)]  # 83 tokens (+ 6 text in prefix mode): odd, padded
+
+
+def _case(mode: str):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = NextScaleTransformer(NextScaleConfig(width=32, depth=2, heads=4, num_levels=4, text_mode=mode))
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(2, 8, *grid, generator=g) for grid in GRIDS]
+    bits = [torch.where(torch.rand(2, *grid, 16, generator=g) < 0.5, 1.0, -1.0) for grid in GRIDS]
+    text = torch.randn(2, 6, 384, generator=g)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 3:] = False
+    return model, inputs, bits, text, mask
+
+
+def _loss_and_grads(model, inputs, bits, text, mask):
+    model.zero_grad()
+    loss, _ = bitwise_loss(model(inputs, text, mask), bits)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _worker(rank: int, world: int, init_file: str, out_file: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    results = {}
+    for mode in ("cross", "prefix"):
+        model, *batch = _case(mode)
+        ref_loss, ref_grads = _loss_and_grads(model, *batch)  # one process, whole sequence
+        model.enable_sequence_parallel()
+        loss, grads = _loss_and_grads(model, *batch)
+        for g in grads.values():  # each rank's gradient covers its own tokens
+            dist.all_reduce(g)
+        results[mode] = {
+            "loss": abs(float(loss - ref_loss)),
+            "grad": max(float((grads[n] - ref_grads[n]).abs().max()) for n in ref_grads),
+            "missing": sorted(set(ref_grads) - set(grads)),
+        }
+    if rank == 0:
+        with open(out_file, "w") as f:
+            json.dump(results, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_process_ulysses_matches_one_process(tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "result.json"
+    # DeepSpeed JIT-compiles its CPU comm op once (minutes): keep the build in a stable temp folder
+    env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                  str(Path(tempfile.gettempdir()) / "pyratok_torch_extensions"))}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    results = json.loads(out.read_text())
+    for mode, r in results.items():
+        assert r["missing"] == [], (mode, r)
+        assert r["loss"] <= 1e-5 and r["grad"] <= 1e-5, (mode, r)
