@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
 
 from pyratok.config import load_config
 from pyratok.training.loop import Trainer
 
+from .buckets import token_cache_loader
 from .config import GeneratorTrainConfig
 from .model import PyraTokGenerator
 from .objective import generator_loss
@@ -83,8 +83,7 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
     dataset = TokenCacheDataset(cfg.data.token_cache_dir)
     quantizer = dataset.load_quantizer(acc.device)
     model = build_model(cfg, dataset)
-    loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, collate_fn=dataset.collate,
-                        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed))
+    loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)
     model = trainer.prepare(model, loader, ema=make_ema(trainer, model))
     trainer.resume(resume)
     n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
