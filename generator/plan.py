@@ -100,6 +100,38 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
     )
 
 
+def sampling_peak_bytes(cfg: GeneratorConfig, grids, batch: int, text_len: int = 77, guidance: bool = True,
+                        dtype=torch.float32) -> int:
+    """Peak bytes of cached level-by-level sampling (weights, KV cache, the finest level's pass), tracked
+    on the meta device by torch's MemTracker; with guidance the batch runs twice (cond + uncond)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    with torch.device("meta"):
+        model = PyraTokGenerator.from_generator_config(cfg)
+    torch.nn.Module.to(model, dtype).eval()
+    b = 2 * batch if guidance else batch
+    meta = dict(device="meta", dtype=dtype)
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker, torch.no_grad():
+        cache = model.new_cache()
+        text = torch.empty(b, text_len, cfg.text_dim, **meta)
+        for level, grid in enumerate(grids):
+            model.forward_level(level, torch.empty(b, cfg.latent_channels, *grid, **meta), text, None, cache)
+            tracker.reset_mod_stats()  # one module called once per level: MemTracker wants a reset between
+    return int(tracker.get_tracker_snapshot("peak")[torch.device("meta")]["Total"])
+
+
+def available_memory(device) -> int:
+    """Free bytes on `device`: CUDA's free memory, else the host's available memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def memory_per_gpu(cost: ModelCost, strategy: str, gpus: int, batch: int, sp: int, checkpointing: bool,
                    bf16: bool) -> dict:
     """Bytes per GPU: parameters, gradients, optimizer (AdamW), activations; sp ranks share a sequence.

@@ -129,6 +129,19 @@ def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     return torch.where(on, 1.0, -1.0)
 
 
+def check_memory(model, grids, batch: int, prompt_embeds, use_cfg: bool, dtype, limit: int) -> None:
+    """ValueError with the estimate when sampling `grids` would need more than `limit` bytes."""
+    from .plan import GB, sampling_peak_bytes  # plan builds models: imported when asked for
+
+    text_len = 1 if prompt_embeds is None else prompt_embeds.shape[1]
+    need = sampling_peak_bytes(model.generator_config(), grids, batch, text_len, use_cfg, dtype)
+    if need > limit:
+        tokens = sum(t * h * w for t, h, w in grids)
+        raise ValueError(f"sampling {tokens:,} tokens per video (finest grid {tuple(grids[-1])}, batch {batch}"
+                         f"{', x2 for guidance' if use_cfg else ''}) needs about {need / GB:.2f} GB "
+                         f"(generator.plan), more than the {limit / GB:.2f} GB available")
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -149,6 +162,7 @@ def generate(
     batch_size: int | None = None,
     prefix_bits: Sequence[torch.Tensor] | None = None,
     interrupt: Callable[[], bool] | None = None,
+    memory_limit: int | None = None,
 ) -> TokenPyramid:
     """Sample a TokenPyramid for text (b, s, d) + mask (b, s) on the quantizer's grids of latent_grid.
 
@@ -160,6 +174,8 @@ def generate(
     callback(level, pyramid_so_far) runs after each level; it may return {"bits": this level's bits,
     "latents": z_hat (b, c, t, h, w)} to replace them (new bits re-derive z_hat, unless "latents" is given).
     interrupt() -> True stops after the current level: the pyramid then has fewer levels.
+    memory_limit (bytes): refuse, before any work, a request whose peak by
+    `generator.plan.sampling_peak_bytes` exceeds it.
     """
     if prompt_embeds is None and batch_size is None:
         raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
@@ -181,6 +197,8 @@ def generate(
         raise ValueError(f"prefix_bits has {len(prefix_bits)} levels but the model samples {num_levels}")
     use_cfg = prompt_embeds is not None and any(s != 1.0 for s in scales)
     param = next(model.parameters())
+    if memory_limit is not None:
+        check_memory(model, grids, batch, prompt_embeds, use_cfg, param.dtype, memory_limit)
     text, text_mask = cfg_text_batch(
         model.null_text, prompt_embeds, prompt_mask, negative_prompt_embeds, negative_prompt_mask, batch, use_cfg, param.device
     )

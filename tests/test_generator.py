@@ -171,3 +171,23 @@ def test_overfit_50_steps(quantizer):
     with torch.no_grad():
         _, stats = generator_loss(model, quantizer, batch, rng, cfg_dropout=0.0)
     assert stats["bit_acc"] >= 0.95, {k: round(float(v), 4) for k, v in stats.items()}
+
+
+def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch):
+    import generator.plan as plan
+
+    states, mask = text(2)
+    need = plan.sampling_peak_bytes(model.generator_config(), quantizer.grids_for(LATENT), 2, states.shape[1])
+    with pytest.raises(ValueError, match=r"needs about 0\.\d+ GB \(generator.plan\), more than the 0\.00 GB"):
+        generate(model, quantizer, states, mask, LATENT, memory_limit=need // 2)
+    steps = []
+    monkeypatch.setattr(model, "forward_level", lambda *a, **k: steps.append(a))
+    with pytest.raises(ValueError, match="more than"):
+        generate(model, quantizer, states, mask, LATENT, memory_limit=need // 2)
+    assert steps == []  # refused before any level ran
+    monkeypatch.undo()
+    pyramid = generate(model, quantizer, states, mask, LATENT, memory_limit=need + 1,
+                       generator=torch.Generator().manual_seed(0))
+    assert pyramid.batch_size == 2
+    bigger = plan.sampling_peak_bytes(model.generator_config(), quantizer.grids_for((4, 8, 8)), 2, states.shape[1])
+    assert bigger > need  # the estimate follows the clip size
