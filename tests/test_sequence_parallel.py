@@ -83,3 +83,17 @@ def test_two_process_ulysses_matches_one_process(tmp_path):
     for mode, r in results.items():
         assert r["missing"] == [], (mode, r)
         assert r["loss"] <= 1e-5 and r["grad"] <= 1e-5, (mode, r)
+
+
+def test_fsdp_config_wraps_the_generator_blocks():
+    """configs/accelerate/fsdp.yaml parses as an accelerate config and wraps a class the model has.
+    (accelerate runs FSDP only on GPUs: on CPU it falls back to one process, so it is not launched here.)"""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from generator import PyraTokGenerator
+
+    cfg = load_config_from_file(str(Path(__file__).resolve().parents[1] / "configs/accelerate/fsdp.yaml"))
+    assert str(cfg.distributed_type).endswith("FSDP") and cfg.fsdp_config["fsdp_version"] == 2
+    model = PyraTokGenerator(width=32, depth=2, heads=4)
+    wrapped = [m for m in model.modules() if type(m).__name__ == cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]]
+    assert len(wrapped) == 2  # one FSDP unit per block
