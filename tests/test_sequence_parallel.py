@@ -97,3 +97,44 @@ def test_fsdp_config_wraps_the_generator_blocks():
     model = PyraTokGenerator(width=32, depth=2, heads=4)
     wrapped = [m for m in model.modules() if type(m).__name__ == cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]]
     assert len(wrapped) == 2  # one FSDP unit per block
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_training_with_sequence_parallel_matches_one_process(tmp_path):
+    """`model.sequence_parallel_size=2` under `accelerate launch` on 2 gloo processes: one data-parallel
+    replica whose two ranks split each clip; after 3 AdamW steps the weights equal a 1-process run's."""
+    pytest.importorskip("deepspeed")
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from generator import build_token_cache
+    from generator.token_cache import QuantizerEncoder, random_latents
+    from pyratok.lapq import LaPQ, LaPQConfig
+
+    root = Path(__file__).resolve().parents[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        quantizer = LaPQ(LaPQConfig(use_text=False)).eval()
+    samples = [s["latent"] for s in random_latents(4, 8, (3, 8, 8), torch.Generator().manual_seed(0))]
+    cache = build_token_cache(QuantizerEncoder(quantizer), None, samples, tmp_path / "cache", progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "pyratok_torch_extensions"))
+    sets = [f"data.token_cache_dir={cache}", "train.max_steps=3", "train.save_every=3", "train.batch_size=4",
+            "train.warmup_steps=1", "model.width=32", "model.depth=1", "model.heads=2", "train.text_dropout=0.5"]
+
+    def run(launcher: list[str], out: Path, extra: list[str]):
+        cmd = [sys.executable, *launcher, "-m", "generator.train", "--config", "configs/generator/tiny.yaml",
+               *sum((["--set", s] for s in [*sets, f"train.output_dir={out}", *extra]), [])]
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        return load_file(str(out / "generator" / "diffusion_pytorch_model.safetensors"))
+
+    one = run([], tmp_path / "one", [])
+    two = run(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no"], tmp_path / "sp", ["model.sequence_parallel_size=2"])
+    assert one.keys() == two.keys()
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5
