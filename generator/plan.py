@@ -8,9 +8,12 @@ FLOPs by torch's FlopCounterMode, activations as the bytes autograd saves for ba
 from __future__ import annotations
 
 import argparse
+import weakref
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyratok.config import config_from_dict, load_config, read_config_file
@@ -100,26 +103,48 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
     )
 
 
+class LiveBytes(TorchDispatchMode):
+    """Live and peak bytes of the tensors made inside it (by storage, freed when the storage dies).
+
+    torch's MemTracker does this with process-wide module hooks, which break models running in other
+    threads (two pipelines in one process); a dispatch mode is per thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and _storage_key(t) not in self.seen:
+                storage, key = t.untyped_storage(), _storage_key(t)
+                self.seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self.seen.discard(key)
+
+
 def sampling_peak_bytes(cfg: GeneratorConfig, grids, batch: int, text_len: int = 77, guidance: bool = True,
                         dtype=torch.float32) -> int:
-    """Peak bytes of cached level-by-level sampling (weights, KV cache, the finest level's pass), tracked
-    on the meta device by torch's MemTracker; with guidance the batch runs twice (cond + uncond)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
+    """Peak bytes of cached level-by-level sampling (weights, KV cache, the finest level's pass), counted
+    on the meta device; with guidance the batch runs twice (cond + uncond)."""
     with torch.device("meta"):
         model = PyraTokGenerator.from_generator_config(cfg)
     torch.nn.Module.to(model, dtype).eval()
     b = 2 * batch if guidance else batch
     meta = dict(device="meta", dtype=dtype)
-    tracker = MemTracker()
-    tracker.track_external(model)
-    with tracker, torch.no_grad():
+    with LiveBytes() as tracker, torch.no_grad():
         cache = model.new_cache()
         text = torch.empty(b, text_len, cfg.text_dim, **meta)
         for level, grid in enumerate(grids):
             model.forward_level(level, torch.empty(b, cfg.latent_channels, *grid, **meta), text, None, cache)
-            tracker.reset_mod_stats()  # one module called once per level: MemTracker wants a reset between
-    return int(tracker.get_tracker_snapshot("peak")[torch.device("meta")]["Total"])
+    return tracker.peak + sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def available_memory(device) -> int:
