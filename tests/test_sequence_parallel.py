@@ -101,7 +101,8 @@ def test_fsdp_config_wraps_the_generator_blocks():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_training_with_sequence_parallel_matches_one_process(tmp_path):
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_training_with_sequence_parallel_matches_one_process(engine, tmp_path):
     """`model.sequence_parallel_size=2` under `accelerate launch` on 2 gloo processes: one data-parallel
     replica whose two ranks split each clip; after 3 AdamW steps the weights equal a 1-process run's."""
     pytest.importorskip("deepspeed")
@@ -134,7 +135,9 @@ def test_training_with_sequence_parallel_matches_one_process(tmp_path):
         return load_file(str(out / "generator" / "diffusion_pytorch_model.safetensors"))
 
     one = run([], tmp_path / "one", [])
-    two = run(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no"], tmp_path / "sp", ["model.sequence_parallel_size=2"])
+    launch = {"ddp": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                      "--dynamo_backend", "no"],
+              "zero2": ["--config_file", "configs/accelerate/deepspeed_zero2.yaml"]}[engine]
+    two = run(["-m", "accelerate.commands.launch", *launch], tmp_path / "sp", ["model.sequence_parallel_size=2"])
     assert one.keys() == two.keys()
     assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5
