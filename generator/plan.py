@@ -147,16 +147,6 @@ def sampling_peak_bytes(cfg: GeneratorConfig, grids, batch: int, text_len: int =
     return tracker.peak + sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def available_memory(device) -> int:
-    """Free bytes on `device`: CUDA's free memory, else the host's available memory."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
 def memory_per_gpu(cost: ModelCost, strategy: str, gpus: int, batch: int, sp: int, checkpointing: bool,
                    bf16: bool) -> dict:
     """Bytes per GPU: parameters, gradients, optimizer (AdamW), activations; sp ranks share a sequence.
