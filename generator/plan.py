@@ -188,7 +188,7 @@ def report(cfg: GeneratorTrainConfig, tokenizer: TokenizerConfig, clip, gpus: in
     if len(tokenizer.quantizer.level_strides) != model_cfg.num_levels:
         raise ValueError(f"the tokenizer has {len(tokenizer.quantizer.level_strides)} levels, "
                          f"the generator {model_cfg.num_levels}")
-    bf16 = cfg.mixed_precision == "bf16"
+    bf16 = cfg.train.mixed_precision == "bf16"
     cost = model_cost(model_cfg, clip_grids(tokenizer, clip), torch.bfloat16 if bf16 else torch.float32)
     ckpt = model_cfg.gradient_checkpointing
     lines = [f"clip {'x'.join(map(str, clip))}: levels {cost.grids}",
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     data = read_config_file(args.tokenizer)  # a tokenizer training YAML: its model section
     tokenizer = config_from_dict(TokenizerConfig, data.get("model", data))
     sp = args.sp or cfg.model.sequence_parallel_size
-    batch = args.batch or cfg.batch_size
+    batch = args.batch or cfg.train.batch_size
     print(report(cfg, tokenizer, parse_clip(args.clip), args.gpus, args.gpu_memory, batch, sp))
     return 0
 
