@@ -178,7 +178,7 @@ def test_assembled_pipeline_takes_the_ema_weights(cache_dir, tmp_path):
     for flags, name in (([], "ema"), (["--raw-weights"], None)):
         assemble(["--tokenizer", str(tmp_path / "tok"), "--generator", str(tmp_path / "generator"),
                   "--out", str(tmp_path / "pipe"), *flags])
-        got = load_file(str(tmp_path / "pipe" / "generator" / "diffusion_pytorch_model.safetensors"))
+        got = load_file(str(tmp_path / "pipe" / "transformer" / "diffusion_pytorch_model.safetensors"))
         want = _exported(tmp_path) if name is None else load_file(
             str(tmp_path / "generator" / "diffusion_pytorch_model.ema.safetensors"))
         assert all(torch.equal(got[k], want[k]) for k in want), name
