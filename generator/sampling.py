@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from pyratok.null_text import cfg_text_batch
 from pyratok.pyramid import Grid, TokenPyramid, resample
 
 
@@ -128,43 +129,17 @@ def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     return torch.where(on, 1.0, -1.0)
 
 
-def _pad_text(states: torch.Tensor, mask: torch.Tensor, s: int):
-    """(b, s0, d), (b, s0) -> (b, s, d), (b, s) with masked-out zero padding."""
-    pad = s - states.shape[1]
-    if pad <= 0:
-        return states, mask
-    b, _, d = states.shape
-    return (
-        torch.cat([states, states.new_zeros(b, pad, d)], dim=1),
-        torch.cat([mask, mask.new_zeros(b, pad)], dim=1),
-    )
+def check_memory(model, grids, batch: int, prompt_embeds, use_cfg: bool, dtype, limit: int) -> None:
+    """ValueError with the estimate when sampling `grids` would need more than `limit` bytes."""
+    from .plan import GB, sampling_peak_bytes  # plan builds models: imported when asked for
 
-
-def _text_batch(model, prompt_embeds, prompt_mask, negative_embeds, negative_mask, batch, use_cfg, device):
-    """Conditional text (b, s, d) and, with CFG, [cond; uncond] (2b, s, d) plus masks."""
-    if prompt_embeds is None:
-        states, mask = model.null_text_like(batch, 1, device)
-    else:
-        states = prompt_embeds.to(device)
-        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=device) if prompt_mask is None else prompt_mask
-        mask = mask.to(device).bool()
-    if not use_cfg:
-        return states, mask
-    if negative_embeds is None:
-        neg, neg_mask = model.null_text_like(batch, 1, device)
-    else:
-        neg = negative_embeds.to(device)
-        if negative_mask is None:
-            negative_mask = torch.ones(neg.shape[:2], dtype=torch.bool)
-        neg_mask = negative_mask.to(device).bool()
-        if neg.shape[0] == 1 and batch > 1:
-            neg, neg_mask = neg.expand(batch, *neg.shape[1:]), neg_mask.expand(batch, -1)
-        if neg.shape[0] != batch:
-            raise ValueError(f"negative_prompt_embeds has batch {neg.shape[0]}, expected 1 or {batch}")
-    s = max(states.shape[1], neg.shape[1])
-    states, mask = _pad_text(states, mask, s)
-    neg, neg_mask = _pad_text(neg.to(states.dtype), neg_mask, s)
-    return torch.cat([states, neg]), torch.cat([mask, neg_mask])
+    text_len = 1 if prompt_embeds is None else prompt_embeds.shape[1]
+    need = sampling_peak_bytes(model.generator_config(), grids, batch, text_len, use_cfg, dtype)
+    if need > limit:
+        tokens = sum(t * h * w for t, h, w in grids)
+        raise ValueError(f"sampling {tokens:,} tokens per video (finest grid {tuple(grids[-1])}, batch {batch}"
+                         f"{', x2 for guidance' if use_cfg else ''}) needs about {need / GB:.2f} GB "
+                         f"(generator.plan), more than the {limit / GB:.2f} GB available")
 
 
 @torch.no_grad()
@@ -187,10 +162,11 @@ def generate(
     batch_size: int | None = None,
     prefix_bits: Sequence[torch.Tensor] | None = None,
     interrupt: Callable[[], bool] | None = None,
+    memory_limit: int | None = None,
 ) -> TokenPyramid:
     """Sample a TokenPyramid for text (b, s, d) + mask (b, s) on the quantizer's grids of latent_grid.
 
-    model: a PyraTokGenerator (anything with forward / new_cache / forward_level / null_text_like);
+    model: a PyraTokGenerator (anything with forward / new_cache / forward_level / null_text);
     quantizer: a LaPQ (grids_for, dequantize_level, config.latent_channels). prompt_embeds None
     with batch_size: unconditional. generator: one torch.Generator or a list, one per sample.
     prefix_bits: the bits (b, t_l, h_l, w_l, k) of the first levels, kept instead of sampled (their
@@ -198,6 +174,8 @@ def generate(
     callback(level, pyramid_so_far) runs after each level; it may return {"bits": this level's bits,
     "latents": z_hat (b, c, t, h, w)} to replace them (new bits re-derive z_hat, unless "latents" is given).
     interrupt() -> True stops after the current level: the pyramid then has fewer levels.
+    memory_limit (bytes): refuse, before any work, a request whose peak by
+    `generator.plan.sampling_peak_bytes` exceeds it.
     """
     if prompt_embeds is None and batch_size is None:
         raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
@@ -219,8 +197,10 @@ def generate(
         raise ValueError(f"prefix_bits has {len(prefix_bits)} levels but the model samples {num_levels}")
     use_cfg = prompt_embeds is not None and any(s != 1.0 for s in scales)
     param = next(model.parameters())
-    text, text_mask = _text_batch(
-        model, prompt_embeds, prompt_mask, negative_prompt_embeds, negative_prompt_mask, batch, use_cfg, param.device
+    if memory_limit is not None:
+        check_memory(model, grids, batch, prompt_embeds, use_cfg, param.dtype, memory_limit)
+    text, text_mask = cfg_text_batch(
+        model.null_text, prompt_embeds, prompt_mask, negative_prompt_embeds, negative_prompt_mask, batch, use_cfg, param.device
     )
     gens = make_generators(generator, batch)
     q_param = next(quantizer.parameters())

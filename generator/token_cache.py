@@ -2,8 +2,8 @@
 
 Feeds PyraTok's generator training (next-scale prediction over LaPQ tokens) without running the
 VAE per step; the cache also keeps the LaPQ dequantizer the generator's inputs are built with.
-Layout: index.json, shard_00000.safetensors ... (level{l}: (n, t_l, h_l, w_l) codebook indices,
-text_states: (n, s, d), text_mask: (n, s) bool), quantizer.safetensors + quantizer_config.json.
+Layout: index.json, shard_00000.safetensors ... (one clip size per shard; level{l}: (n, t_l, h_l, w_l)
+codebook indices, text_states: (n, s, d), text_mask: (n, s) bool), quantizer.safetensors + quantizer_config.json.
 """
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from torch.utils.data import Dataset
 
 from pyratok.config import load_config, save_config
 from pyratok.lapq import LaPQ, LaPQConfig
+from pyratok.null_text import pad_text
 from pyratok.pyramid import TokenPyramid, indices_to_bits
 
 INDEX, Q_WEIGHTS, Q_CONFIG = "index.json", "quantizer.safetensors", "quantizer_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each shard records its latent grid and level grids (caches of several sizes)
 
 
 class TokenCacheWriter:
-    """Collects batches of (pyramid, text) and writes shards of `shard_size` samples."""
+    """Collects batches of (pyramid, text) and writes shards of up to `shard_size` samples of one size."""
 
     def __init__(self, out_dir, shard_size: int = 256, text_dtype: torch.dtype = torch.float16):
         if shard_size < 1:
@@ -32,19 +33,21 @@ class TokenCacheWriter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.text_dtype = shard_size, text_dtype
-        self.pending: list[dict] = []
+        self.pending: dict[tuple, list[dict]] = {}  # latent grid -> samples waiting for a shard
+        self.grids: dict[tuple, list] = {}  # latent grid -> its level grids
         self.shards: list[dict] = []
         self.meta: dict | None = None
 
     def add(self, pyramid: TokenPyramid, text_states: torch.Tensor | None = None, text_mask=None):
         """pyramid of batch b; text_states (b, s, d), text_mask (b, s) bool or both None."""
-        meta = {"num_bits": pyramid.num_bits, "grids": [list(g) for g in pyramid.grids],
-                "latent_grid": list(pyramid.latent_grid), "has_text": text_states is not None,
+        meta = {"num_bits": pyramid.num_bits, "num_levels": len(pyramid.grids), "has_text": text_states is not None,
                 "text_dim": None if text_states is None else int(text_states.shape[-1])}
         if self.meta is None:
             self.meta = meta
         elif meta != self.meta:
-            raise ValueError(f"every sample of a cache must share grids and text layout: {meta} != {self.meta}")
+            raise ValueError(f"every sample of a cache must share bits, levels and text layout: {meta} != {self.meta}")
+        key = tuple(pyramid.latent_grid)
+        self.grids[key] = [list(g) for g in pyramid.grids]
         indices = [i.cpu() for i in pyramid.indices]  # per level (b, t_l, h_l, w_l)
         for j in range(pyramid.batch_size):
             sample = {f"level{l}": idx[j] for l, idx in enumerate(indices)}
@@ -53,17 +56,19 @@ class TokenCacheWriter:
                 mask = torch.ones(s, dtype=torch.bool) if text_mask is None else text_mask[j].cpu().bool()
                 sample["text_states"] = text_states[j].detach().cpu().to(self.text_dtype)
                 sample["text_mask"] = mask
-            self.pending.append(sample)
-            if len(self.pending) == self.shard_size:
-                self._flush()
+            pending = self.pending.setdefault(key, [])
+            pending.append(sample)
+            if len(pending) == self.shard_size:
+                self._flush(key)
 
-    def _flush(self):
-        if not self.pending:
+    def _flush(self, key: tuple):
+        pending = self.pending.get(key)
+        if not pending:
             return
         index_dtype = torch.int32 if self.meta["num_bits"] <= 31 else torch.int64
         tensors = {}
-        for name in self.pending[0]:
-            rows = [s[name] for s in self.pending]
+        for name in pending[0]:
+            rows = [s[name] for s in pending]
             if name.startswith("level"):
                 tensors[name] = torch.stack(rows).to(index_dtype)
             else:  # pad text to the longest in this shard: (n, s, d) / (n, s)
@@ -72,17 +77,21 @@ class TokenCacheWriter:
                 tensors[name] = torch.stack(pad).contiguous()
         name = f"shard_{len(self.shards):05d}.safetensors"
         save_file(tensors, str(self.out_dir / name))
-        self.shards.append({"file": name, "num_samples": len(self.pending)})
-        self.pending = []
+        self.shards.append({"file": name, "num_samples": len(pending), "latent_grid": list(key),
+                            "grids": self.grids[key]})
+        self.pending[key] = []
 
     def close(self, quantizer: LaPQ | None = None) -> Path:
-        """Write the last shard, the index and (if given) the quantizer; returns the cache folder."""
-        self._flush()
+        """Write the last shards, the index and (if given) the quantizer; returns the cache folder."""
+        for key in list(self.pending):
+            self._flush(key)
         if self.meta is None:
             raise ValueError(f"no samples were added to the token cache in {self.out_dir}")
         index = {"format": FORMAT_VERSION, "num_samples": sum(s["num_samples"] for s in self.shards),
-                 "num_levels": len(self.meta["grids"]), **self.meta, "shards": self.shards}
-        (self.out_dir / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+                 **self.meta, "shards": self.shards}
+        tmp = self.out_dir / (INDEX + ".tmp")
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
+        tmp.replace(self.out_dir / INDEX)
         if quantizer is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in quantizer.state_dict().items()},
                       str(self.out_dir / Q_WEIGHTS))
@@ -112,9 +121,10 @@ def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int
     from tqdm.auto import tqdm
 
     writer = TokenCacheWriter(out_dir, shard_size, text_dtype)
-    batch, bar = [], tqdm(desc="token cache", disable=not progress, unit="sample")
+    batches: dict[tuple, list] = {}  # video shape -> samples: a batch holds one size
+    bar = tqdm(desc="token cache", disable=not progress, unit="sample")
 
-    def flush():
+    def flush(batch):
         videos = torch.stack([torch.as_tensor(v) for v, _ in batch])
         if device is not None:
             videos = videos.to(device)
@@ -129,11 +139,14 @@ def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int
         batch.clear()
 
     for sample in dataset:
-        batch.append(_split_sample(sample))
+        video, prompt = _split_sample(sample)
+        batch = batches.setdefault(tuple(torch.as_tensor(video).shape), [])
+        batch.append((video, prompt))
         if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+            flush(batch)
+    for batch in batches.values():
+        if batch:
+            flush(batch)
     bar.close()
     return writer.close(getattr(tokenizer, "quantizer", None))
 
@@ -165,13 +178,26 @@ class TokenCacheDataset(Dataset):
         if not path.is_file():
             raise FileNotFoundError(f"no token cache index at {path}; build one with build_token_cache")
         self.index = json.loads(path.read_text())
-        if self.index.get("format") != FORMAT_VERSION:
+        if self.index.get("format") not in (1, FORMAT_VERSION):  # format 1: one size, grids in the index
             raise ValueError(f"{path}: unsupported token cache format {self.index.get('format')!r}")
-        self.rows = [(s["file"], r) for s in self.index["shards"] for r in range(s["num_samples"])]
         self.num_bits, self.num_levels = self.index["num_bits"], self.index["num_levels"]
-        self.latent_grid = tuple(self.index["latent_grid"])
-        self.grids = [tuple(g) for g in self.index["grids"]]
         self.has_text = self.index["has_text"]
+        self.shard_grids = {s["file"]: (tuple(s.get("latent_grid", self.index.get("latent_grid"))),
+                                        [tuple(g) for g in s.get("grids", self.index.get("grids"))])
+                            for s in self.index["shards"]}
+        self.rows = [(s["file"], r) for s in self.index["shards"] for r in range(s["num_samples"])]
+        self.latent_grids = sorted({grid for grid, _ in self.shard_grids.values()})
+
+    def row_latent_grid(self, i: int) -> tuple[int, int, int]:
+        """Latent (t, h, w) of sample i, without reading it (for size buckets)."""
+        return self.shard_grids[self.rows[i][0]][0]
+
+    @property
+    def latent_grid(self) -> tuple[int, int, int]:
+        """The cache's one latent grid; a cache of several sizes raises (see `latent_grids`)."""
+        if len(self.latent_grids) != 1:
+            raise ValueError(f"token cache {self.cache_dir} holds several sizes {self.latent_grids}")
+        return self.latent_grids[0]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -181,23 +207,27 @@ class TokenCacheDataset(Dataset):
             raise IndexError(f"index {i} out of range for a token cache of {len(self)} samples")
         file, row = self.rows[i]
         with safe_open(str(self.cache_dir / file), framework="pt") as f:
-            item = {"indices": [f.get_slice(f"level{l}")[row].to(torch.int64) for l in range(self.num_levels)]}
+            item = {"indices": [f.get_slice(f"level{l}")[row].to(torch.int64) for l in range(self.num_levels)],
+                    "latent_grid": self.shard_grids[file][0]}
             if self.has_text:
                 item["text_states"] = f.get_slice("text_states")[row]
                 item["text_mask"] = f.get_slice("text_mask")[row]
         return item
 
     def collate(self, samples: list[dict]) -> dict:
-        """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s)."""
+        """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s).
+        Every sample must have one latent grid (batch with `generator.buckets.GridBucketSampler`)."""
+        sizes = sorted({x["latent_grid"] for x in samples})
+        if len(sizes) != 1:
+            raise ValueError(f"a batch mixes latent grids {sizes}; batch with generator.buckets.GridBucketSampler")
         bits = [indices_to_bits(torch.stack([s["indices"][l] for s in samples]), self.num_bits)
                 for l in range(self.num_levels)]
-        batch = {"bits": bits, "latent_grid": self.latent_grid, "text_states": None, "text_mask": None}
+        batch = {"bits": bits, "latent_grid": sizes[0], "text_states": None, "text_mask": None}
         if self.has_text:
             s = max(x["text_states"].shape[0] for x in samples)
-            batch["text_states"] = torch.stack([torch.cat([x["text_states"], x["text_states"].new_zeros(
-                s - x["text_states"].shape[0], x["text_states"].shape[1])]) for x in samples]).float()
-            batch["text_mask"] = torch.stack([torch.cat([x["text_mask"], x["text_mask"].new_zeros(
-                s - x["text_mask"].shape[0])]) for x in samples]).bool()
+            padded = [pad_text(x["text_states"][None], x["text_mask"][None].bool(), s) for x in samples]
+            batch["text_states"] = torch.cat([states for states, _ in padded]).float()  # (b, s, d)
+            batch["text_mask"] = torch.cat([mask for _, mask in padded])  # (b, s)
         return batch
 
     def load_quantizer(self, device=None) -> LaPQ:

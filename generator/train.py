@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
 
 from pyratok.config import load_config
-from pyratok.training.loop import Trainer
+from pyratok.training.loop import Trainer, micro_batch_rng
 
+from .buckets import token_cache_loader
 from .config import GeneratorTrainConfig
 from .model import PyraTokGenerator
 from .objective import generator_loss
+from .sequence_parallel import SequenceParallelGroups
 from .token_cache import TokenCacheDataset
 
 EMA_VARIANT = "ema"  # the EMA weights: generator/diffusion_pytorch_model.ema.safetensors
@@ -83,8 +84,11 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
     dataset = TokenCacheDataset(cfg.data.token_cache_dir)
     quantizer = dataset.load_quantizer(acc.device)
     model = build_model(cfg, dataset)
-    loader = DataLoader(dataset, batch_size=tc.batch_size, shuffle=True, collate_fn=dataset.collate,
-                        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed))
+    loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)
+    sp = None  # sequence parallelism: a group of ranks splits each clip (generator.sequence_parallel)
+    if cfg.model.sequence_parallel_size > 1:
+        sp = SequenceParallelGroups(acc.num_processes, acc.process_index, cfg.model.sequence_parallel_size)
+        sp.enable(model)
     model = trainer.prepare(model, loader, ema=make_ema(trainer, model))
     trainer.resume(resume)
     n_params = sum(p.numel() for p in acc.unwrap_model(model).parameters())
@@ -92,7 +96,10 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
               f"{acc.num_processes} process(es), {acc.distributed_type}")
 
     def loss_fn(batch, rng):
-        return generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob)
+        if sp is not None:  # the group's batch, and the micro-batch generator of its data rank
+            batch, rng = sp.share(batch), micro_batch_rng(tc.seed, trainer.micro - 1, sp.data_rank)
+        loss, logs = generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob)
+        return (loss, logs) if sp is None else (loss * sp.loss_scale, {**logs, "loss": loss.detach()})
 
     step = trainer.fit(loss_fn)
     export_model(trainer, model)

@@ -28,6 +28,23 @@ class BackboneConfig:
     # normalise latents with Wan's latents_mean/std (on for pretrained Wan 2.1 weights)
     normalize_latents: bool = False
 
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temperal_downsample)
+
+    def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent (t, h, w) for a video; raises ValueError for sizes the backbone cannot take."""
+        tf, sf = self.temporal_factor, self.spatial_factor
+        if num_frames < 1 or (num_frames - 1) % tf:
+            raise ValueError(f"num_frames must be 1 + {tf}k (1, {1 + tf}, {1 + 2 * tf}, ...), got {num_frames}")
+        if height % sf or width % sf or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {sf}, got {height}x{width}")
+        return (1 + (num_frames - 1) // tf, height // sf, width // sf)
+
     def wan_kwargs(self) -> dict:
         return dict(
             base_dim=self.base_dim,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .losses import kl_loss, psnr, reconstruction_loss
+from .nextscale import bitwise_loss
 from .tokenizer import PyraTokTokenizer, TokenizerOutput
 
 
@@ -41,12 +41,8 @@ def ar_prior_loss(model: PyraTokTokenizer, out: TokenizerOutput) -> tuple[torch.
     quant = out.quant
     inputs = model.quantizer.level_inputs(quant.bits_st, quant.pyramid.latent_grid)
     logits = model.prior(inputs, out.text_states, out.text_mask)
-    losses, accs = [], []
-    for lg, bits in zip(logits, quant.bits_st):
-        target = (bits.to(lg.dtype) + 1) / 2  # the hard bits in {0, 1}, straight-through gradients
-        losses.append(F.binary_cross_entropy_with_logits(lg, target))
-        accs.append(float(((lg > 0) == (bits > 0)).float().mean()))
-    return torch.stack(losses).mean(), accs
+    loss, stats = bitwise_loss(logits, quant.bits_st, weighting="level")  # straight-through targets
+    return loss, [float(stats[f"bit_acc/level{l}"]) for l in range(len(logits))]
 
 
 def quantizer_loss(quant, weights: LossWeights) -> torch.Tensor:

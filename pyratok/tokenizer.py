@@ -26,6 +26,7 @@ from .backbone import (
 from .config import config_from_dict, config_to_dict
 from .lapq import LaPQ, LaPQConfig, LaPQOutput
 from .nextscale import NextScaleConfig, NextScaleTransformer
+from .null_text import drop_text, full_mask, null_text_like
 from .pyramid import TokenPyramid
 from .tiling import TilingConfig, tiled_decode
 
@@ -100,20 +101,15 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
     # --- geometry -------------------------------------------------------------------------
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.cfg.backbone.dim_mult) - 1)
+        return self.cfg.backbone.spatial_factor
 
     @property
     def temporal_factor(self) -> int:
-        return 2 ** sum(self.cfg.backbone.temperal_downsample)
+        return self.cfg.backbone.temporal_factor
 
     def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent (t, h, w) for a video; raises ValueError for sizes the backbone cannot take."""
-        tf, sf = self.temporal_factor, self.spatial_factor
-        if num_frames < 1 or (num_frames - 1) % tf:
-            raise ValueError(f"num_frames must be 1 + {tf}k (1, {1 + tf}, {1 + 2 * tf}, ...), got {num_frames}")
-        if height % sf or width % sf or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of {sf}, got {height}x{width}")
-        return (1 + (num_frames - 1) // tf, height // sf, width // sf)
+        return self.cfg.backbone.latent_grid(num_frames, height, width)
 
     def token_grids(self, num_frames: int, height: int, width: int) -> list[tuple[int, int, int]]:
         return self.quantizer.grids_for(self.latent_grid(num_frames, height, width))
@@ -126,27 +122,17 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
     # --- text -----------------------------------------------------------------------------
     def text_inputs(self, batch: int, prompt_embeds=None, prompt_mask=None, drop: torch.Tensor | None = None):
         """Text states (b, s, d) and mask (b, s); rows without text (None or `drop`) get the null text."""
-        null = self.null_text.to(self.dtype)
+        null = self.null_text[0].to(self.dtype)  # (1, d)
         if prompt_embeds is None:
-            return null.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=null.device)
+            return null_text_like(null, batch, 1)
         if prompt_embeds.shape[0] != batch or prompt_embeds.shape[-1] != self.cfg.text_dim:
             raise ValueError(
                 f"prompt_embeds must be ({batch}, seq, {self.cfg.text_dim}), got {tuple(prompt_embeds.shape)}"
             )
         states = prompt_embeds.to(null.dtype)
-        mask = (
-            torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
-            if prompt_mask is None
-            else prompt_mask.bool()
-        )
-        if drop is not None and drop.any():
-            # a dropped caption becomes one null token at position 0, the rest masked out
-            null_row = torch.zeros_like(states[:1])
-            null_row[:, 0] = null[0, 0]
-            states = torch.where(drop.view(-1, 1, 1), null_row, states)
-            null_mask = torch.zeros_like(mask[:1])
-            null_mask[:, 0] = True
-            mask = torch.where(drop.view(-1, 1), null_mask, mask)
+        mask = full_mask(states, prompt_mask)
+        if drop is not None:  # a dropped caption becomes one null token at position 0, the rest masked out
+            states, mask = drop_text(null, states, mask, drop)
         return states, mask
 
     # --- encoder side ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ from generator import GeneratorConfig, PyraTokGenerator, generate
 from generator.objective import flip_bits, generator_loss
 from generator.sampling import guidance_per_level, guided_logits, sample_bits
 from pyratok.lapq import LaPQ, LaPQConfig
+from pyratok.null_text import drop_text
 
 LATENT = (2, 4, 4)  # default strides -> grids (1,1,1) (1,1,1) (1,2,2) (2,4,4): 38 tokens
 
@@ -130,7 +131,7 @@ def test_unconditional_and_null_text(model, quantizer):
     pyramid = generate(model, quantizer, None, None, LATENT, batch_size=2, generator=torch.Generator().manual_seed(0))
     assert pyramid.batch_size == 2
     states, mask = text(2)
-    dropped, dmask = model.apply_text_dropout(states, mask, torch.tensor([True, False]))
+    dropped, dmask = drop_text(model.null_text, states, mask, torch.tensor([True, False]))
     assert torch.equal(dropped[1], states[1]) and torch.equal(dmask[1], mask[1])
     assert torch.equal(dropped[0, 0], model.null_text[0]) and dmask[0].tolist() == [True] + [False] * 4
 
@@ -170,3 +171,23 @@ def test_overfit_50_steps(quantizer):
     with torch.no_grad():
         _, stats = generator_loss(model, quantizer, batch, rng, cfg_dropout=0.0)
     assert stats["bit_acc"] >= 0.95, {k: round(float(v), 4) for k, v in stats.items()}
+
+
+def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch):
+    import generator.plan as plan
+
+    states, mask = text(2)
+    need = plan.sampling_peak_bytes(model.generator_config(), quantizer.grids_for(LATENT), 2, states.shape[1])
+    with pytest.raises(ValueError, match=r"needs about 0\.\d+ GB \(generator.plan\), more than the 0\.00 GB"):
+        generate(model, quantizer, states, mask, LATENT, memory_limit=need // 2)
+    steps = []
+    monkeypatch.setattr(model, "forward_level", lambda *a, **k: steps.append(a))
+    with pytest.raises(ValueError, match="more than"):
+        generate(model, quantizer, states, mask, LATENT, memory_limit=need // 2)
+    assert steps == []  # refused before any level ran
+    monkeypatch.undo()
+    pyramid = generate(model, quantizer, states, mask, LATENT, memory_limit=need + 1,
+                       generator=torch.Generator().manual_seed(0))
+    assert pyramid.batch_size == 2
+    bigger = plan.sampling_peak_bytes(model.generator_config(), quantizer.grids_for((4, 8, 8)), 2, states.shape[1])
+    assert bigger > need  # the estimate follows the clip size

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pyratok.config import config_from_dict, config_to_dict, load_config, save_config
-from pyratok.nextscale import NextScaleConfig, NextScaleTransformer, bitwise_loss, block_causal_mask
+from pyratok.nextscale import NextScaleConfig, NextScaleTransformer, bitwise_loss
+from pyratok.nextscale.reference import DenseBlockCausal, block_causal_mask
 
 GRIDS = [(1, 1, 1), (1, 2, 2), (2, 3, 3), (3, 5, 4)]
 
@@ -182,3 +183,58 @@ def test_empty_text_row_is_an_error():
     mask[1] = False
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         model(inputs, text, mask)
+
+
+@pytest.mark.parametrize("mode", ["cross", "prefix"])
+def test_per_level_attention_equals_the_dense_mask_reference(mode):
+    model = make_model(text_mode=mode).train()  # train(): gradients too (dropout is 0)
+    inputs, text, mask = make_inputs()
+    new = model(inputs, text, mask)
+    ref = model(inputs, text, mask, layout=DenseBlockCausal)
+    for a, b in zip(new, ref):
+        assert (a - b).abs().max() <= 1e-5
+    grads = []
+    for logits in (new, ref):
+        model.zero_grad()
+        sum(l.square().mean() for l in logits).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["cross", "prefix"])
+def test_attention_never_builds_a_token_by_token_mask(mode, monkeypatch):
+    import torch.nn.functional as F
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append((q.shape[2], k.shape[2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model = make_model(text_mode=mode)
+    inputs, text, mask = make_inputs()
+    model(inputs, text, mask)
+    cache = model.new_cache(batch=2)
+    for level, x in enumerate(inputs):
+        model.forward_level(level, x, text, mask, cache)
+    assert seen
+    assert all(m is None or m[-2] == 1 for _, _, m in seen), seen  # key padding only, never (n, m)
+    n_total = sum(g[0] * g[1] * g[2] for g in GRIDS)
+    self_attn = [n for n, m, _ in seen if m != text.shape[1]]  # cross-attention: all queries vs the text
+    assert max(self_attn) < n_total  # self-attention queries go level by level, never all at once
+
+
+def test_dense_reference_uses_a_token_by_token_mask(monkeypatch):
+    """The spy above can tell: the reference path does build (n, n)."""
+    import torch.nn.functional as F
+
+    shapes = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, k, v, attn_mask=None, **kw: shapes.append(attn_mask.shape) or sdpa(q, k, v, attn_mask, **kw))
+    model = make_model(text_mode="prefix")
+    inputs, text, mask = make_inputs()
+    model(inputs, text, mask, layout=DenseBlockCausal)
+    assert any(s[-2] > 1 for s in shapes)

@@ -1,0 +1,52 @@
+"""Tests for generator.plan: costs counted on the meta device match the real model and scale as they should."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generator import GeneratorConfig, PyraTokGenerator
+from generator.plan import STRATEGIES, memory_per_gpu, model_cost, parse_clip, report
+from generator.config import GeneratorTrainConfig
+from pyratok.pyramid import level_grids
+from pyratok.tokenizer import TokenizerConfig
+
+STRIDES = [(8, 8, 8), (4, 4, 4), (2, 2, 2), (1, 1, 1)]
+CFG = GeneratorConfig(width=32, depth=2, heads=4, num_levels=4)
+
+
+def test_meta_cost_counts_the_real_model():
+    grids = level_grids((5, 16, 16), STRIDES)
+    cost = model_cost(CFG, grids, torch.float32, text_len=8)
+    assert cost.params == sum(p.numel() for p in PyraTokGenerator.from_generator_config(CFG).parameters())
+    assert cost.tokens == [t * h * w for t, h, w in grids]
+    assert cost.train_flops > 6 * cost.params * sum(cost.tokens) * 0.5  # at least the dense layers' share
+    assert len(cost.saved_per_block) == 2 and all(b > 0 for b in cost.saved_per_block)
+    assert cost.activation_bytes(checkpointing=True) < cost.activation_bytes(checkpointing=False)
+
+
+def test_activations_grow_linearly_and_attention_flops_quadratically():
+    small = model_cost(CFG, level_grids((5, 16, 16), STRIDES), torch.float32)
+    big = model_cost(CFG, level_grids((5, 32, 32), STRIDES), torch.float32)
+    tokens = sum(big.tokens) / sum(small.tokens)
+    assert big.activation_bytes(False) / small.activation_bytes(False) < 1.2 * tokens  # no N x N anywhere
+    assert big.train_flops / small.train_flops > 1.2 * tokens  # attention is quadratic in compute
+
+
+def test_strategies_split_what_they_should():
+    cost = model_cost(CFG, level_grids((5, 16, 16), STRIDES), torch.bfloat16)
+    m = {s: memory_per_gpu(cost, s, 8, 2, 4, False, True) for s in STRATEGIES}
+    assert m["ddp"]["optimizer"] == 8 * cost.params and m["zero2"]["params"] == 2 * cost.params
+    assert m["zero3"]["params"] == 2 * cost.params / 8
+    assert m["zero3+sp"]["activations"] == m["zero3"]["activations"] / 4
+    assert m["ddp"]["total"] > m["zero2"]["total"] > m["zero3"]["total"] > m["zero3+sp"]["total"]
+    with pytest.raises(ValueError, match="degree 3 must divide the GPU count 8"):
+        memory_per_gpu(cost, "zero3+sp", 8, 1, 3, False, True)
+
+
+def test_report_and_clip_errors():
+    tokenizer = TokenizerConfig()
+    tokenizer.quantizer.level_strides = STRIDES
+    text = report(GeneratorTrainConfig(model=CFG), tokenizer, (17, 128, 128), 8, 0.001, 1, 2)
+    assert "zero3+sp2" in text and text.rstrip().endswith("no")  # 1 MB GPUs fit nothing
+    with pytest.raises(ValueError, match="'17x128'"):
+        parse_clip("17x128")
