@@ -54,13 +54,13 @@ default-model: $(STAMP)
 	  --set train.max_steps=$(TOK32_17_STEPS) data.num_frames=17
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.train_alignment --tokenizer $(RUNS)/tokenizer32/tokenizer \
 	  --output_dir $(RUNS)/alignment --resume_from_checkpoint latest --set train.max_steps=$(ALIGN_STEPS)
-	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/tokenizer \
+	HF_HUB_OFFLINE=1 $(PY) -m generator.build_cache --tokenizer $(RUNS)/alignment/alignment \
 	  --out $(RUNS)/token_cache --n $(CACHE_N) --seed 0
 	HF_HUB_OFFLINE=1 $(PY) -m generator.train --config configs/generator/shapes.yaml --resume_from_checkpoint latest \
 	  --set train.max_steps=$(GEN_STEPS) train.lr_scheduler=warmup_stable_decay \
 	  "train.lr_scheduler_kwargs={num_decay_steps: $(GEN_DECAY), decay_type: linear}" \
 	  data.token_cache_dir=$(RUNS)/token_cache train.output_dir=$(RUNS)/generator
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/alignment/tokenizer \
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(RUNS)/alignment/alignment \
 	  --generator $(RUNS)/generator/generator --out checkpoints/pyratok-shapes-tiny
 
 # The shipped tokenizer fine-tuned on real clips with bit whitening (~50 min on 2 CPU cores), then its

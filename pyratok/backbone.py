@@ -27,6 +27,10 @@ class BackboneConfig:
     tap_blocks: list[int] | None = None
     # normalise latents with Wan's latents_mean/std (on for pretrained Wan 2.1 weights)
     normalize_latents: bool = False
+    # per-channel latent statistics; None: diffusers' defaults (Wan 2.1's). Set from a pretrained VAE
+    # (a parent measured here has its own), so that a saved tokenizer keeps them
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
 
     @property
     def spatial_factor(self) -> int:
@@ -46,6 +50,8 @@ class BackboneConfig:
         return (1 + (num_frames - 1) // tf, height // sf, width // sf)
 
     def wan_kwargs(self) -> dict:
+        stats = {k: list(v) for k, v in (("latents_mean", self.latents_mean), ("latents_std", self.latents_std))
+                 if v is not None}
         return dict(
             base_dim=self.base_dim,
             z_dim=self.z_dim,
@@ -53,6 +59,7 @@ class BackboneConfig:
             num_res_blocks=self.num_res_blocks,
             temperal_downsample=list(self.temperal_downsample),
             attn_scales=list(self.attn_scales),
+            **stats,
         )
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from diffusers import AutoencoderKLWan
 
+from .config import config_to_dict
+
 
 def load_pretrained_wan(tokenizer, path: str | Path) -> None:
     """Copy AutoencoderKLWan weights from a local diffusers folder into the tokenizer's backbone.
@@ -27,6 +29,10 @@ def load_pretrained_wan(tokenizer, path: str | Path) -> None:
         raise ValueError(f"backbone config differs from the pretrained VAE at {sub}: {diff} (mine, pretrained)")
     tokenizer.backbone.load_state_dict(vae.state_dict())
     tokenizer.backbone.register_to_config(latents_mean=vae.config.latents_mean, latents_std=vae.config.latents_std)
+    # into the tokenizer's own config too, so that its save_pretrained keeps the parent's statistics
+    backbone = tokenizer.cfg.backbone
+    backbone.latents_mean, backbone.latents_std = list(vae.config.latents_mean), list(vae.config.latents_std)
+    tokenizer.register_to_config(backbone_config=config_to_dict(backbone))
 
 
 def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> None:
