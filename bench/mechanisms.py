@@ -71,7 +71,8 @@ def main() -> None:
                                               width=args.size, length=args.clips, seed=4321), args.clips)
     null = model.text_inputs(args.clips)
 
-    print(f"taps (held-out carphone clips, {args.frames}x{args.size}x{args.size}); bits flipped per level coarse -> fine")
+    print(f"taps (carphone clips, held out from the parent VAE, {args.frames}x{args.size}x{args.size}); "
+          "bits flipped per level coarse -> fine")
     base, recon, taps, _ = run(model, real, *null)
     print(f"  all taps: PSNR {float(psnr(recon, real)):.2f} dB")
     for i, tap in enumerate(taps):
