@@ -84,7 +84,7 @@ def main() -> None:
     text = text_encoder(captions)
     states, mask = text.hidden_states, text.attention_mask
     print("text guidance (held-out Shapes pairs, captions never trained on as pairs)")
-    gates = [float(a.gate) for a in model.quantizer.text_attn] if model.quantizer.text_attn is not None else []
+    gates = [float(a.gate.detach()) for a in model.quantizer.text_attn] if model.quantizer.text_attn is not None else []
     print("  gates per level: " + ", ".join(f"{g:.3f}" for g in gates))
     true, r_true, _, _ = run(model, shapes, states, mask)
     for name, (s, m) in {"no caption": null, "wrong caption": (states.roll(1, 0), mask.roll(1, 0))}.items():
