@@ -19,6 +19,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 
+from .backbone import BackboneConfig
 from .data.natural import StillImageDataset, clip_paths
 from .data.real_clips import RealClipDataset
 from .data.shapes import ShapesDataset, video_to_uint8
@@ -65,9 +66,8 @@ def load_model(path: str | Path) -> PyraTokTokenizer | AutoencoderKLWan:
 def latent_grid_of(model, video: torch.Tensor) -> tuple[int, int, int]:
     if isinstance(model, PyraTokTokenizer):
         return model.latent_grid(*video.shape[2:])
-    t, h, w = video.shape[2:]
-    tf, sf = 2 ** sum(model.config.temperal_downsample), 2 ** (len(model.config.dim_mult) - 1)
-    return (1 + (t - 1) // tf, h // sf, w // sf)
+    geometry = BackboneConfig(dim_mult=list(model.config.dim_mult), temperal_downsample=list(model.config.temperal_downsample))
+    return geometry.latent_grid(*video.shape[2:])
 
 
 @torch.no_grad()
