@@ -296,11 +296,11 @@ def train_alignment(cfg: AlignmentTrainConfig, resume: str | None = None) -> Pat
         tokenizer.cfg.alignment.background_text = cfg.loss.background_text
         tokenizer.register_to_config(alignment_config=config_to_dict(tokenizer.cfg.alignment))
     trainer.full_state_dict()
-    trainer.export("alignment", tokenizer.save_pretrained)  # the tokenizer with its trained alignment head
+    folder = trainer.export("alignment", tokenizer.save_pretrained)  # the tokenizer with its trained alignment head
     if trainer.accelerator.is_main_process and history["step"]:
         plot_curves(history, out / "alignment_curve.png")
     trainer.finish()
-    return out / "tokenizer"
+    return folder
 
 
 def plot_curves(history: dict, path: Path) -> None:
