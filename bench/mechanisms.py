@@ -36,7 +36,7 @@ def batch_of(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
 def run(model, video, states, mask, taps=None):
     z, _, own_taps = model.encode_latent(video)
     out = model.quantizer(z, own_taps if taps is None else taps, states, mask)
-    return out, model.decode(out.pyramid).clamp(-1, 1), own_taps, z
+    return out, model.decode(out.pyramid).clamp(-1, 1), own_taps
 
 
 def flipped(a, b) -> str:
@@ -73,11 +73,11 @@ def main() -> None:
 
     print(f"taps (carphone clips, held out from the parent VAE, {args.frames}x{args.size}x{args.size}); "
           "bits flipped per level coarse -> fine")
-    base, recon, taps, _ = run(model, real, *null)
+    base, recon, taps = run(model, real, *null)
     print(f"  all taps: PSNR {float(psnr(recon, real)):.2f} dB")
     for i, tap in enumerate(taps):
         mean = tap.mean(dim=(0, 2, 3, 4), keepdim=True).expand_as(tap)
-        out, r, _, _ = run(model, real, *null, taps=[mean if j == i else t for j, t in enumerate(taps)])
+        out, r, _ = run(model, real, *null, taps=[mean if j == i else t for j, t in enumerate(taps)])
         print(f"  tap {i} ({tap.shape[1]} ch, 1/{real.shape[-1] // tap.shape[-1]} size) -> its mean: "
               f"PSNR {float(psnr(r, real)):.2f} dB, bits flipped {flipped(base.pyramid.bits, out.pyramid.bits)}")
 
@@ -86,9 +86,9 @@ def main() -> None:
     print("text guidance (held-out Shapes pairs, captions never trained on as pairs)")
     gates = [float(a.gate.detach()) for a in model.quantizer.text_attn] if model.quantizer.text_attn is not None else []
     print("  gates per level: " + ", ".join(f"{g:.3f}" for g in gates))
-    true, r_true, _, _ = run(model, shapes, states, mask)
+    true, r_true, _ = run(model, shapes, states, mask)
     for name, (s, m) in {"no caption": null, "wrong caption": (states.roll(1, 0), mask.roll(1, 0))}.items():
-        out, r, _, _ = run(model, shapes, s, m)
+        out, r, _ = run(model, shapes, s, m)
         print(f"  true caption {float(psnr(r_true, shapes)):.2f} dB vs {name} {float(psnr(r, shapes)):.2f} dB; "
               f"bits flipped {flipped(true.pyramid.bits, out.pyramid.bits)}")
 
@@ -98,7 +98,7 @@ def main() -> None:
             continue
         m = model if path == args.tokenizer else PyraTokTokenizer.from_pretrained(path).eval()
         for name, video in (("real", real), ("shapes", shapes)):
-            out, r, _, _ = run(m, video, *m.text_inputs(args.clips))
+            out, r, _ = run(m, video, *m.text_inputs(args.clips))
             bpt = prior_bits_per_token(m, out, *m.text_inputs(args.clips))
             print(f"  {label}, {name}: {bpt:.2f} bits/token of {m.quantizer.config.num_bits}, PSNR {float(psnr(r, video)):.2f} dB")
 

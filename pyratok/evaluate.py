@@ -77,8 +77,8 @@ def reconstruct(model, video: torch.Tensor, text=None) -> dict:
         z = model.encode(video).latent_dist.mean
         return {"recon": model.decode(z).sample.clamp(-1, 1)}
     z, _, taps = model.encode_latent(video)
-    states, mask = model.text_inputs(z.shape[0], *((text.hidden_states.to(model.device),
-                                                     text.attention_mask.to(model.device)) if text else ()))
+    prompt = (None, None) if text is None else (text.hidden_states.to(model.device), text.attention_mask.to(model.device))
+    states, mask = model.text_inputs(z.shape[0], *prompt)
     pyramid = model.quantizer(z, taps, states, mask).pyramid
     return {"recon": model.decode(pyramid).clamp(-1, 1), "pyramid": pyramid, "z": z,
             "continuous": model.decode_latent(z).clamp(-1, 1)}
