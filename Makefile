@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean default-model real-tokenizer parent-vae
+.PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,4 +85,15 @@ parent-vae: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.train_parent --config configs/parent/tiny.yaml \
 	  --output_dir $(PARENT) --resume_from_checkpoint latest
 	for data in heldout-real heldout-images train-real; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.evaluate \
-	  --checkpoint $(PARENT)/vae --data $$data --size 128 --num-clips 32 --out $(PARENT)/eval_$$data || exit 1; done
+	  --checkpoint $(PARENT)/vae --data $$data --size 128 --num-clips 16 --seed 1234 --out $(PARENT)/eval_$$data \
+	  || exit 1; done
+
+# LaPQ on the frozen parent (encoder and decoder frozen, carphone still held out), then the same evaluation:
+# the tokenizer's PSNR beside the parent's own (z decoded unquantized) and the blur, latent SNR, utilization.
+ON_PARENT := runs/tokenizer-on-parent
+tokenizer-on-parent: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.train --config configs/tokenizer/on_parent.yaml \
+	  --pretrained_vae $(PARENT)/vae --output_dir $(ON_PARENT) --resume_from_checkpoint latest
+	for data in heldout-real heldout-images train-real; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.evaluate \
+	  --checkpoint $(ON_PARENT)/tokenizer --data $$data --size 128 --num-clips 16 --seed 1234 \
+	  --out $(ON_PARENT)/eval_$$data || exit 1; done

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample, unpatchify
 
 
 @dataclass
@@ -23,6 +23,10 @@ class BackboneConfig:
     num_res_blocks: int = 1
     temperal_downsample: list[bool] = field(default_factory=lambda: [False, True, True])
     attn_scales: list[float] = field(default_factory=list)
+    # Wan 2.2's layout: residual down/up blocks whose shortcuts average / duplicate (AvgDown3D, DupUp3D),
+    # and pixels folded patch_size x patch_size into channels before the first convolution
+    is_residual: bool = False
+    patch_size: int | None = None
     # indices into encoder.down_blocks whose outputs feed LaPQ; None = every spatial downsample
     tap_blocks: list[int] | None = None
     # normalise latents with Wan's latents_mean/std (on for pretrained Wan 2.1 weights)
@@ -34,7 +38,7 @@ class BackboneConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        return 2 ** (len(self.dim_mult) - 1) * (self.patch_size or 1)
 
     @property
     def temporal_factor(self) -> int:
@@ -59,8 +63,22 @@ class BackboneConfig:
             num_res_blocks=self.num_res_blocks,
             temperal_downsample=list(self.temperal_downsample),
             attn_scales=list(self.attn_scales),
+            is_residual=self.is_residual,
+            patch_size=self.patch_size,
+            in_channels=3 * (self.patch_size or 1) ** 2,
+            out_channels=3 * (self.patch_size or 1) ** 2,
+            scale_factor_spatial=self.spatial_factor,
+            scale_factor_temporal=self.temporal_factor,
             **stats,
         )
+
+    @classmethod
+    def of(cls, vae: AutoencoderKLWan) -> "BackboneConfig":
+        """The geometry of a built or loaded AutoencoderKLWan."""
+        c = vae.config
+        return cls(base_dim=c.base_dim, z_dim=c.z_dim, dim_mult=list(c.dim_mult), num_res_blocks=c.num_res_blocks,
+                   temperal_downsample=list(c.temperal_downsample), attn_scales=list(c.attn_scales),
+                   is_residual=c.is_residual, patch_size=c.patch_size)
 
 
 def build_wan(config: BackboneConfig) -> AutoencoderKLWan:
@@ -68,8 +86,10 @@ def build_wan(config: BackboneConfig) -> AutoencoderKLWan:
 
 
 def default_tap_blocks(vae: AutoencoderKLWan) -> list[int]:
-    """Indices of the encoder's spatial downsample blocks (strides 2, 4, 8 for Wan 2.1)."""
-    return [i for i, m in enumerate(vae.encoder.down_blocks) if isinstance(m, WanResample)]
+    """Indices of the encoder's spatial downsample blocks (strides 2, 4, 8 for Wan 2.1; for residual
+    Wan 2.2-style encoders the down blocks that end in a downsampler)."""
+    return [i for i, m in enumerate(vae.encoder.down_blocks)
+            if isinstance(m, WanResample) or getattr(m, "downsampler", None) is not None]
 
 
 def tap_channels(vae: AutoencoderKLWan, tap_blocks: list[int]) -> list[int]:
@@ -120,12 +140,11 @@ def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
     Training decodes this way: a clamp has zero gradient outside [-1, 1], so a decoder that
     drifts below -1 on mostly black frames (Shapes) would never come back.
     """
-    if vae.config.patch_size is not None:
-        raise ValueError("decode_unclamped does not support patchified (Wan 2.2) backbones")
     cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
     x = vae.post_quant_conv(z)
     frames = [
         vae.decoder(x[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0)
         for i in range(x.shape[2])
     ]
-    return torch.cat(frames, dim=2)
+    out = torch.cat(frames, dim=2)  # (b, 3 * p * p, T, H / p, W / p)
+    return unpatchify(out, vae.config.patch_size) if vae.config.patch_size else out

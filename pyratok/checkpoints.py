@@ -23,7 +23,8 @@ def load_pretrained_wan(tokenizer, path: str | Path) -> None:
     sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
     vae = AutoencoderKLWan.from_pretrained(sub, local_files_only=True)
     mine, theirs = dict(tokenizer.backbone.config), dict(vae.config)
-    keys = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "attn_scales")
+    keys = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "attn_scales", "is_residual",
+            "patch_size")
     diff = {k: (mine.get(k), theirs.get(k)) for k in keys if list_or(mine.get(k)) != list_or(theirs.get(k))}
     if diff:
         raise ValueError(f"backbone config differs from the pretrained VAE at {sub}: {diff} (mine, pretrained)")

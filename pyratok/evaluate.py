@@ -66,8 +66,7 @@ def load_model(path: str | Path) -> PyraTokTokenizer | AutoencoderKLWan:
 def latent_grid_of(model, video: torch.Tensor) -> tuple[int, int, int]:
     if isinstance(model, PyraTokTokenizer):
         return model.latent_grid(*video.shape[2:])
-    geometry = BackboneConfig(dim_mult=list(model.config.dim_mult), temperal_downsample=list(model.config.temperal_downsample))
-    return geometry.latent_grid(*video.shape[2:])
+    return BackboneConfig.of(model).latent_grid(*video.shape[2:])
 
 
 @torch.no_grad()

@@ -67,7 +67,8 @@ class ParentTrainConfig(TrainConfig):
 
 @dataclass
 class ParentConfig:
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(base_dim=16, z_dim=8))
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(
+        base_dim=32, z_dim=16, dim_mult=[1, 2, 2], temperal_downsample=[True, True], is_residual=True, patch_size=2))
     data: ParentDataConfig = field(default_factory=ParentDataConfig)
     train: ParentTrainConfig = field(default_factory=ParentTrainConfig)
 

