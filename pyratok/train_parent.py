@@ -24,6 +24,7 @@ from .data.real_clips import ImagePanDataset, RealClipDataset
 from .data.shapes import ShapesDataset
 from .data.video_io import read_video
 from .losses import kl_loss, psnr, reconstruction_loss
+from .parent_init import blur_init_
 from .training import TrainConfig
 from .training.loop import Trainer
 from .visualize import save_recon_grid
@@ -62,13 +63,20 @@ class ParentTrainConfig(TrainConfig):
     sample_posterior: bool = False
     image_every: int = 100
     init_from: str | None = None  # a saved AutoencoderKLWan folder to continue from (fresh optimizer)
+    # "blur": start as a box-blur codec at the VAE's compression (pyratok.parent_init); "random": diffusers' init
+    init: str = "blur"
     stat_batches: int = 16  # clips for the exported latents_mean / latents_std
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.init not in ("blur", "random"):
+            raise ValueError(f"train.init must be 'blur' or 'random', got {self.init!r}")
 
 
 @dataclass
 class ParentConfig:
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(
-        base_dim=32, z_dim=16, dim_mult=[1, 2, 2], temperal_downsample=[True, True], is_residual=True, patch_size=2))
+        base_dim=32, z_dim=16, dim_mult=[1, 2, 2], temperal_downsample=[True, True], patch_size=2))
     data: ParentDataConfig = field(default_factory=ParentDataConfig)
     train: ParentTrainConfig = field(default_factory=ParentTrainConfig)
 
@@ -153,6 +161,8 @@ def train(cfg: ParentConfig, resume: str | None = None) -> Path:
     loader = DataLoader(data, batch_size=tc.batch_size, shuffle=True, drop_last=True, num_workers=tc.num_workers,
                         collate_fn=collate_joint, generator=torch.Generator().manual_seed(tc.seed))
     vae = build_wan(cfg.backbone)
+    if tc.init == "blur":
+        blur_init_(vae)
     if tc.init_from:
         load_parent_weights(vae, tc.init_from)
     model = trainer.prepare(vae, loader)
