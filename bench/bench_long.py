@@ -5,9 +5,9 @@ PyraTok's next-scale generator at video sizes: per-level SDPA attention (the mod
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_long.py            # ~1.5k, 6k, 24k tokens
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_long.py --huge     # + 96k tokens (new attention only)
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_long.py --pipeline # the default pipeline at 33x256x256
 
-The "plan MB" column is generator.plan's prediction for the training step (target: within 25%).
+The "plan MB" column is generator.plan's prediction for the training step (target: within 25%). The pipeline's
+sampling estimate against its measured peak: bench/bench_memory_estimate.py.
 Model: 6 levels (the wan2.1.yaml strides), 18 bits, 16 latent channels, width 64, depth 1, 4 heads,
 cross-attention text of 8 tokens (one padded). Sampling: CFG (batch 2 inside), all 6 levels.
 """
@@ -90,28 +90,6 @@ def run_case(case: str, attention: str, size: str, text_mode: str) -> dict:
     return {"tokens": tokens, "seconds": seconds, "peak_mb": (peak_kb - base_kb) / 1024, "resettable": resettable}
 
 
-def run_pipeline(frames: int, height: int, width: int) -> dict:
-    """The shipped default pipeline, tiled decode on: wall time, peak RSS growth, the plan's sampling estimate."""
-    from generator.plan import sampling_peak_bytes
-    from pipelines import PyraTokT2VPipeline
-    from pyratok import default_model_path
-
-    torch.set_num_threads(1)
-    pipe = PyraTokT2VPipeline.from_pretrained(default_model_path())
-    pipe.set_progress_bar_config(disable=True)
-    pipe.enable_tiling()
-    pipe("warm-up", num_frames=1, height=64, width=64, generator=torch.Generator().manual_seed(0), output_type="np")
-    grids = pipe.vae.token_grids(frames, height, width)
-    plan = sampling_peak_bytes(pipe.transformer.generator_config(), grids, 1, 16)
-    _reset_peak()
-    base_kb = _rss_kb("VmRSS")
-    start = time.perf_counter()
-    pipe("a red circle moving left", num_frames=frames, height=height, width=width,
-         generator=torch.Generator().manual_seed(0), output_type="np")
-    return {"tokens": sum(t * h * w for t, h, w in grids), "seconds": time.perf_counter() - start,
-            "peak_mb": (_rss_kb("VmHWM") - base_kb) / 1024, "plan_sampling_mb": plan / 2 ** 20}
-
-
 def plan_mb(size: str, text_mode: str) -> float:
     """generator.plan's prediction of a training step's peak (fp32 activations + gradients), in MB."""
     model, quantizer = build(text_mode)[:2]
@@ -138,12 +116,8 @@ def main() -> None:
     p.add_argument("--huge", action="store_true", help="add 17x1024x1024 (~96k tokens), new attention only")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     p.add_argument("--text-mode", default="cross", choices=["cross", "prefix"])
-    p.add_argument("--pipeline", action="store_true", help="only: the default pipeline at 33x256x256, tiled decode")
     p.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.pipeline:
-        print(json.dumps(run_pipeline(33, 256, 256)))
-        return
     if args.case:
         print(json.dumps(run_case(*args.case, args.text_mode)))
         return

@@ -1,30 +1,34 @@
-"""`python -m generator.plan`: parameters, tokens, training FLOPs and memory per GPU of a generator run.
+"""`python -m generator.plan`: parameters, tokens, training FLOPs and memory per GPU of a generator run,
+and the memory of sampling one video with the pipeline (the estimate its up-front check uses).
 
 PyraTok's next-scale generator at video sizes, measured on the meta device (no weights, no compute):
-FLOPs by torch's FlopCounterMode, activations as the bytes autograd saves for backward.
+FLOPs by torch's FlopCounterMode, activations as the bytes autograd saves for backward, sampling by
+`generator.memory`.
     python -m generator.plan --config configs/generator/base.yaml --tokenizer configs/tokenizer/wan2.1.yaml \\
         --clip 81x480x832 --gpus 8 --gpu-memory 80 [--batch 1] [--sp 8]
+    python -m generator.plan --model checkpoints/pyratok-shapes-tiny --clip 33x256x256
 """
 from __future__ import annotations
 
 import argparse
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyratok.config import config_from_dict, load_config, read_config_file
 from pyratok.nextscale import bitwise_loss
 from pyratok.pyramid import level_grids
-from pyratok.tokenizer import TokenizerConfig
+from pyratok.text_encoder import default_model_path as default_text_encoder_path
+from pyratok.tiling import TilingConfig
+from pyratok.tokenizer import PyraTokTokenizer, TokenizerConfig
 
 from .config import GeneratorConfig, GeneratorTrainConfig
+from .memory import GB, FusedAttention, sampling_memory, storage_key
 from .model import PyraTokGenerator
 
-GB = 1024 ** 3
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3+sp")
 RESERVE = 0.9  # share of GPU memory a plan may fill (allocator fragmentation, kernels' workspaces)
 
@@ -52,10 +56,6 @@ class ModelCost:
                 + 2 * self.largest_saved)
 
 
-def _storage_key(t: torch.Tensor):
-    return t.untyped_storage()._cdata
-
-
 def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int = 77) -> ModelCost:
     """Count one training step (forward + backward, batch 1, no checkpointing) on the meta device."""
     with torch.device("meta"):
@@ -63,12 +63,12 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
     torch.nn.Module.to(model, dtype).train()  # every module in `dtype`, as under DeepSpeed bf16
     transformer = model.transformer
     transformer.gradient_checkpointing = False
-    seen = {_storage_key(p) for p in model.parameters()}
+    seen = {storage_key(p) for p in model.parameters()}
     buckets = {"outside": 0, "largest": 0}
     where = ["outside"]
 
     def pack(t):
-        key = _storage_key(t)
+        key = storage_key(t)
         if key not in seen:
             seen.add(key)
             nbytes = t.untyped_storage().nbytes()
@@ -93,7 +93,8 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
     bits = [torch.empty(1, *g, cfg.num_bits, **meta) for g in grids]
     inputs = [torch.empty(1, cfg.latent_channels, *g, **meta) for g in grids]
     text = torch.empty(1, min(text_len, cfg.max_text_len), cfg.text_dim, **meta)
-    with FlopCounterMode(display=False) as flops, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with FusedAttention(), FlopCounterMode(display=False) as flops, \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss, _ = bitwise_loss(model(inputs, text, None, drop_text=torch.zeros(1, dtype=torch.bool, device="meta")), bits)
         loss.backward()
     return ModelCost(
@@ -101,50 +102,6 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
         saved_outside=buckets["outside"], saved_per_block=[buckets.get(i, 0) for i in range(cfg.depth)],
         block_input=max(inputs_seen, default=0), largest_saved=buckets["largest"],
     )
-
-
-class LiveBytes(TorchDispatchMode):
-    """Live and peak bytes of the tensors made inside it (by storage, freed when the storage dies).
-
-    torch's MemTracker does this with process-wide module hooks, which break models running in other
-    threads (two pipelines in one process); a dispatch mode is per thread."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and _storage_key(t) not in self.seen:
-                storage, key = t.untyped_storage(), _storage_key(t)
-                self.seen.add(key)
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._free, key, storage.nbytes())
-        return out
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self.seen.discard(key)
-
-
-def sampling_peak_bytes(cfg: GeneratorConfig, grids, batch: int, text_len: int = 77, guidance: bool = True,
-                        dtype=torch.float32) -> int:
-    """Peak bytes of cached level-by-level sampling (weights, KV cache, the finest level's pass), counted
-    on the meta device; with guidance the batch runs twice (cond + uncond)."""
-    with torch.device("meta"):
-        model = PyraTokGenerator.from_generator_config(cfg)
-    torch.nn.Module.to(model, dtype).eval()
-    b = 2 * batch if guidance else batch
-    meta = dict(device="meta", dtype=dtype)
-    with LiveBytes() as tracker, torch.no_grad():
-        cache = model.new_cache()
-        text = torch.empty(b, text_len, cfg.text_dim, **meta)
-        for level, grid in enumerate(grids):
-            model.forward_level(level, torch.empty(b, cfg.latent_channels, *grid, **meta), text, None, cache)
-    return tracker.peak + sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def memory_per_gpu(cost: ModelCost, strategy: str, gpus: int, batch: int, sp: int, checkpointing: bool,
@@ -209,11 +166,48 @@ def report(cfg: GeneratorTrainConfig, tokenizer: TokenizerConfig, clip, gpus: in
     return "\n".join(lines)
 
 
+def sampling_report(model_cfg: GeneratorConfig, tokenizer: TokenizerConfig, clip, text_encoder=None) -> str:
+    """What `pipe(prompt, num_frames, height, width)` needs, as its up-front check counts it: one video, guidance
+    on, fp32, "pil" output, decode untiled and tiled (`generator.memory.sampling_memory`)."""
+    grid = tokenizer.backbone.latent_grid(*clip)
+    lines = [f"sampling one video of {'x'.join(map(str, clip))} (guidance, fp32, pil), as the pipeline checks it; "
+             f"GB beyond the weights{'' if text_encoder is not None else ' (no text encoder counted)'}",
+             f"{'decode':<10}{'text':>8}{'sampling':>10}{'decode':>9}{'peak':>8}{'weights':>9}"]
+    for name, tiling in (("untiled", None), ("tiled", TilingConfig())):
+        m = sampling_memory(model_cfg, tokenizer, grid, 1, tiling=tiling, text_encoder=text_encoder)
+        lines.append(f"{name:<10}{m.text / GB:>8.3f}{m.sampling / GB:>10.3f}{m.decode / GB:>9.3f}{m.working / GB:>8.3f}"
+                     f"{m.weights / GB:>9.3f}")
+    return "\n".join(lines)
+
+
+def meta_text_encoder(folder):
+    """A transformers text model on the meta device from `folder`'s config.json (no weights read)."""
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        if config.architectures:
+            return getattr(transformers, config.architectures[0])(config)
+        return transformers.AutoModel.from_config(config)
+
+
+def pipeline_configs(folder: Path) -> tuple[GeneratorConfig, TokenizerConfig, object]:
+    """The generator and tokenizer configs and the text encoder (meta) of a saved pipeline folder."""
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"--model {folder} is not a pipeline folder (no model_index.json there)")
+    generator = PyraTokGenerator.load_config(folder / "transformer")
+    model_cfg = GeneratorConfig(**{f.name: generator[f.name] for f in fields(GeneratorConfig) if f.name in generator})
+    with torch.device("meta"):
+        tokenizer = PyraTokTokenizer.from_config(PyraTokTokenizer.load_config(folder / "vae")).cfg
+    text = folder / "text_encoder"
+    text = text if (text / "config.json").is_file() else default_text_encoder_path()
+    return model_cfg, tokenizer, meta_text_encoder(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="GeneratorTrainConfig YAML (defaults if omitted)")
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--tokenizer", default="configs/tokenizer/wan2.1.yaml", help="TokenizerConfig YAML (grids)")
+    p.add_argument("--model", default=None, help="a saved pipeline folder instead of --config / --tokenizer")
     p.add_argument("--clip", default="17x256x256", help="FRAMESxHEIGHTxWIDTH")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU")
@@ -221,11 +215,21 @@ def main(argv=None) -> int:
     p.add_argument("--sp", type=int, default=None, help="sequence-parallel degree (default: the model config's)")
     args = p.parse_args(argv)
     cfg = load_config(GeneratorTrainConfig, args.config, args.set)
-    data = read_config_file(args.tokenizer)  # a tokenizer training YAML: its model section
-    tokenizer = config_from_dict(TokenizerConfig, data.get("model", data))
+    if args.model:
+        cfg.model, tokenizer, text_encoder = pipeline_configs(Path(args.model))
+    else:
+        data = read_config_file(args.tokenizer)  # a tokenizer training YAML: its model section
+        tokenizer = config_from_dict(TokenizerConfig, data.get("model", data))
+        try:
+            text_encoder = meta_text_encoder(default_text_encoder_path())
+        except FileNotFoundError:  # the default MiniLM package is not installed: the report says so
+            text_encoder = None
     sp = args.sp or cfg.model.sequence_parallel_size
     batch = args.batch or cfg.train.batch_size
-    print(report(cfg, tokenizer, parse_clip(args.clip), args.gpus, args.gpu_memory, batch, sp))
+    clip = parse_clip(args.clip)
+    print(report(cfg, tokenizer, clip, args.gpus, args.gpu_memory, batch, sp))
+    print()
+    print(sampling_report(cfg.model, tokenizer, clip, text_encoder))
     return 0
 
 

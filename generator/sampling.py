@@ -105,7 +105,10 @@ def make_generators(generator, batch: int):
 
 
 def draw_uniform(shape: Sequence[int], generators, device) -> torch.Tensor:
-    """(b, ...) uniforms in [0, 1); sample i comes from generators[i] alone when a list is given."""
+    """(b, ...) uniforms in [0, 1); sample i comes from generators[i] alone when a list is given.
+    On the meta device (memory estimates) none are drawn."""
+    if torch.device(device).type == "meta":
+        return torch.empty(tuple(shape), device="meta")
     if isinstance(generators, torch.Generator):
         return torch.rand(tuple(shape), generator=generators, device=generators.device).to(device)
     return torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=g.device).to(device) for g in generators])
@@ -129,17 +132,20 @@ def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     return torch.where(on, 1.0, -1.0)
 
 
-def check_memory(model, grids, batch: int, prompt_embeds, use_cfg: bool, dtype, limit: int) -> None:
-    """ValueError with the estimate when sampling `grids` would need more than `limit` bytes."""
-    from .plan import GB, sampling_peak_bytes  # plan builds models: imported when asked for
+def check_memory(model, quantizer, latent_grid, batch: int, prompt_embeds, use_cfg: bool, limit: int) -> None:
+    """ValueError with the estimate when sampling `latent_grid` would need more than `limit` bytes."""
+    from .memory import GB, sampling_memory  # memory runs `generate` on the meta device: imported when asked for
 
     text_len = 1 if prompt_embeds is None else prompt_embeds.shape[1]
-    need = sampling_peak_bytes(model.generator_config(), grids, batch, text_len, use_cfg, dtype)
+    need = sampling_memory(model.generator_config(), quantizer.config, latent_grid, batch, guidance=use_cfg,
+                           text_len=text_len, dtype=next(model.parameters()).dtype,
+                           vae_dtype=next(quantizer.parameters()).dtype, output_type="latent").total
     if need > limit:
+        grids = quantizer.grids_for(latent_grid)
         tokens = sum(t * h * w for t, h, w in grids)
         raise ValueError(f"sampling {tokens:,} tokens per video (finest grid {tuple(grids[-1])}, batch {batch}"
                          f"{', x2 for guidance' if use_cfg else ''}) needs about {need / GB:.2f} GB "
-                         f"(generator.plan), more than the {limit / GB:.2f} GB available")
+                         f"(generator.memory), more than the {limit / GB:.2f} GB available")
 
 
 @torch.no_grad()
@@ -175,7 +181,7 @@ def generate(
     "latents": z_hat (b, c, t, h, w)} to replace them (new bits re-derive z_hat, unless "latents" is given).
     interrupt() -> True stops after the current level: the pyramid then has fewer levels.
     memory_limit (bytes): refuse, before any work, a request whose peak by
-    `generator.plan.sampling_peak_bytes` exceeds it.
+    `generator.memory.sampling_memory` (weights included) exceeds it.
     """
     if prompt_embeds is None and batch_size is None:
         raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
@@ -198,7 +204,7 @@ def generate(
     use_cfg = prompt_embeds is not None and any(s != 1.0 for s in scales)
     param = next(model.parameters())
     if memory_limit is not None:
-        check_memory(model, grids, batch, prompt_embeds, use_cfg, param.dtype, memory_limit)
+        check_memory(model, quantizer, latent_grid, batch, prompt_embeds, use_cfg, memory_limit)
     text, text_mask = cfg_text_batch(
         model.null_text, prompt_embeds, prompt_mask, negative_prompt_embeds, negative_prompt_mask, batch, use_cfg, param.device
     )

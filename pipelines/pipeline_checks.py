@@ -1,21 +1,20 @@
 """Input checks of `PyraTokT2VPipeline.__call__`: every bad value is a ValueError naming it, before heavy work.
 
-Part of DESIGN.md "Pipeline": sizes against the tokenizer's factors and against memory (a lower-bound
+Part of DESIGN.md "Pipeline": sizes against the tokenizer's factors and against memory (`generator.memory`'s
 estimate of the peak), prompts and their embeddings, generators, the token-pyramid prefix, callbacks.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import os
 
 import torch
 
+from generator.memory import GB, SamplingMemory, sampling_memory
 from generator.sampling import check_generators, check_sampling_values
 from pyratok.pyramid import TokenPyramid
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-GB = 1024**3
 
 
 def check_texts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds) -> int:
@@ -78,22 +77,22 @@ def check_prefix(latents, grids: list, batch: int) -> None:
                              f"{batch} videos on grid {grids[level]}")
 
 
-def estimate_peak_bytes(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool) -> int:
-    """A lower bound of the peak memory of one call: the transformer's KV cache and MLP activations over all
-    tokens, four full-resolution feature maps of the decoder's last stage for every frame, the decoded float
-    video and its post-processed copies (six). bench/bench_memory_estimate.py: on the shipped model the
-    estimate is 0.71-0.72 of the measured peak (17x256x256, 129x64x64)."""
-    grids = pipe.vae.token_grids(num_frames, height, width)
-    tokens = sum(math.prod(g) for g in grids)
-    cfg = pipe.transformer.config
-    rows = batch * (2 if use_cfg else 1)
-    itemsize = torch.finfo(pipe.transformer.dtype).bits // 8
-    kv_cache = 2 * cfg.depth * rows * tokens * cfg.width * itemsize
-    activations = rows * math.prod(grids[-1]) * cfg.width * cfg.mlp_ratio * 4
-    video = batch * 3 * num_frames * height * width * 4
-    backbone = pipe.vae.cfg.backbone
-    decoder = 4 * batch * backbone.base_dim * backbone.dim_mult[0] * num_frames * height * width * 4
-    return int(kv_cache + activations + decoder + 6 * video)
+def estimate_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool,
+                    output_type: str, max_sequence_length: int | None = None) -> SamplingMemory:
+    """The memory of one call by `generator.memory` (the models rebuilt on the meta device, the call's own code
+    run on them): text encoding, level-by-level sampling, the decode as the vae is set (tiled or not) and
+    the post-processing into `output_type`. Counting takes about a second (every op on the meta device goes
+    through Python), so each request's estimate is kept in `pipe._memory_estimates`."""
+    text_len = pipe.text_encoder_wrapper(max_sequence_length).max_length
+    components = (pipe.transformer, pipe.vae, pipe.text_encoder)
+    key = (batch, num_frames, height, width, use_cfg, output_type, text_len, repr(pipe.vae.tiling),
+           *(id(c) for c in components), *(c.dtype for c in components))
+    if key not in pipe._memory_estimates:
+        pipe._memory_estimates[key] = sampling_memory(
+            pipe.transformer.generator_config(), pipe.vae.cfg, pipe.vae.latent_grid(num_frames, height, width),
+            batch, guidance=use_cfg, text_len=text_len, dtype=pipe.transformer.dtype, vae_dtype=pipe.vae.dtype,
+            tiling=pipe.vae.tiling, output_type=output_type, text_encoder=pipe.text_encoder)
+    return pipe._memory_estimates[key]
 
 
 def available_bytes(device: torch.device) -> int:
@@ -110,13 +109,16 @@ def available_bytes(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool, device) -> None:
-    needed = estimate_peak_bytes(pipe, batch, num_frames, height, width, use_cfg)
+def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool, output_type: str,
+                 max_sequence_length: int | None, device) -> None:
+    """ValueError with the estimate when the call would need more than the memory available on `device`."""
+    needed = estimate_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length)
     free = available_bytes(torch.device(device))
-    if needed > free:
-        raise ValueError(f"{batch} video(s) of {num_frames}x{height}x{width} need at least {needed / GB:.1f} GB "
-                         f"but {free / GB:.1f} GB are available on {device}: lower num_frames, height, width or the "
-                         "batch")
+    if needed.working > free:
+        raise ValueError(f"{batch} video(s) of {num_frames}x{height}x{width} need about {needed.working / GB:.2f} GB "
+                         f"beyond the loaded weights (generator.memory: sampling {needed.sampling / GB:.2f}, decode "
+                         f"{needed.decode / GB:.2f}) but {free / GB:.2f} GB are available on {device}: lower "
+                         f"num_frames, height, width or the batch{'' if pipe.vae.tiling else ', or enable tiling'}")
 
 
 def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_frames, height, width,
@@ -152,5 +154,6 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
                          f"generator samples {num_levels}")
     check_prefix(latents, grids, batch)
     use_cfg = any(s != 1.0 for s in scales)
-    check_memory(pipe, batch, num_frames, height, width, use_cfg, pipe._execution_device)
+    check_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length,
+                 pipe._execution_device)
     return batch

@@ -88,6 +88,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(sample_size=sample_size)
         self._interrupt = False
+        self._memory_estimates = {}  # request -> generator.memory estimate (pipeline_checks.estimate_memory)
         dims = {"text encoder": self.text_encoder_wrapper().dim, "transformer": transformer.config.text_dim}
         if len(set(dims.values())) != 1:
             raise ValueError(f"text widths differ: {dims}; the transformer must be trained on this text encoder")
@@ -196,14 +197,16 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                 repeat(negative_prompt_attention_mask))
 
     def postprocess(self, video: torch.Tensor, output_type: str):
-        """(b, c, f, h, w) in [-1, 1] -> frames of `output_type` in [0, 1]."""
-        video_bfchw = rearrange((video.float().clamp(-1, 1) + 1) / 2, "b c f h w -> b f c h w").cpu()
+        """(b, c, f, h, w) in [-1, 1] -> frames of `output_type` in [0, 1]; one float32 copy of the video at a time
+        (the memory check counts them: generator.memory.OUTPUT_COPIES)."""
+        scaled = video.to(torch.float32, copy=True).clamp_(-1, 1).add_(1).div_(2)
+        video_bfchw = rearrange(scaled, "b c f h w -> b f c h w").cpu()
         if output_type == "pt":
             return video_bfchw
-        frames_bfhwc = rearrange(video_bfchw, "b f c h w -> b f h w c").numpy()
+        frames_bfhwc = rearrange(video_bfchw, "b f c h w -> b f h w c")
         if output_type == "np":
-            return frames_bfhwc
-        as_uint8 = np.round(frames_bfhwc * 255).astype(np.uint8)
+            return frames_bfhwc.numpy()
+        as_uint8 = frames_bfhwc.mul_(255).round_().to(torch.uint8).numpy()  # rounds half to even, as np.round
         return [[PIL.Image.fromarray(frame) for frame in clip] for clip in as_uint8]
 
     def check_inputs(self, *args, **kwargs) -> None:

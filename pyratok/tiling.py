@@ -42,7 +42,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from einops import rearrange
 from torch import Tensor
 
-__all__ = ["TilingConfig", "tiled_decode", "tile_spans", "blend_weights"]
+__all__ = ["TilingConfig", "tiled_decode", "tile_spans", "tile_group_shape", "blend_weights"]
 
 _VAE_SPATIAL_FACTOR = 8  # Wan 2.1; a patchified VAE (Wan 2.2: 16) is checked again in tiled_decode
 
@@ -106,6 +106,22 @@ def tile_spans(length: int, tile: int, stride: int) -> list[tuple[int, int]]:
     size = math.ceil((length + (n - 1) * overlap) / n)  # <= tile because n * stride + overlap >= length
     starts = [(i * (length - size)) // (n - 1) for i in range(n)]
     return [(s, s + size) for s in starts]
+
+
+def _tile_grid(h: int, w: int, config: TilingConfig, spatial: int) -> tuple[list, list]:
+    """Row and column spans (latent cells) of the tiles of an h x w latent."""
+    rows = tile_spans(h, config.tile_sample_min_height // spatial, config.tile_sample_stride_height // spatial)
+    cols = tile_spans(w, config.tile_sample_min_width // spatial, config.tile_sample_stride_width // spatial)
+    return rows, cols
+
+
+def tile_group_shape(batch: int, h: int, w: int, config: TilingConfig, spatial: int) -> tuple[int, int, int]:
+    """(tiles decoded together, tile height, tile width) of the largest group `tiled_decode` makes for a
+    (batch, c, t, h, w) latent, in latent cells. Groups decode one after another into the preallocated
+    video, all tiles have one size, so the decode's peak is the video plus this group's."""
+    rows, cols = _tile_grid(h, w, config, spatial)
+    tiles = min(config.first_frame_batch, batch * len(rows) * len(cols))
+    return tiles, rows[0][1] - rows[0][0], cols[0][1] - cols[0][0]
 
 
 def blend_weights(spans: list[tuple[int, int]], scale: int, margin: float = 0.25) -> list[Tensor]:
@@ -184,8 +200,7 @@ def tiled_decode(
     if hook is not None and hasattr(hook, "pre_forward"):
         hook.pre_forward(vae)
 
-    rows = tile_spans(h, config.tile_sample_min_height // spatial, config.tile_sample_stride_height // spatial)
-    cols = tile_spans(w, config.tile_sample_min_width // spatial, config.tile_sample_stride_width // spatial)
+    rows, cols = _tile_grid(h, w, config, spatial)
     row_w = [m.to(out.device, out.dtype) for m in blend_weights(rows, spatial)]  # precomputed once
     col_w = [m.to(out.device, out.dtype) for m in blend_weights(cols, spatial)]
     n_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())  # cache slots

@@ -174,11 +174,16 @@ def test_overfit_50_steps(quantizer):
 
 
 def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch):
-    import generator.plan as plan
+    from generator.memory import sampling_memory
 
     states, mask = text(2)
-    need = plan.sampling_peak_bytes(model.generator_config(), quantizer.grids_for(LATENT), 2, states.shape[1])
-    with pytest.raises(ValueError, match=r"needs about 0\.\d+ GB \(generator.plan\), more than the 0\.00 GB"):
+
+    def need_for(latent_grid):
+        return sampling_memory(model.generator_config(), quantizer.config, latent_grid, 2, text_len=states.shape[1],
+                               output_type="latent").total
+
+    need = need_for(LATENT)
+    with pytest.raises(ValueError, match=r"needs about 0\.\d+ GB \(generator.memory\), more than the 0\.00 GB"):
         generate(model, quantizer, states, mask, LATENT, memory_limit=need // 2)
     steps = []
     monkeypatch.setattr(model, "forward_level", lambda *a, **k: steps.append(a))
@@ -189,5 +194,5 @@ def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch
     pyramid = generate(model, quantizer, states, mask, LATENT, memory_limit=need + 1,
                        generator=torch.Generator().manual_seed(0))
     assert pyramid.batch_size == 2
-    bigger = plan.sampling_peak_bytes(model.generator_config(), quantizer.grids_for((4, 8, 8)), 2, states.shape[1])
+    bigger = need_for((4, 8, 8))
     assert bigger > need  # the estimate follows the clip size

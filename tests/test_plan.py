@@ -50,3 +50,26 @@ def test_report_and_clip_errors():
     assert "zero3+sp2" in text and text.rstrip().endswith("no")  # 1 MB GPUs fit nothing
     with pytest.raises(ValueError, match="'17x128'"):
         parse_clip("17x128")
+
+
+def test_plan_gives_the_pipelines_sampling_estimate(tmp_path, capsys):
+    """`python -m generator.plan --model DIR` counts sampling from the saved configs exactly as the pipeline's
+    up-front check counts it from the loaded components."""
+    from test_pipeline import make_pipe
+
+    from generator.memory import sampling_memory
+    from generator.plan import main, pipeline_configs
+    from pipelines.pipeline_checks import estimate_memory
+    from pyratok.tiling import TilingConfig
+
+    pipe = make_pipe()
+    pipe.save_pretrained(tmp_path)
+    model_cfg, tokenizer, text_encoder = pipeline_configs(tmp_path)
+    for tiling in (None, TilingConfig()):
+        pipe.vae.tiling = tiling
+        planned = sampling_memory(model_cfg, tokenizer, pipe.vae.latent_grid(9, 32, 32), 1, tiling=tiling,
+                                  text_encoder=text_encoder)
+        assert planned == estimate_memory(pipe, 1, 9, 32, 32, True, "pil")
+    assert main(["--model", str(tmp_path), "--clip", "9x32x32"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling one video of 9x32x32" in out and out.rstrip().splitlines()[-1].startswith("tiled")

@@ -87,7 +87,7 @@ def test_two_process_ulysses_matches_one_process(tmp_path):
 
 def test_fsdp_config_wraps_the_generator_blocks():
     """configs/accelerate/fsdp.yaml parses as an accelerate config and wraps a class the model has.
-    (accelerate runs FSDP only on GPUs: on CPU it falls back to one process, so it is not launched here.)"""
+    (accelerate runs FSDP only on GPU-like devices; tests/test_fsdp.py shards the training step by hand.)"""
     from accelerate.commands.config.config_args import load_config_from_file
 
     from generator import PyraTokGenerator

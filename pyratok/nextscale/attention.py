@@ -23,8 +23,6 @@ except Exception:  # noqa: BLE001 - any import failure just means "not available
 
 def attention(q, k, v, mask=None, dropout_p: float = 0.0, backend: str = "sdpa") -> torch.Tensor:
     """q: (b, h, n, e), k/v: (b, h, m, e), mask: bool broadcastable to (b, h, n, m) -> (b, h, n, e)."""
-    if q.device.type == "meta":  # generator.plan: count what the fused kernel saves and computes (SDPA's
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p)[0]  # meta path is math)
     if backend == "xformers" and _xops is not None and q.is_cuda:
         b, h, n, _ = q.shape
         m = k.shape[2]

@@ -27,10 +27,14 @@ class NextScaleBlock(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, layout: LevelAttention, past=None, text_kv=None, text_mask=None):
-        """x: (b, n, d). Returns (x, (k, v)) with the keys/values this block attended to."""
+    def forward(self, x, layout: LevelAttention, past=None, text_kv=None, text_mask=None, text=None):
+        """x: (b, n, d). Returns (x, (k, v)) with the keys/values this block attended to. Cross-attention
+        reads the text as `text_kv` (this block's projected (k, v), cached while sampling) or projects
+        `text` (b, s, d) here, inside the block's forward, where FSDP has gathered the block's weights."""
         out, kv = self.attn(self.norm1(x), layout, past)
         x = x + self.drop(out)
+        if self.cross is not None and text_kv is None and text is not None:
+            text_kv = self.cross.text_kv(text)
         if self.cross is not None and text_kv is not None:
             x = x + self.drop(self.cross(self.norm_cross(x), text_kv, text_mask))
         x = x + self.drop(self.mlp(self.norm2(x)))

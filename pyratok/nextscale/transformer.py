@@ -90,10 +90,10 @@ class NextScaleTransformer(nn.Module):
         logits = self.head(self.norm_out(x))  # (b, n, k)
         return rearrange(logits, "b (t h w) k -> b t h w k", t=grid[0], h=grid[1], w=grid[2])
 
-    def _run_blocks(self, x, layout: LevelAttention, text_kv_fn, text_mask, past_fn=None):
+    def _run_blocks(self, x, layout: LevelAttention, text_kv_fn, text_mask, past_fn=None, text=None):
         new_kv = []
         for i, block in enumerate(self.blocks):
-            args = (x, layout, None if past_fn is None else past_fn(i), text_kv_fn(i), text_mask)
+            args = (x, layout, None if past_fn is None else past_fn(i), text_kv_fn(i), text_mask, text)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x, kv = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -126,10 +126,10 @@ class NextScaleTransformer(nn.Module):
             key_valid = torch.cat([text_mask, text_mask.new_ones(x.shape[0], sum(sizes))], dim=1)  # (b, s + n)
         attn = layout.block_causal(sizes, prefix, key_valid)
         cross_mask = None if text is None else rearrange(text_mask, "b s -> b 1 1 s")
-        text_kv_fn = (lambda i: self.blocks[i].cross.text_kv(text)) if self._uses_cross(text) else (lambda i: None)
         if self.sequence_parallel is not None:  # each rank runs the blocks on its slice of the sequence
             x, attn = self.sequence_parallel.shard(x, attn)
-        x, _ = self._run_blocks(x, attn, text_kv_fn, cross_mask)
+        # each block projects the text itself, inside its forward (where FSDP has gathered its weights)
+        x, _ = self._run_blocks(x, attn, lambda i: None, cross_mask, text=text if self._uses_cross(text) else None)
         logits = self.head(self.norm_out(x))  # (b, s + n, k)
         if self.sequence_parallel is not None:
             logits = self.sequence_parallel.gather(logits, prefix + sum(sizes))

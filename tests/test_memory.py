@@ -1,0 +1,67 @@
+"""Tests for generator.memory, the pipeline's up-front memory estimate: it bounds the tensor bytes a real call
+holds at once (tiled and untiled decode, several tiles, clips longer than the frames it decodes on the meta
+device), and the pipeline refuses exactly the requests it puts past the memory available."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_pipeline import gens, make_pipe
+
+import pipelines.pipeline_checks as checks
+from generator.memory import LiveBytes, sampling_memory
+from pyratok.tiling import TilingConfig
+from pyratok.tokenizer import PyraTokTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CLIP = dict(num_frames=21, height=48, width=64)  # latent (6, 6, 8): longer than the 3 latent frames decoded on meta
+SMALL_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                   tile_sample_stride_width=24)  # 2 x 3 tiles per video
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_pipe()
+
+
+def tracked_peak(pipe, **kwargs) -> int:
+    with LiveBytes("cpu") as live:  # the estimate's own meta tensors are not counted
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs)
+    return live.peak
+
+
+@pytest.mark.parametrize("tiles, output_type, videos", [(None, "pil", 1), (SMALL_TILES, "pt", 2), (None, "np", 2)])
+def test_estimate_bounds_the_tensors_a_call_holds(pipe, tiles, output_type, videos):
+    if tiles:
+        pipe.enable_tiling(**tiles)
+    try:
+        peak = tracked_peak(pipe, output_type=output_type, num_videos_per_prompt=videos, **CLIP)
+        estimate = checks.estimate_memory(pipe, videos, *CLIP.values(), True, output_type).working
+    finally:
+        pipe.disable_tiling()
+    assert peak <= estimate <= 1.25 * peak, (peak, estimate)
+
+
+def test_decode_on_few_frames_matches_the_whole_clip_on_meta(pipe):
+    """The decode runs on the meta device for 3 latent frames of one group of tiles and adds what grows with
+    the clip: tiled, that is the whole clip's decode (plus the earlier phases' leftovers); untiled, a bound."""
+    grid = pipe.vae.latent_grid(33, 32, 48)  # 9 latent frames; 2 tiles
+    for tiling in (None, TilingConfig(**SMALL_TILES)):
+        estimate = sampling_memory(pipe.transformer.generator_config(), pipe.vae.cfg, grid, 1, tiling=tiling,
+                                   output_type="pt").decode
+        with torch.device("meta"):
+            vae = PyraTokTokenizer.from_config_dataclass(pipe.vae.cfg).eval()
+        vae.tiling = tiling
+        with LiveBytes("meta") as live, torch.no_grad():
+            video = vae.decode_latent(torch.empty(1, pipe.vae.cfg.backbone.z_dim, *grid, device="meta"))
+            scaled = video.clone()  # the post-processing's copy ("pt")
+        del video, scaled
+        assert live.peak <= estimate <= (1.05 if tiling else 1.25) * live.peak, (tiling, live.peak, estimate)
+
+
+def test_refused_exactly_past_the_estimate(pipe, monkeypatch):
+    need = checks.estimate_memory(pipe, 1, *CLIP.values(), True, "pil").working
+    monkeypatch.setattr(checks, "available_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"need about 0\.\d\d GB beyond the loaded weights"):
+        pipe("a red circle", **CLIP)
+    monkeypatch.setattr(checks, "available_bytes", lambda device: need)
+    assert len(pipe("a red circle", generator=gens(0), **CLIP).frames) == 1
