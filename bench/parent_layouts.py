@@ -1,8 +1,9 @@
-"""Which AutoencoderKLWan layout learns fastest on the CPU budget: Wan 2.1's against Wan 2.2's, both 4x8x8, z 16.
+"""How the parent VAE should start: Wan 2.1's and Wan 2.2's layouts from diffusers' random init against the
+parent's (Wan 2.1's layout with 2x2 patches) started as the blur it must beat; all 4x8x8, z 16.
 
     OMP_NUM_THREADS=1 python bench/parent_layouts.py [--steps 300]
 
-Each layout trains from the same seed on batches of 8 training-photo crops (64x64, 1-frame videos)
+Each start trains from the same seed on batches of 8 training-photo crops (64x64, 1-frame videos)
 with the parent VAE's loss (pyratok.train_parent.vae_loss); every 50 steps it prints seconds per
 step and PSNR on 32 crops of the held-out photos, beside the blur at the same compression.
 """
@@ -19,11 +20,14 @@ import torch  # noqa: E402
 from pyratok.backbone import BackboneConfig, build_wan  # noqa: E402
 from pyratok.data.natural import StillImageDataset  # noqa: E402
 from pyratok.losses import blur_reference, psnr  # noqa: E402
+from pyratok.parent_init import blur_init_  # noqa: E402
 from pyratok.train_parent import ParentConfig, ParentTrainConfig, vae_loss  # noqa: E402
 
-LAYOUTS = {
-    "wan2.1": BackboneConfig(base_dim=16, z_dim=16),
-    "wan2.2": ParentConfig().backbone,  # residual blocks, 2x2 patches; the parent's layout
+STARTS = {  # name: (layout, blur init)
+    "wan2.1 random": (BackboneConfig(base_dim=16, z_dim=16), False),
+    "wan2.2 random": (BackboneConfig(base_dim=32, z_dim=16, dim_mult=[1, 2, 2], temperal_downsample=[True, True],
+                                     is_residual=True, patch_size=2), False),
+    "parent blur-init": (ParentConfig().backbone, True),
 }
 
 
@@ -42,9 +46,12 @@ def main() -> None:
     held_video = torch.stack([held[i]["video"] for i in range(len(held))])  # (32, 3, 1, 64, 64)
     print(f"held-out photos, blur 1x8x8: {float(psnr(blur_reference(held_video, (1, 8, 8)), held_video)):.2f} dB")
     tc, rng = ParentTrainConfig(), torch.Generator().manual_seed(0)
-    for name, layout in LAYOUTS.items():
+    for name, (layout, blur) in STARTS.items():
         torch.manual_seed(0)
         vae = build_wan(layout)
+        if blur:
+            blur_init_(vae)
+        print(f"{name}: step 0, held-out PSNR {held_out_psnr(vae, held_video):.2f} dB")
         opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=tc.betas)
         start = time.perf_counter()
         for step in range(1, args.steps + 1):

@@ -26,10 +26,17 @@ def _eye_(conv, n):
 
 
 def blur_init_(vae: AutoencoderKLWan) -> None:
+    """Set `vae`'s weights in place so that it encodes and decodes as a box blur at its compression."""
     cfg = vae.config
     if cfg.is_residual or cfg.patch_size != 2:
-        raise ValueError("blur_init_ expects Wan 2.1's layout with patch_size 2")
+        raise ValueError(f"blur init needs Wan 2.1's layout with patch_size 2, got is_residual={cfg.is_residual}, "
+                         f"patch_size={cfg.patch_size}")
     n = 3 * 4  # signal channels: the 2x2 patch's 12 values
+    narrowest = min(cfg.base_dim * m for m in [1, *cfg.dim_mult])
+    if narrowest < 2 * n + 1 or cfg.z_dim < n:
+        raise ValueError(f"blur init needs every width >= {2 * n + 1} (each signal and its negative, plus a constant) "
+                         f"and z_dim >= {n}; got base_dim={cfg.base_dim}, dim_mult={list(cfg.dim_mult)}, "
+                         f"z_dim={cfg.z_dim}")
     for m in vae.modules():
         if isinstance(m, WanResidualBlock):
             torch.nn.init.zeros_(m.conv2.weight), torch.nn.init.zeros_(m.conv2.bias)

@@ -9,9 +9,12 @@ import torch
 from diffusers import AutoencoderKLWan
 from safetensors import safe_open
 
+from pyratok.backbone import BackboneConfig, build_wan
 from pyratok.data.natural import HELDOUT_IMAGES, StillImageDataset, clip_paths, packaged_image_paths
+from pyratok.data.real_clips import RealClipDataset
 from pyratok.evaluate import build_eval_data, evaluate, main as evaluate_main
 from pyratok.losses import blur_reference, latent_snr, psnr, ssim01
+from pyratok.parent_init import blur_init_
 from pyratok.train_parent import ParentConfig, latent_statistics, load_parent_weights, train, write_parent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +53,7 @@ def test_blur_reference_and_metrics():
 
 def test_train_parent_exports_a_plain_diffusers_folder(tmp_path):
     cfg = ParentConfig()
-    cfg.backbone.base_dim, cfg.backbone.z_dim = 8, 4
+    cfg.backbone.base_dim, cfg.backbone.z_dim, cfg.train.init = 8, 4, "random"
     cfg.data.image_size, cfg.data.images_per_clip, cfg.data.clip_size, cfg.data.clip_frames = 32, 2, 32, 5
     cfg.train.output_dir, cfg.train.max_steps, cfg.train.stat_batches = str(tmp_path / "run"), 2, 1
     cfg.train.warmup_steps, cfg.train.save_every, cfg.train.image_every = 1, 1, 1
@@ -68,6 +71,31 @@ def test_train_parent_exports_a_plain_diffusers_folder(tmp_path):
     evaluate_main(["--checkpoint", str(folder), "--data", "heldout-images", "--num-clips", "2", "--size", "32",
                    "--out", str(tmp_path / "eval")])
     assert "blur_psnr" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+@torch.no_grad()
+def test_blur_init_starts_as_the_blur_and_a_random_start_does_not():
+    """The parent starts as a box-blur codec at its own compression (pyratok.parent_init)."""
+    backbone = ParentConfig().backbone
+    clips = RealClipDataset(clip_paths("heldout"), num_frames=9, size=64, length=2, seed=0)
+    video = torch.stack([clips[i]["video"] for i in range(2)])  # (2, 3, 9, 64, 64)
+    blur = float(psnr(blur_reference(video, backbone.latent_grid(9, 64, 64)), video))
+
+    def recon_psnr(init: bool) -> float:
+        torch.manual_seed(0)
+        vae = build_wan(backbone)
+        if init:
+            blur_init_(vae)
+        return float(psnr(vae.decode(vae.encode(video).latent_dist.mean).sample, video))
+
+    assert recon_psnr(True) > blur - 1.0  # nearest rather than trilinear upsampling: a little below
+    assert recon_psnr(False) < blur - 5.0
+    with pytest.raises(ValueError, match="base_dim=8"):
+        blur_init_(build_wan(BackboneConfig(base_dim=8, z_dim=16, dim_mult=[1, 2, 2], patch_size=2,
+                                            temperal_downsample=[True, True])))
+    with pytest.raises(ValueError, match="is_residual=True"):
+        blur_init_(build_wan(BackboneConfig(base_dim=32, z_dim=16, dim_mult=[1, 2, 2], patch_size=2,
+                                            temperal_downsample=[True, True], is_residual=True)))
 
 
 def test_latent_statistics_are_per_channel():
