@@ -3,6 +3,7 @@ its evaluation beside the blur at the same compression."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,20 @@ def test_blur_init_starts_as_the_blur_and_a_random_start_does_not():
     with pytest.raises(ValueError, match="is_residual=True"):
         blur_init_(build_wan(BackboneConfig(base_dim=32, z_dim=16, dim_mult=[1, 2, 2], patch_size=2,
                                             temperal_downsample=[True, True], is_residual=True)))
+
+
+SHIPPED_PARENT = Path(__file__).resolve().parents[1] / "checkpoints" / "pyratok-vae-tiny"
+
+
+@pytest.mark.skipif(not (SHIPPED_PARENT / "config.json").is_file(), reason="no shipped parent VAE")
+@torch.no_grad()
+def test_shipped_parent_beats_the_blur_on_the_held_out_clip():
+    vae = AutoencoderKLWan.from_pretrained(SHIPPED_PARENT, torch_dtype=torch.float32)  # diffusers alone
+    clips = RealClipDataset(clip_paths("heldout"), num_frames=9, size=64, length=2, seed=0)
+    video = torch.stack([clips[i]["video"] for i in range(2)])  # (2, 3, 9, 64, 64), carphone
+    recon = vae.decode(vae.encode(video).latent_dist.mean).sample
+    blur = blur_reference(video, BackboneConfig.of(vae).latent_grid(9, 64, 64))
+    assert float(psnr(recon, video)) > float(psnr(blur, video)) + 2.0
 
 
 def test_latent_statistics_are_per_channel():
