@@ -45,8 +45,8 @@ def blur_init_(vae: AutoencoderKLWan) -> None:
         if isinstance(m, WanAttentionBlock):
             torch.nn.init.zeros_(m.proj.weight), torch.nn.init.zeros_(m.proj.bias)
         if isinstance(m, WanResample):
-            dim = m.resample[1].in_channels
             conv = m.resample[1]
+            dim = conv.in_channels
             with torch.no_grad():
                 conv.weight.zero_(), conv.bias.zero_()
                 if m.mode.startswith("downsample"):  # zero-pad right/bottom, 3x3 stride 2: taps 0..1 = the 2x2 cell
@@ -64,10 +64,9 @@ def blur_init_(vae: AutoencoderKLWan) -> None:
                     for c in range(dim):
                         m.time_conv.weight[c, c, 2, 0, 0] = 1.0
                         m.time_conv.weight[dim + c, c, 2, 0, 0] = 1.0
-    for coder, conv_in, last in ((vae.encoder, vae.encoder.conv_in, vae.encoder.mid_block.resnets[-1]),
-                                 (vae.decoder, vae.decoder.conv_in, vae.decoder.up_blocks[-1].resnets[-1])):
-        width = conv_in.out_channels
-        src = conv_in.in_channels if coder is vae.encoder else n
+    for coder, last in ((vae.encoder, vae.encoder.mid_block.resnets[-1]),
+                        (vae.decoder, vae.decoder.up_blocks[-1].resnets[-1])):
+        conv_in = coder.conv_in
         with torch.no_grad():  # conv_in: +x into channels 0..n-1, -x into n..2n-1
             conv_in.weight.zero_(), conv_in.bias.zero_()
             t = conv_in.weight.shape[2] - 1
@@ -75,8 +74,7 @@ def blur_init_(vae: AutoencoderKLWan) -> None:
                 conv_in.weight[c, c, t, 1, 1] = 1.0
                 conv_in.weight[n + c, c, t, 1, 1] = -1.0
             head = coder.norm_out
-            out = last.conv2
-            out.bias[-1] = K  # the constant channel, the block's last
+            last.conv2.bias[-1] = K  # the constant channel, the block's last
             dim = head.gamma.shape[0]
             head.gamma.zero_()
             head.gamma[: 2 * n] = K / dim**0.5  # normalised channel ~ x / K * sqrt(dim) * gamma = x
