@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent
+.PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent \
+	tokenizer-no-text-loss
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -90,10 +91,19 @@ parent-vae: $(STAMP)
 
 # LaPQ on the frozen parent (encoder and decoder frozen, carphone still held out), then the same evaluation:
 # the tokenizer's PSNR beside the parent's own (z decoded unquantized) and the blur, latent SNR, utilization.
+# PARENT_VAE=runs/parent-vae/vae takes the parent that `make parent-vae` retrained instead of the shipped one.
 ON_PARENT := runs/tokenizer-on-parent
+PARENT_VAE ?= checkpoints/pyratok-vae-tiny
 tokenizer-on-parent: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.train --config configs/tokenizer/on_parent.yaml \
-	  --pretrained_vae $(PARENT)/vae --output_dir $(ON_PARENT) --resume_from_checkpoint latest
+	  --pretrained_vae $(PARENT_VAE) --output_dir $(ON_PARENT) --resume_from_checkpoint latest
 	for data in heldout-real heldout-images train-real; do HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.evaluate \
 	  --checkpoint $(ON_PARENT)/tokenizer --data $$data --size 128 --num-clips 16 --seed 1234 \
 	  --out $(ON_PARENT)/eval_$$data || exit 1; done
+
+# The understanding ablation: the same recipe without text losses (no contrastive alignment), scored by
+# bench/eval_understanding.py --ablation beside the tokenizer trained with them.
+NO_TEXT := runs/tokenizer-on-parent-no-text
+tokenizer-no-text-loss: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pyratok.train --config configs/tokenizer/on_parent.yaml \
+	  --pretrained_vae $(PARENT_VAE) --output_dir $(NO_TEXT) --resume_from_checkpoint latest --set loss.align=0.0

@@ -1,10 +1,13 @@
 """Ablation of the quantizer alone: LaPQ's pyramid against a single-scale binary quantizer on one frozen backbone.
 
-A trained tokenizer's encoder turns Shapes and real clips into latents and taps once; a fresh
+A trained tokenizer's encoder (or a parent VAE's, `--config` with `train.pretrained_vae`) turns
+Shapes and real clips into latents and taps once; a fresh
 quantizer of each kind (equal bits per video, equal steps, no text) learns to quantize them
 (latent error + commitment + entropy), and is scored by its latent error, as an SNR against the
-latents' variance, and by PSNR through the frozen decoder, on held-out Shapes and real clips:
+latents' variance, and by PSNR through the frozen decoder, on held-out Shapes pairs and the held-out
+real clip (carphone); training clips are Shapes and bikes crops:
     python bench/ablate_quantizer.py --tokenizer checkpoints/pyratok-shapes-tiny/vae --steps 1000
+    python bench/ablate_quantizer.py --config configs/tokenizer/on_parent.yaml --bits 32 --single-bits 40
 Unlike bench/ablate_pyramid.py no encoder or decoder adapts to the quantizer, so the figures
 compare the quantizers themselves, in minutes.
 """
@@ -20,40 +23,18 @@ import torch
 from tqdm import tqdm
 
 from ablate_pyramid import group_size
+from pyratok.config import load_config
 from pyratok.evaluate import build_eval_data
+from pyratok.fit_quantizer import encode_clips, fit_quantizer
 from pyratok.lapq import LaPQ, LaPQConfig
 from pyratok.losses import psnr
-from pyratok.objective import LossWeights, quantizer_loss
 from pyratok.tokenizer import PyraTokTokenizer
+from pyratok.train import TokenizerTrainConfig, build_objective
 
 
-@torch.no_grad()
 def encode_set(tokenizer: PyraTokTokenizer, kind: str, num_clips: int, size: int, seed: int):
-    """(latents (n, c, t, h, w), taps [(n, c_i, t_i, h_i, w_i)], videos (n, 3, T, H, W)) of one clip set."""
-    dataset = build_eval_data(kind, num_clips, 9, size, seed=seed)
-    zs, taps, videos = [], [], []
-    for start in range(0, num_clips, 8):
-        video = torch.stack([dataset[i]["video"] for i in range(start, min(start + 8, num_clips))])
-        z, _, tap = tokenizer.encode_latent(video)
-        zs.append(z)
-        taps.append(tap)
-        videos.append(video)
-    return torch.cat(zs), [torch.cat(level) for level in zip(*taps)], torch.cat(videos)
-
-
-def train_quantizer(config: LaPQConfig, z: torch.Tensor, taps: list[torch.Tensor], steps: int, seed: int) -> LaPQ:
-    quantizer = LaPQ(config).train()
-    optimizer = torch.optim.AdamW(quantizer.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, 2 * (1 - s / steps)))  # flat, then linear to 0
-    weights, g = LossWeights(), torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc=f"train {config.num_bits}-bit, {config.num_levels} level(s)"):
-        idx = torch.randint(0, z.shape[0], (16,), generator=g)
-        loss = quantizer_loss(quantizer(z[idx], [t[idx] for t in taps]), weights)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return quantizer.eval()
+    """(latents, taps, videos) of `num_clips` clips of 9 x size x size from the evaluation set `kind`."""
+    return encode_clips(tokenizer, build_eval_data(kind, num_clips, 9, size, seed=seed), num_clips)
 
 
 @torch.no_grad()
@@ -67,21 +48,33 @@ def score(tokenizer: PyraTokTokenizer, quantizer: LaPQ, z, taps, video) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True, help="a saved PyraTokTokenizer folder: its backbone is frozen")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokenizer", help="a saved PyraTokTokenizer folder: its backbone is frozen")
+    source.add_argument("--config", help="a tokenizer config with train.pretrained_vae (e.g. on_parent.yaml): "
+                        "its frozen parent VAE is the backbone")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--bits", type=int, default=16, help="bits per token of LaPQ")
     parser.add_argument("--single-bits", type=int, default=20, help="bits per token of the single-scale quantizer")
-    parser.add_argument("--train-clips", type=int, default=384, help="half Shapes, half real")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train-clips", type=int, default=384, help="half Shapes, half real training crops")
     parser.add_argument("--eval-clips", type=int, default=32)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", default="runs/ablate_quantizer")
     args = parser.parse_args()
-    tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval().requires_grad_(False)
+    if args.tokenizer:
+        tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer)
+    else:
+        cfg = load_config(TokenizerTrainConfig, args.config)
+        if not cfg.train.pretrained_vae:
+            raise ValueError(f"{args.config} sets no train.pretrained_vae to take the frozen backbone from")
+        tokenizer = build_objective(cfg).tokenizer
+    tokenizer = tokenizer.eval().requires_grad_(False)
     half = args.train_clips // 2
-    parts = [encode_set(tokenizer, kind, half, args.size, seed) for kind, seed in (("shapes", 1), ("real", 2))]
+    parts = [encode_set(tokenizer, kind, half, args.size, seed) for kind, seed in (("shapes", 1), ("train-real", 2))]
     train_z = torch.cat([p[0] for p in parts])
     train_taps = [torch.cat(level) for level in zip(*(p[1] for p in parts))]
-    evals = {kind: encode_set(tokenizer, kind, args.eval_clips, args.size, seed=777) for kind in ("heldout", "real")}
+    evals = {kind: encode_set(tokenizer, kind, args.eval_clips, args.size, seed=777) for kind in ("heldout", "heldout-real")}
     base = dataclasses.asdict(tokenizer.quantizer.config)
     variants = {
         "lapq": {"num_bits": args.bits, "bits_per_group": group_size(args.bits)},
@@ -89,24 +82,26 @@ def main() -> None:
                          "level_strides": [(1, 1, 1)]},
     }
     results = {"unquantized_psnr": {k: float(psnr(tokenizer.decode_latent(z).clamp(-1, 1), v))
-                                    for k, (z, _, v) in evals.items()},
-               "own_quantizer": {k: score(tokenizer, tokenizer.quantizer, *data) for k, data in evals.items()}}
+                                    for k, (z, _, v) in evals.items()}}
+    rows = list(variants)
+    if args.tokenizer:  # a parent VAE's backbone comes with an untrained quantizer: nothing to score
+        results["own_quantizer"] = {k: score(tokenizer, tokenizer.quantizer, *data) for k, data in evals.items()}
+        rows.insert(0, "own_quantizer")
     for name, override in variants.items():
         config = LaPQConfig(**{**base, "use_text": False, "whiten_bits": False, **override})
-        quantizer = train_quantizer(config, train_z, train_taps, args.steps, seed=0)
+        quantizer = fit_quantizer(LaPQ(config), train_z, train_taps, args.steps, args.lr, args.batch_size, seed=0)
         results[name] = {kind: score(tokenizer, quantizer, *data) for kind, data in evals.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\n{'quantizer':<14}{'bits/video':>11}{'latent SNR heldout/real':>25}{'PSNR heldout/real':>20}")
-    for name in ("own_quantizer", *variants):
+    for name in rows:
         r = results[name]
-        print(f"{name:<14}{r['real']['bits_per_video']:>11}"
-              f"{r['heldout']['latent_snr_db']:>15.2f} / {r['real']['latent_snr_db']:.2f}"
-              f"{r['heldout']['psnr']:>13.2f} / {r['real']['psnr']:.2f}")
+        print(f"{name:<14}{r['heldout-real']['bits_per_video']:>11}"
+              f"{r['heldout']['latent_snr_db']:>15.2f} / {r['heldout-real']['latent_snr_db']:.2f}"
+              f"{r['heldout']['psnr']:>13.2f} / {r['heldout-real']['psnr']:.2f}")
     c = results["unquantized_psnr"]
-    print(f"unquantized latents through the same decoder: {c['heldout']:.2f} / {c['real']:.2f} dB "
-          "(the decoder was trained on its own quantizer's latents)")
+    print(f"unquantized latents through the same decoder: {c['heldout']:.2f} / {c['heldout-real']:.2f} dB")
 
 
 if __name__ == "__main__":

@@ -26,34 +26,41 @@ class BitWhitening(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_levels, g, bits_per_group))
         self.register_buffer("running_cov", torch.eye(bits_per_group).repeat(num_levels, g, 1, 1))
         self.register_buffer("num_updates", torch.zeros(num_levels, dtype=torch.long))
+        self.frozen = False  # True: statistics stay as they are in training too (a stage that keeps the tokens)
 
     @torch.no_grad()
-    def _update(self, x: torch.Tensor, level: int) -> None:
-        """x: (n, g, j) float32 logits of one batch; the first updates average, later ones decay."""
+    def _update(self, x: torch.Tensor, level: int, groups: slice) -> None:
+        """x: (n, g, j) float32 logits of one batch for `groups`; the first updates average, later ones decay.
+
+        A level's update count advances with its last group, so groups updated one call at a time
+        (LaPQ's `refine_groups`) share one schedule."""
         count = int(self.num_updates[level])
         rate = max(self.momentum, 1.0 / (count + 1))
         mean = x.mean(0)  # (g, j)
         if x.shape[0] < 2:  # one token has no spread: keep the running covariance
-            cov = self.running_cov[level]
+            cov = self.running_cov[level, groups]
         else:
             centred = x - mean
             cov = torch.einsum("ngi,ngj->gij", centred, centred) / (x.shape[0] - 1)
-        self.running_mean[level].lerp_(mean, rate)
-        self.running_cov[level].lerp_(cov, rate)
-        self.num_updates[level] += 1
+        self.running_mean[level, groups].lerp_(mean, rate)
+        self.running_cov[level, groups].lerp_(cov, rate)
+        if groups.stop is None or groups.stop >= self.running_mean.shape[1]:
+            self.num_updates[level] += 1
 
-    def matrices(self, level: int) -> torch.Tensor:
-        """(g, j, j) ZCA whitening matrices of `level`; eigenvalues floored at eps x their mean."""
-        eigvals, eigvecs = torch.linalg.eigh(self.running_cov[level])  # (g, j), (g, j, j)
+    def matrices(self, level: int, groups: slice = slice(None)) -> torch.Tensor:
+        """(g, j, j) ZCA whitening matrices of `level`'s `groups`; eigenvalues floored at eps x their mean."""
+        eigvals, eigvecs = torch.linalg.eigh(self.running_cov[level, groups])  # (g, j), (g, j, j)
         floor = self.eps * eigvals.mean(-1, keepdim=True).clamp_min(1e-12)
         scale = eigvals.clamp_min(0).add(floor).rsqrt()
         return eigvecs @ torch.diag_embed(scale) @ eigvecs.transpose(-1, -2)
 
-    def forward(self, logits: torch.Tensor, level: int, update: bool = True) -> torch.Tensor:
-        """logits (..., k) -> whitened logits (..., k); statistics update in training mode when `update`."""
+    def forward(self, logits: torch.Tensor, level: int, update: bool = True, groups: slice = slice(None)) -> torch.Tensor:
+        """logits (..., k) -> whitened logits (..., k); statistics update in training mode when `update`.
+
+        `groups` selects the bit groups that `logits` holds (all of the level's by default)."""
         with torch.autocast(logits.device.type, enabled=False):
             x = rearrange(logits.float(), "... (g j) -> ... g j", j=self.j)
-            if self.training and update:
-                self._update(x.detach().reshape(-1, *x.shape[-2:]), level)
-            white = torch.einsum("gij,...gj->...gi", self.matrices(level), x - self.running_mean[level])
+            if self.training and update and not self.frozen:
+                self._update(x.detach().reshape(-1, *x.shape[-2:]), level, groups)
+            white = torch.einsum("gij,...gj->...gi", self.matrices(level, groups), x - self.running_mean[level, groups])
             return rearrange(white, "... g j -> ... (g j)").to(logits.dtype)

@@ -2,7 +2,9 @@
 
 Implements PyraTok §3.2: residual coarse-to-fine levels over (t, h, w) grids, lateral inputs
 from several encoder depths, text cross-attention at every level, a shared lookup-free
-binary codebook with a shared dequantizer and a per-level scale, and grouped entropy.
+binary codebook with a shared dequantizer and a per-level scale, and grouped entropy. With
+`refine_groups`, a token's bit groups are chosen one after another, each from the residual the
+earlier ones left (successive approximation inside a token; the dequantizer stays one linear map).
 Letters: b - batch, c - latent channels, d - hidden width, n - tokens of a level, k - bits.
 """
 from __future__ import annotations
@@ -39,6 +41,11 @@ class LaPQConfig:
     # running ZCA whitening of each level's bit logits per group (balanced, decorrelated bits)
     whiten_bits: bool = False
     whiten_momentum: float = 0.01
+    # choose a token's bit groups one after another, each from the residual the earlier groups left
+    # (successive approximation: later groups refine magnitudes; otherwise all k bits are signs of
+    # one projection, which code a residual's direction but hardly its size). Bits and dequantizer
+    # are the same either way.
+    refine_groups: bool = False
 
     def __post_init__(self):
         if not 1 <= self.num_bits <= 62:
@@ -95,9 +102,12 @@ class LaPQ(nn.Module):
         return level_grids(tuple(latent_grid), self.config.level_strides)
 
     # --- dequantization: all that generation needs --------------------------------------
-    def dequantize_level(self, bits: torch.Tensor, level: int) -> torch.Tensor:
-        """(b, t, h, w, k) bits of `level` -> (b, c, t, h, w) on the level's own grid."""
-        z = self.from_bits(bits.to(self.from_bits.weight.dtype)) * self.level_scale[level]
+    def dequantize_level(self, bits: torch.Tensor, level: int, part: slice = slice(None)) -> torch.Tensor:
+        """(b, t, h, w, k) bits of `level` -> (b, c, t, h, w) on the level's own grid.
+
+        With `part`, `bits` holds only those bits (..., len) and their share of the sum comes back."""
+        weight = self.from_bits.weight[:, part]
+        z = F.linear(bits.to(weight.dtype), weight) * self.level_scale[level]
         return rearrange(z, "b t h w c -> b c t h w")
 
     def reconstruct(self, bits: list[torch.Tensor], latent_grid: Grid) -> torch.Tensor:
@@ -124,6 +134,22 @@ class LaPQ(nn.Module):
         return self.reconstruct(pyramid.bits, pyramid.latent_grid)
 
     # --- quantization ---------------------------------------------------------------------
+    def _logits(self, residual, lateral, level: int, part: slice, text_states, text_mask) -> torch.Tensor:
+        """Bit logits (b, t, h, w, |part|) of `level` for the residual (b, c, t, h, w) on the level's grid."""
+        u = self.in_proj(rearrange(residual, "b c t h w -> b t h w c"))
+        if lateral is not None:
+            u = u + lateral
+        u = self.norms[level](u)
+        if self.text_attn is not None and text_states is not None:
+            u_bnd = rearrange(u, "b t h w d -> b (t h w) d")
+            u = self.text_attn[level](u_bnd, text_states, text_mask).reshape(u.shape)
+        weight, bias = self.to_bits.weight[part], self.to_bits.bias[part]
+        logits = F.linear(self.bit_norms[level](u), weight, bias)
+        if self.whitening is not None:
+            groups = slice(part.start // self.config.bits_per_group, part.stop // self.config.bits_per_group)
+            logits = self.whitening(logits, level, groups=groups)
+        return logits
+
     def forward(
         self,
         z: torch.Tensor,
@@ -147,28 +173,28 @@ class LaPQ(nn.Module):
                 raise ValueError(f"LaPQ expects taps with channels {cfg.tap_channels}, got {got}")
         z_hat = torch.zeros_like(z)
         bits, bits_st, commits, entropies, stats = [], [], [], [], {}
+        j = cfg.bits_per_group
+        parts = [slice(g, g + j) for g in range(0, k, j)] if cfg.refine_groups else [slice(0, k)]
         for level, grid in enumerate(grids):
-            residual = resample(z - z_hat, grid)  # what coarser levels left unexplained
-            u = self.in_proj(rearrange(residual, "b c t h w -> b t h w c"))
+            lateral = None
             if self.laterals is not None:
                 tap_l = torch.cat([resample(t, grid) for t in taps], dim=1)
-                u = u + self.laterals[level](rearrange(tap_l, "b c t h w -> b t h w c"))
-            u = self.norms[level](u)
-            if self.text_attn is not None and text_states is not None:
-                u_bnd = rearrange(u, "b t h w d -> b (t h w) d")
-                u_bnd = self.text_attn[level](u_bnd, text_states, text_mask)
-                u = u_bnd.reshape(u.shape)
-            logits = self.to_bits(self.bit_norms[level](u))  # (b, t, h, w, k)
-            if self.whitening is not None:
-                logits = self.whitening(logits, level)
-            hard = torch.where(logits >= 0, 1.0, -1.0).to(logits.dtype)
-            # on the sphere of the codes (radius sqrt(k)), as in binary spherical quantization: the
-            # straight-through gradient cannot grow the logits without bound, commitment stays bounded
-            soft = logits * (k**0.5 / logits.norm(dim=-1, keepdim=True).clamp_min(1e-6))
-            b_st = soft + (hard - soft).detach()  # straight-through
-            z_hat = z_hat + resample(self.dequantize_level(b_st, level), latent_grid)
+                lateral = self.laterals[level](rearrange(tap_l, "b c t h w -> b t h w c"))
+            hard_parts, soft_parts = [], []
+            for part in parts:
+                residual = resample(z - z_hat, grid)  # what coarser levels and earlier groups left unexplained
+                logits = self._logits(residual, lateral, level, part, text_states, text_mask)  # (b, t, h, w, |part|)
+                hard = torch.where(logits >= 0, 1.0, -1.0).to(logits.dtype)
+                # on the sphere of the codes (radius sqrt(|part|)), as in binary spherical quantization: the
+                # straight-through gradient cannot grow the logits without bound, commitment stays bounded
+                soft = logits * ((part.stop - part.start) ** 0.5 / logits.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+                b_st = soft + (hard - soft).detach()  # straight-through
+                z_hat = z_hat + resample(self.dequantize_level(b_st, level, part), latent_grid)
+                hard_parts.append(hard)
+                soft_parts.append(soft)
+            hard, soft = torch.cat(hard_parts, -1), torch.cat(soft_parts, -1)  # (b, t, h, w, k)
+            bits_st.append(soft + (hard - soft).detach())
             bits.append(hard.detach())
-            bits_st.append(b_st)
             commits.append(commitment_loss(soft, hard))
             entropies.append(
                 grouped_entropy(soft, cfg.bits_per_group, cfg.entropy_temperature, cfg.usage_entropy_weight)

@@ -28,20 +28,27 @@ class LossWeights:
     entropy: float = 0.05
     align: float = 0.1
     ar: float = 0.1
+    # the AR loss's gradient reaches LaPQ's bits (context and targets); off, it trains only the prior,
+    # on detached tokens: the ablation that isolates what the objective does to the tokens
+    ar_to_tokens: bool = True
 
 
-def ar_prior_loss(model: PyraTokTokenizer, out: TokenizerOutput) -> tuple[torch.Tensor, list[float]]:
+def ar_prior_loss(model: PyraTokTokenizer, out: TokenizerOutput, to_tokens: bool = True) -> tuple[torch.Tensor, list[float]]:
     """BCE of the next-scale prior on every level's bits, with gradients into LaPQ on both sides.
 
     The context (z_hat_<l) and the targets (level l's bits) are both straight-through bits. Through the
     targets, d BCE / d target = -prior logit: the quantizer is pulled towards codes the prior predicts,
     the rate term of learned compression (fewer bits per token under the prior); every level, the
-    finest included, gets this gradient, which a detached target would cut.
+    finest included, gets this gradient, which a detached target would cut. `to_tokens=False` detaches
+    both, so only the prior learns (the ablation).
     """
     quant = out.quant
-    inputs = model.quantizer.level_inputs(quant.bits_st, quant.pyramid.latent_grid)
+    bits = quant.bits_st if to_tokens else [b.detach() for b in quant.bits_st]
+    inputs = model.quantizer.level_inputs(bits, quant.pyramid.latent_grid)
+    if not to_tokens:  # nor the dequantizer, through the context
+        inputs = [x.detach() for x in inputs]
     logits = model.prior(inputs, out.text_states, out.text_mask)
-    loss, stats = bitwise_loss(logits, quant.bits_st, weighting="level")  # straight-through targets
+    loss, stats = bitwise_loss(logits, bits, weighting="level")  # straight-through targets
     return loss, [float(stats[f"bit_acc/level{l}"]) for l in range(len(logits))]
 
 
@@ -85,7 +92,7 @@ def tokenizer_losses(
         terms["align"], terms["align_acc"] = model.alignment.contrastive_loss(video_emb, text_emb)
         total = total + weights.align * terms["align"]
     if weights.ar > 0 and model.prior is not None:
-        terms["ar"], accs = ar_prior_loss(model, out)
+        terms["ar"], accs = ar_prior_loss(model, out, weights.ar_to_tokens)
         for level, acc in enumerate(accs):
             terms[f"ar_bit_acc/level{level}"] = acc
         total = total + weights.ar * terms["ar"]

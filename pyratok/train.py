@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from .checkpoints import load_pretrained_wan, load_tokenizer_weights
 from .config import cli_overrides, load_config
 from .data.mix import DataConfig, build_dataset, collate_videos
+from .fit_quantizer import encode_clips, fit_quantizer
 from .objective import LossWeights, TokenizerObjective
 from .text_encoder import TextEncoder
 from .tokenizer import PyraTokTokenizer, TokenizerConfig
@@ -49,11 +50,21 @@ class TokenizerTrainLoop(TrainConfig):
     text_encoder: str | None = None  # local folder; None = the installed MiniLM
     init_from: str | None = None  # a saved tokenizer folder to start from (a new stage, fresh optimizer)
     grow_from_init: bool = False  # init_from may be smaller (e.g. fewer bits): see load_tokenizer_weights
+    # with freeze_encoder: first fit LaPQ alone to the fixed latents of this many clips (pyratok.fit_quantizer),
+    # ~20x cheaper a step than the end-to-end steps that follow
+    quantizer_fit_steps: int = 0
+    quantizer_fit_clips: int = 256
+    quantizer_fit_lr: float = 0.002
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.quantizer_fit_steps < 0:
+            raise ValueError(f"train.quantizer_fit_steps must be >= 0, got {self.quantizer_fit_steps}")
+        if self.quantizer_fit_steps and not self.freeze_encoder:
+            raise ValueError(f"train.quantizer_fit_steps={self.quantizer_fit_steps} needs train.freeze_encoder: "
+                             "the latents it fits must stay the encoder's")
 
 
 @dataclass
@@ -83,7 +94,18 @@ def build_objective(cfg: TokenizerTrainConfig) -> TokenizerObjective:
         tokenizer.requires_grad_(False)
         tokenizer.backbone.post_quant_conv.requires_grad_(True)
         tokenizer.backbone.decoder.requires_grad_(True)
+        if tokenizer.quantizer.whitening is not None:  # its running statistics would move the tokens
+            tokenizer.quantizer.whitening.frozen = True
     return TokenizerObjective(tokenizer, cfg.loss)
+
+
+def fit_first(tokenizer: PyraTokTokenizer, cfg: TokenizerTrainConfig) -> None:
+    """The quantizer-only first stage: LaPQ fitted to the frozen encoder's latents of the training clips."""
+    tc = cfg.train
+    z, taps, _ = encode_clips(tokenizer, build_dataset(cfg.data), tc.quantizer_fit_clips)
+    fit_quantizer(tokenizer.quantizer, z, taps, tc.quantizer_fit_steps, tc.quantizer_fit_lr, tc.batch_size,
+                  seed=tc.seed, weights=cfg.loss)
+    tokenizer.quantizer.train()
 
 
 def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
@@ -91,6 +113,8 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     trainer = Trainer(tc, "tokenizer", cfg, find_unused_parameters=True)
     set_seed(tc.seed)  # the same initial weights on every rank; a resume restores the streams after this
     objective = build_objective(cfg)
+    if tc.quantizer_fit_steps:  # deterministic from the seed; a resume then loads its checkpoint over it
+        fit_first(objective.tokenizer, cfg)
     text_encoder = TextEncoder.from_pretrained(tc.text_encoder, device=trainer.accelerator.device)
     loader = DataLoader(build_dataset(cfg.data), batch_size=tc.batch_size, shuffle=True, drop_last=True,
                         num_workers=tc.num_workers, collate_fn=collate_videos,

@@ -66,10 +66,12 @@ def test_whitening_switches_on_over_a_saved_model_and_round_trips(tmp_path):
         load_tokenizer_weights(tiny_tokenizer(), tmp_path / "no_text")
 
 
-def test_training_step_with_whitening_updates_statistics_from_both_passes():
+@pytest.mark.parametrize("refine", [False, True])
+def test_training_step_with_whitening_updates_statistics_from_both_passes(refine):
+    """Also with refine_groups, where each group is whitened in its own call: one update a pass."""
     from pyratok.objective import LossWeights, TokenizerObjective
 
-    model = tiny_tokenizer(quantizer_config={"whiten_bits": True}).train()
+    model = tiny_tokenizer(quantizer_config={"whiten_bits": True, "refine_groups": refine}).train()
     objective = TokenizerObjective(model, LossWeights())
     g = torch.Generator().manual_seed(0)
     video = torch.rand(2, 3, 5, 32, 32, generator=g) * 2 - 1

@@ -83,7 +83,8 @@ def test_two_process_run_resumes_from_checkpoint(tmp_path):
 
 def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path):
     """init_from + grow_from_init: a 24-bit model starts from a 16-bit one (same tokens in its first 16
-    bits); decoder_only then changes nothing but the decoder, so the tokens stay exactly as they were."""
+    bits); decoder_only then changes nothing but the decoder, so the tokens stay exactly as they were,
+    bit whitening's running statistics included."""
     from pyratok.checkpoints import load_tokenizer_weights
     from pyratok.train import main
 
@@ -95,7 +96,8 @@ def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path
     with pytest.raises(ValueError, match="quantizer.to_bits.weight"):
         main(["--config", str(config), "--set", *wider, f"train.init_from={tmp_path / 'small'}"])
     main(["--config", str(config), "--set", *wider, f"train.init_from={tmp_path / 'small'}",
-          "train.grow_from_init=true", "train.decoder_only=true", "train.write_param_checksum=false"])
+          "train.grow_from_init=true", "train.decoder_only=true", "train.write_param_checksum=false",
+          "model.quantizer.whiten_bits=true"])  # its running statistics must not move either
     trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
     start = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")  # same config, then the small weights
     load_tokenizer_weights(start, tmp_path / "small", grow=True)
@@ -110,7 +112,8 @@ def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path
 
 def test_lapq_on_a_frozen_parent_keeps_the_parent_and_its_latent_statistics(tmp_path):
     """pretrained_vae + freeze_encoder + freeze_decoder: the parent's weights leave training unchanged, only
-    LaPQ and the heads learn, and z is normalised by the parent's latents_mean / latents_std."""
+    LaPQ and the heads learn, and z is normalised by the parent's latents_mean / latents_std. The recipe's
+    quantizer-only first stage (quantizer_fit_steps) and refined groups run on the way."""
     from diffusers import AutoencoderKLWan
 
     from pyratok.train import main
@@ -121,7 +124,8 @@ def test_lapq_on_a_frozen_parent_keeps_the_parent_and_its_latent_statistics(tmp_
     parent.save_pretrained(tmp_path / "parent")
     config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
     main(["--config", str(config), "--set", f"train.pretrained_vae={tmp_path / 'parent'}", "train.freeze_encoder=true",
-          "train.freeze_decoder=true", "model.backbone.normalize_latents=true", "train.write_param_checksum=false"])
+          "train.freeze_decoder=true", "model.backbone.normalize_latents=true", "train.write_param_checksum=false",
+          "train.quantizer_fit_steps=3", "train.quantizer_fit_clips=2", "model.quantizer.refine_groups=true"])
     trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
     assert list(trained.backbone.config.latents_std) == [1.5, 0.5, 1.0, 2.0]
     for name, value in parent.state_dict().items():
