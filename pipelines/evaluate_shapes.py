@@ -1,7 +1,9 @@
 """Prompt faithfulness of a text-to-video pipeline on Shapes prompts, judged by pixels alone.
 
 Implements SHAPES.md "Prompt-faithfulness check" with `judge_video`: colour, shape and motion accuracy
-on train colour x shape pairs and, separately, on the heldout pairs (compositional generalisation).
+on train colour x shape pairs and, separately, on the heldout pairs (compositional generalisation); and
+its "Two-object check" with `score_objects` on two-object prompts ("a red circle moving left and a blue
+square growing"): both objects right, and per-object colour / shape / motion rates.
 `python -m pipelines.evaluate_shapes --model DIR [--num-seeds 4] [--out DIR]` -> results.json + sheets.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pyratok.data.contact_sheet import save_contact_sheet
 from pyratok.data.shapes import COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, caption_for
-from pyratok.data.shapes_judge import judge_video
+from pyratok.data.shapes_judge import judge_video, score_objects
 from pyratok.help_format import DefaultsFormatter
 
 from .cli import add_debug_flag, report_errors
@@ -27,10 +29,29 @@ SEED_BASE = 1_000_000  # generation seeds; training runs use small seeds (0, 1, 
 ATTRIBUTES = ("colour", "shape", "motion")
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "motion": 1 / len(MOTIONS)}
 SHEET_ROWS = 24
+TWO_OBJECT = "two_object"  # the category of two-object prompts, next to the "train" and "heldout" splits
 
 
-def evaluation_prompts(num_train: int = 48, num_heldout: int = 0, seed: int = 0) -> dict[str, list[tuple]]:
-    """(colour, shape, motion) per split: every pair x motion, or a fixed random subset of `num_*` (0: all)."""
+def two_object_prompts(num: int, seed: int = 0) -> list[tuple[tuple[str, str, str], ...]]:
+    """`num` distinct object pairs ((colour, shape, motion), (colour, shape, motion)) from the train pairs,
+    two colours in each (as ShapesDataset(num_objects=2) draws them); fixed by `seed`."""
+    singles = [(c, s, m) for c, s in TRAIN_PAIRS for m in MOTIONS]
+    possible = sum(a[0] != b[0] for a in singles for b in singles)
+    if not 0 <= num <= possible:
+        raise ValueError(f"number of two-object prompts must be in [0, {possible}], got {num}")
+    rng = np.random.default_rng([seed, 2])  # a stream of its own: the single-object subsets do not move
+    items: list[tuple] = []
+    while len(items) < num:
+        first, second = (singles[i] for i in rng.choice(len(singles), size=2, replace=False))
+        if first[0] != second[0] and (first, second) not in items:
+            items.append((first, second))
+    return items
+
+
+def evaluation_prompts(num_train: int = 48, num_heldout: int = 0, num_two_object: int = 24,
+                       seed: int = 0) -> dict[str, list[tuple]]:
+    """(colour, shape, motion) per split: every pair x motion, or a fixed random subset of `num_*` (0: all);
+    under "two_object", `num_two_object` pairs of such triples (`two_object_prompts`; 0: none)."""
     rng = np.random.default_rng(seed)
     out = {}
     for split, pairs, n in (("train", TRAIN_PAIRS, num_train), ("heldout", HELDOUT_PAIRS, num_heldout)):
@@ -38,7 +59,40 @@ def evaluation_prompts(num_train: int = 48, num_heldout: int = 0, seed: int = 0)
         if 0 < n < len(items):
             items = [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
         out[split] = items
+    out[TWO_OBJECT] = two_object_prompts(num_two_object, seed)
     return out
+
+
+def prompt_text(split: str, item: tuple) -> str:
+    """The canonical caption: "a red circle moving left", or two joined with "and" for two_object items."""
+    return " and ".join(caption_for(*o) for o in item) if split == TWO_OBJECT else caption_for(*item)
+
+
+def _judge(split: str, item: tuple, clip: np.ndarray) -> dict:
+    """Per-video record fields: the single-object verdict, or the two-object score with one row per object."""
+    if split != TWO_OBJECT:
+        judged = judge_video(clip)
+        return {**dict(zip(ATTRIBUTES, item)), "judged": {k: judged[k] for k in (*ATTRIBUTES, "found", "fill_ratio")}}
+    score = score_objects(clip, item)
+    return {"objects": [_object_record(row) for row in score["objects"]], "both_right": score["all_right"],
+            "both_colour_shape_right": score["colour_shape_right"]}
+
+
+def _object_record(row: dict) -> dict:
+    """One object of a two-object score: what the prompt names, what the judge saw, and the three verdicts."""
+    seen = {k: row["judged"][k] for k in ("present", "area_fraction", "shape", "fill_ratio", "motion", "frames")}
+    return {**{a: row[a] for a in ATTRIBUTES}, "judged": seen, **{f"{a}_ok": row[f"{a}_ok"] for a in ATTRIBUTES}}
+
+
+def _two_object_accuracies(records: list[dict]) -> dict:
+    """both_right (SHAPES.md: both present, right shape and motion; also as all_acc), both_colour_shape_right,
+    per-object rates of colour (present), shape and motion, found_rate (both colours show at all)."""
+    n, objects = len(records), [o for r in records for o in r["objects"]]
+    acc = {f"{a}_acc": sum(bool(o[f"{a}_ok"]) for o in objects) / len(objects) for a in ATTRIBUTES}
+    acc["both_right"] = acc["all_acc"] = sum(r["both_right"] for r in records) / n
+    acc["both_colour_shape_right"] = sum(r["both_colour_shape_right"] for r in records) / n
+    acc["found_rate"] = sum(all(o["judged"]["frames"] for o in r["objects"]) for r in records) / n
+    return {**acc, "num_videos": n, "num_prompts": len({r["prompt"] for r in records})}
 
 
 def _accuracies(records: list[dict]) -> dict:
@@ -54,7 +108,8 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
     """Generate `num_seeds` videos per prompt (seed SEED_BASE + k, counted over all videos), judge each.
 
     Returns {"splits": {split: accuracies}, "chance": ..., "videos": [per-video records]}; with `out_dir`,
-    writes `{split}_sheet.png` (one row per prompt, its first seed, at most 24 rows).
+    writes `{split}_sheet.png` (one row per prompt, its first seed, at most 24 rows). The "two_object"
+    category reports both_right (= all_acc), both_colour_shape_right and per-object rates.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
@@ -64,14 +119,12 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         seeds = [SEED_BASE + start + j for j in range(len(chunk))]
-        texts = [caption_for(*item) for _, item, _ in chunk]
+        texts = [prompt_text(split, item) for split, item, _ in chunk]
         frames = pipe(texts, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np",
                       **sampling).frames  # (b, f, h, w, 3) in [0, 1]
-        for (split, (c, s, m), k), text, seed, video in zip(chunk, texts, seeds, frames):
+        for (split, item, k), text, seed, video in zip(chunk, texts, seeds, frames):
             clip = frames_to_uint8(video)
-            judged = judge_video(clip)
-            records.append({"split": split, "prompt": text, "seed": seed, "colour": c, "shape": s, "motion": m,
-                            "judged": {key: judged[key] for key in (*ATTRIBUTES, "found", "fill_ratio")}})
+            records.append({"split": split, "prompt": text, "seed": seed, **_judge(split, item, clip)})
             bar.update()
             if k == 0 and len(sheets[split]) < SHEET_ROWS:
                 sheets[split].append(clip)
@@ -81,7 +134,8 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
         for split, clips in sheets.items():
             if clips:
                 save_contact_sheet(clips, Path(out_dir) / f"{split}_sheet.png", labels=titles[split])
-    splits = {split: _accuracies([r for r in records if r["split"] == split]) for split in prompts if prompts[split]}
+    splits = {split: (_two_object_accuracies if split == TWO_OBJECT else _accuracies)(
+        [r for r in records if r["split"] == split]) for split in prompts if prompts[split]}
     return {"splits": splits, "chance": CHANCE, "num_seeds": num_seeds, "videos": records}
 
 
@@ -94,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for results.json and the labelled contact sheets")
     p.add_argument("--train-prompts", type=int, default=48, help="fixed random subset of the 120 (0: all)")
     p.add_argument("--heldout-prompts", type=int, default=0, help="subset of the 24 heldout prompts (0: all)")
+    p.add_argument("--two-object-prompts", type=int, default=24,
+                   help="fixed random two-object prompts, train pairs, two colours (0: none)")
     p.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call")
     p.add_argument("--num-frames", type=int, default=17, help="1 + 4k frames")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
@@ -116,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
 
     model = (args.model or default_model_path()).resolve()
     pipe = load_pipeline(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts)
+    prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts, args.two_object_prompts)
     args.out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
                       height=args.height, width=args.width, guidance_scale=args.guidance_scale,

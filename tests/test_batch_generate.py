@@ -12,6 +12,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ from pipelines import evaluate_shapes
 from pipelines.batch import MANIFEST, generate_batch, is_valid_video, output_name
 from pipelines.cli import main
 from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline
-from pyratok.data.shapes import HELDOUT_PAIRS
+from pyratok.data.shapes import HELDOUT_PAIRS, TRAIN_PAIRS, pixels_to_frames, render_objects, sample_object
+from pyratok.data.shapes_judge import parse_objects
 from pyratok.data.video_io import read_video
 from pyratok.default_model import default_model_folder
 
@@ -260,16 +262,64 @@ def test_evaluate_shapes(model_dir, tmp_path, capsys):
     assert prompts == evaluate_shapes.evaluation_prompts()  # a fixed subset
     assert len(evaluate_shapes.evaluation_prompts(num_train=0)["train"]) == 120
     argv = ["--model", str(model_dir), "--num-seeds", "2", "--train-prompts", "2", "--heldout-prompts", "1",
-            "--out", str(tmp_path), "--batch-size", "4", *SIZE_ARGS]
+            "--two-object-prompts", "1", "--out", str(tmp_path), "--batch-size", "4", *SIZE_ARGS]
     assert evaluate_shapes.main(argv) == 0
     said = capsys.readouterr()
     printed = json.loads(said.out)
-    assert "prompts x seeds: 100%" in said.err and "6/6" in said.err  # the progress bar over prompts
+    assert "prompts x seeds: 100%" in said.err and "8/8" in said.err  # the progress bar over prompts
     result = json.loads((tmp_path / "results.json").read_text())
-    assert printed["splits"] == result["splits"] and set(result["splits"]) == {"train", "heldout"}
-    for split, n in (("train", 4), ("heldout", 2)):
+    assert printed["splits"] == result["splits"] and set(result["splits"]) == {"train", "heldout", "two_object"}
+    for split, n in (("train", 4), ("heldout", 2), ("two_object", 2)):
         stats = result["splits"][split]
         assert stats["num_videos"] == n and stats["num_prompts"] == n // 2
         assert all(0 <= stats[k] <= 1 for k in ("colour_acc", "shape_acc", "motion_acc", "all_acc", "found_rate"))
         assert (tmp_path / f"{split}_sheet.png").stat().st_size > 0
-    assert len({v["seed"] for v in result["videos"]}) == 6
+    two_stats = result["splits"]["two_object"]
+    assert 0 <= two_stats["both_right"] <= two_stats["both_colour_shape_right"] <= 1
+    assert len({v["seed"] for v in result["videos"]}) == 8
+    two = [v for v in result["videos"] if v["split"] == "two_object"]
+    assert [o["colour"] for o in two[0]["objects"]] == [c for c, _, _ in evaluate_shapes.two_object_prompts(1)[0]]
+
+
+class ShapesOracle:
+    """A stand-in pipeline that renders the Shapes clip each prompt names, its objects' shapes swapped if asked."""
+
+    def __init__(self, swap_shapes: bool = False):
+        self.swap = swap_shapes
+
+    def __call__(self, prompts, generator, output_type, num_frames=17, height=64, width=64):
+        assert output_type == "np" and len(generator) == len(prompts)
+        nxt = {"circle": "square", "square": "triangle", "triangle": "circle"}
+        clips = []
+        for text, g in zip(prompts, generator):
+            rng = np.random.default_rng(g.initial_seed())
+            named = [(c, nxt[s] if self.swap else s, m) for c, s, m in parse_objects(text)]
+            objects = [sample_object(rng, *o, num_frames, height, width) for o in named]
+            clips.append(pixels_to_frames(render_objects(objects, num_frames, height, width)["pixels"]) / 255.0)
+        return SimpleNamespace(frames=np.stack(clips))  # (b, f, h, w, 3) in [0, 1]
+
+
+def test_evaluate_shapes_two_object_prompts(tmp_path):
+    prompts = evaluate_shapes.evaluation_prompts()
+    two = prompts["two_object"]
+    assert len(two) == 24 and len(set(two)) == 24 and two == evaluate_shapes.two_object_prompts(24)
+    assert all(a[0] != b[0] and {(a[0], a[1]), (b[0], b[1])} <= set(TRAIN_PAIRS) for a, b in two)
+    assert evaluate_shapes.evaluation_prompts(num_two_object=0)["train"] == prompts["train"]  # subsets stay put
+    assert evaluate_shapes.evaluation_prompts(num_two_object=0)["two_object"] == []
+    text = evaluate_shapes.prompt_text("two_object", (("red", "circle", "left"), ("blue", "square", "growing")))
+    assert text == "a red circle moving left and a blue square growing"
+    assert all(parse_objects(evaluate_shapes.prompt_text("two_object", item)) == list(item) for item in two)
+    with pytest.raises(ValueError, match="-1"):
+        evaluate_shapes.two_object_prompts(-1)
+
+    only_two = {"two_object": two[:12]}
+    right = evaluate_shapes.evaluate(ShapesOracle(), only_two, num_seeds=1, batch_size=6, out_dir=tmp_path)
+    stats = right["splits"]["two_object"]
+    assert stats["num_videos"] == 12 and stats["both_right"] >= 0.9 and stats["colour_acc"] >= 0.9
+    assert (tmp_path / "two_object_sheet.png").stat().st_size > 0
+    swapped = evaluate_shapes.evaluate(ShapesOracle(swap_shapes=True), only_two, num_seeds=1, batch_size=6)
+    stats = swapped["splits"]["two_object"]
+    assert stats["both_colour_shape_right"] <= 0.1 and stats["shape_acc"] <= 0.2 and stats["colour_acc"] >= 0.9
+    record = swapped["videos"][0]
+    assert record["prompt"] == evaluate_shapes.prompt_text("two_object", two[0]) and len(record["objects"]) == 2
+    assert {"present", "shape", "motion", "frames"} <= set(record["objects"][0]["judged"])
