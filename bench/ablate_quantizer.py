@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ablate_pyramid import group_size
 from pyratok.config import load_config

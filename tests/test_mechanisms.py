@@ -59,10 +59,10 @@ def test_the_caption_changes_tokens_and_trains_every_levels_gate():
     assert all(g is not None and g.abs() > 0 for g in gates), "the reconstruction must train every level's gate"
 
 
-def _finest_grads(model, video, text, mask, ar: float) -> torch.Tensor:
+def _finest_grads(model, video, text, mask, ar: float, to_tokens: bool = True) -> torch.Tensor:
     model.zero_grad(set_to_none=True)
     out = model(video, text, mask)
-    weights = LossWeights(ssim=0.0, commitment=0.0, latent=0.0, entropy=0.0, align=0.0, ar=ar)
+    weights = LossWeights(ssim=0.0, commitment=0.0, latent=0.0, entropy=0.0, align=0.0, ar=ar, ar_to_tokens=to_tokens)
     tokenizer_losses(model, out, video, weights)["loss"].backward()
     grad = model.quantizer.bit_norms[-1].weight.grad
     return torch.zeros(0) if grad is None else grad.clone()
@@ -77,6 +77,10 @@ def test_the_ar_objective_reaches_the_finest_levels_bits():
     without = _finest_grads(model, video, text, mask, ar=0.0)
     assert LossWeights().ar > 0, "the AR objective must be on by default"
     assert (with_ar - without).abs().max() > 1e-6, "the AR loss does not reach the finest level's bits"
+    # the ablation (ar_to_tokens=False) trains the prior alone: the quantizer's gradient is as without AR
+    ablation = _finest_grads(model, video, text, mask, ar=1.0, to_tokens=False)
+    assert torch.allclose(ablation, without, atol=1e-7)
+    assert model.prior.head.weight.grad is not None and model.prior.head.weight.grad.abs().sum() > 0
 
 
 def test_the_ar_loss_trains_the_quantizer_towards_what_the_prior_predicts():
