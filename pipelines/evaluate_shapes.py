@@ -104,8 +104,8 @@ def _accuracies(records: list[dict]) -> dict:
 
 
 def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_size: int = 8,
-             out_dir: Path | None = None, **sampling) -> dict:
-    """Generate `num_seeds` videos per prompt (seed SEED_BASE + k, counted over all videos), judge each.
+             out_dir: Path | None = None, seed_base: int = SEED_BASE, **sampling) -> dict:
+    """Generate `num_seeds` videos per prompt (seed `seed_base` + k, counted over all videos), judge each.
 
     Returns {"splits": {split: accuracies}, "chance": ..., "videos": [per-video records]}; with `out_dir`,
     writes `{split}_sheet.png` (one row per prompt, its first seed, at most 24 rows). The "two_object"
@@ -113,12 +113,14 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+    if seed_base < 0:
+        raise ValueError(f"seed_base must be >= 0, got {seed_base}")
     jobs = [(split, item, k) for split, items in prompts.items() for item in items for k in range(num_seeds)]
     records, sheets, titles = [], {split: [] for split in prompts}, {split: [] for split in prompts}
     bar = tqdm(total=len(jobs), desc="prompts x seeds", unit="video")
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        seeds = [SEED_BASE + start + j for j in range(len(chunk))]
+        seeds = [seed_base + start + j for j in range(len(chunk))]
         texts = [prompt_text(split, item) for split, item, _ in chunk]
         frames = pipe(texts, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np",
                       **sampling).frames  # (b, f, h, w, 3) in [0, 1]
@@ -150,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-prompts", type=int, default=0, help="subset of the 24 heldout prompts (0: all)")
     p.add_argument("--two-object-prompts", type=int, default=24,
                    help="fixed random two-object prompts, train pairs, two colours (0: none)")
+    p.add_argument("--prompt-seed", type=int, default=0,
+                   help="seed of the prompt subsets (another seed: another subset, to read the spread)")
+    p.add_argument("--seed-base", type=int, default=SEED_BASE, help="first generation seed")
     p.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call")
     p.add_argument("--num-frames", type=int, default=17, help="1 + 4k frames")
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
@@ -172,12 +177,13 @@ def _run(args: argparse.Namespace) -> int:
 
     model = (args.model or default_model_path()).resolve()
     pipe = load_pipeline(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts, args.two_object_prompts)
+    prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts, args.two_object_prompts, args.prompt_seed)
     args.out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
                       height=args.height, width=args.width, guidance_scale=args.guidance_scale,
-                      temperature=args.temperature)
+                      temperature=args.temperature, seed_base=args.seed_base)
     result["model"] = str(model)
+    result["prompt_seed"] = args.prompt_seed
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({"model": str(model), "splits": result["splits"], "chance": CHANCE,
                       "results": str(args.out / "results.json")}, indent=1))

@@ -276,7 +276,9 @@ def test_evaluate_shapes(model_dir, tmp_path, capsys):
         assert (tmp_path / f"{split}_sheet.png").stat().st_size > 0
     two_stats = result["splits"]["two_object"]
     assert 0 <= two_stats["both_right"] <= two_stats["both_colour_shape_right"] <= 1
-    assert len({v["seed"] for v in result["videos"]}) == 8
+    assert {v["seed"] for v in result["videos"]} == set(range(evaluate_shapes.SEED_BASE, evaluate_shapes.SEED_BASE + 8))
+    other = evaluate_shapes.evaluation_prompts(seed=1)
+    assert other["train"] != prompts["train"] and other["two_object"] != prompts["two_object"]  # another subset
     two = [v for v in result["videos"] if v["split"] == "two_object"]
     assert [o["colour"] for o in two[0]["objects"]] == [c for c, _, _ in evaluate_shapes.two_object_prompts(1)[0]]
 
@@ -318,6 +320,10 @@ def test_evaluate_shapes_two_object_prompts(tmp_path):
     assert stats["num_videos"] == 12 and stats["both_right"] >= 0.9 and stats["colour_acc"] >= 0.9
     assert (tmp_path / "two_object_sheet.png").stat().st_size > 0
     swapped = evaluate_shapes.evaluate(ShapesOracle(swap_shapes=True), only_two, num_seeds=1, batch_size=6)
+    assert {v["seed"] for v in evaluate_shapes.evaluate(ShapesOracle(), {"two_object": two[:2]}, num_seeds=1,
+                                                        seed_base=7)["videos"]} == {7, 8}
+    with pytest.raises(ValueError, match="-3"):
+        evaluate_shapes.evaluate(ShapesOracle(), only_two, seed_base=-3)
     stats = swapped["splits"]["two_object"]
     assert stats["both_colour_shape_right"] <= 0.1 and stats["shape_acc"] <= 0.2 and stats["colour_acc"] >= 0.9
     record = swapped["videos"][0]
