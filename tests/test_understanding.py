@@ -318,3 +318,21 @@ def test_eval_understanding_runs_on_a_tiny_tokenizer(tokenizer_dir, tmp_path, ca
     assert json.loads((tmp_path / "metrics.json").read_text())["protocol"]["seed"] == 9001
     for picture in ("retrieval.png", "segmentation.png"):
         assert (tmp_path / picture).stat().st_size > 0
+
+
+def test_eval_understanding_names_the_queried_object():
+    path = Path(__file__).resolve().parents[1] / "bench" / "eval_understanding.py"
+    spec = importlib.util.spec_from_file_location("eval_understanding", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = bench.load_data("train", 8, 9001, 9, 64)
+    tf, sf = 4, 8
+
+    def oracle(mask):  # (T, H, W) bool -> (t, h, w): the mask's share of each token, at the latent frames
+        return torch.nn.functional.avg_pool2d(mask[::tf].float()[:, None], sf)[:, 0]
+
+    for swap, expect in ((False, 1.0), (True, 0.0)):
+        volumes = {(i, j): oracle(d["object_masks"][1 - j if swap else j]) for i, d in enumerate(data)
+                   for j in range(2)}
+        metrics, _ = bench.score(torch.eye(len(data)), volumes, volumes, data, tf, sf)
+        assert metrics["named_queries"] >= 12 and abs(metrics["names obj"] - expect) <= 0.1, (swap, metrics)
