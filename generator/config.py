@@ -36,6 +36,8 @@ class GeneratorTrainLoop(TrainConfig):
     text_dropout: float = 0.1  # share of samples trained with the null text (classifier-free guidance)
     self_correction_prob: float = 0.0  # Infinity's bitwise self-correction: flip rate of teacher-forced bits
     ema_decay: float = 0.999  # EMA of the weights (diffusers EMAModel), exported beside them; 0: none
+    init_from: str | None = None  # a saved generator folder to start from (a new stage: fresh optimizer, step 0),
+    # e.g. a generator trained on coarser clips: positions are normalised coordinates, so any grid fits
 
     def __post_init__(self):
         super().__post_init__()

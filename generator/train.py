@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from diffusers.training_utils import EMAModel
 
+from pyratok.checkpoints import load_saved_weights
 from pyratok.config import load_config
 from pyratok.training.loop import Trainer, micro_batch_rng
 
@@ -43,6 +44,8 @@ def build_model(cfg: GeneratorTrainConfig, dataset: TokenCacheDataset) -> PyraTo
     with torch.random.fork_rng(devices=[]):  # same init on every rank; the global RNG is left as it was
         torch.manual_seed(cfg.train.seed)
         model = PyraTokGenerator.from_generator_config(m)
+    if cfg.train.init_from:  # the raw trained weights (not the EMA variant); a resumed run then loads its checkpoint
+        load_saved_weights(model, cfg.train.init_from)
     if m.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model

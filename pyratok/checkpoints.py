@@ -36,8 +36,9 @@ def load_pretrained_wan(tokenizer, path: str | Path) -> None:
     tokenizer.register_to_config(backbone_config=config_to_dict(backbone))
 
 
-def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> None:
-    """Start training from a saved tokenizer folder (`save_pretrained`): every weight, strictly.
+def load_saved_weights(model, path: str | Path, grow: bool = False) -> None:
+    """Start training from a saved model folder (`save_pretrained`: a tokenizer, a generator): every weight,
+    strictly.
 
     The model config must match the saved one; a mismatch names the differing parameter shapes.
     Buffers the saved model lacks (e.g. the running statistics of bit whitening, newly switched on)
@@ -51,9 +52,9 @@ def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> N
 
     file = Path(path) / SAFETENSORS_WEIGHTS_NAME
     if not file.is_file():
-        raise ValueError(f"no tokenizer weights ({SAFETENSORS_WEIGHTS_NAME}) in {path}")
+        raise ValueError(f"no {type(model).__name__} weights ({SAFETENSORS_WEIGHTS_NAME}) in {path}")
     state = load_file(str(file))
-    mine = tokenizer.state_dict()
+    mine = model.state_dict()
 
     def fits(k, v):
         if k not in mine or mine[k].shape == v.shape:
@@ -61,12 +62,12 @@ def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> N
         return grow and mine[k].dim() == v.dim() and all(a >= b for a, b in zip(mine[k].shape, v.shape))
 
     bad = {k: (tuple(mine[k].shape) if k in mine else None, tuple(v.shape)) for k, v in state.items() if not fits(k, v)}
-    params = {name for name, _ in tokenizer.named_parameters()}
+    params = {name for name, _ in model.named_parameters()}
     missing = sorted(set(mine) - set(state))
     fresh = [k for k in missing if k not in params]  # running statistics the saved model lacks: start anew
     missing = [k for k in missing if k in params]
     if bad or missing:
-        raise ValueError(f"tokenizer at {path} does not match the config: shapes (mine, saved) {bad}, "
+        raise ValueError(f"{type(model).__name__} at {path} does not match the config: shapes (mine, saved) {bad}, "
                          f"missing {missing[:5]}")
     for k, v in state.items():
         if mine[k].shape != v.shape:
@@ -75,7 +76,7 @@ def load_tokenizer_weights(tokenizer, path: str | Path, grow: bool = False) -> N
                 grown[:, v.shape[1]:] = 0
             grown[tuple(slice(0, n) for n in v.shape)] = v
             state[k] = grown
-    tokenizer.load_state_dict({**{k: mine[k] for k in fresh}, **state})
+    model.load_state_dict({**{k: mine[k] for k in fresh}, **state})
 
 
 def list_or(v):

@@ -14,7 +14,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from .checkpoints import load_pretrained_wan, load_tokenizer_weights
+from .checkpoints import load_pretrained_wan, load_saved_weights
 from .config import cli_overrides, load_config
 from .data.mix import DataConfig, build_dataset, collate_videos
 from .fit_quantizer import encode_clips, fit_quantizer
@@ -49,7 +49,7 @@ class TokenizerTrainLoop(TrainConfig):
     pretrained_vae: str | None = None  # local folder with AutoencoderKLWan weights (Wan 2.1)
     text_encoder: str | None = None  # local folder; None = the installed MiniLM
     init_from: str | None = None  # a saved tokenizer folder to start from (a new stage, fresh optimizer)
-    grow_from_init: bool = False  # init_from may be smaller (e.g. fewer bits): see load_tokenizer_weights
+    grow_from_init: bool = False  # init_from may be smaller (e.g. fewer bits): see load_saved_weights
     # with freeze_encoder: first fit LaPQ alone to the fixed latents of this many clips (pyratok.fit_quantizer),
     # ~20x cheaper a step than the end-to-end steps that follow
     quantizer_fit_steps: int = 0
@@ -83,7 +83,7 @@ def build_objective(cfg: TokenizerTrainConfig) -> TokenizerObjective:
     if tc.pretrained_vae:
         load_pretrained_wan(tokenizer, tc.pretrained_vae)
     if tc.init_from:
-        load_tokenizer_weights(tokenizer, tc.init_from, grow=tc.grow_from_init)
+        load_saved_weights(tokenizer, tc.init_from, grow=tc.grow_from_init)
     if tc.freeze_encoder:
         tokenizer.backbone.encoder.requires_grad_(False)
         tokenizer.backbone.quant_conv.requires_grad_(False)

@@ -7,7 +7,7 @@ import torch
 from factories import tiny_tokenizer
 
 from pyratok.bit_whitening import BitWhitening
-from pyratok.checkpoints import load_tokenizer_weights
+from pyratok.checkpoints import load_saved_weights
 from pyratok.quant_losses import usage_stats
 
 
@@ -50,7 +50,7 @@ def test_whitening_switches_on_over_a_saved_model_and_round_trips(tmp_path):
     plain = tiny_tokenizer()
     plain.save_pretrained(tmp_path / "plain")
     white = tiny_tokenizer(seed=1, quantizer_config={"whiten_bits": True})
-    load_tokenizer_weights(white, tmp_path / "plain")  # parameters from disk, whitening statistics fresh
+    load_saved_weights(white, tmp_path / "plain")  # parameters from disk, whitening statistics fresh
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), white.parameters()))
     video = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
@@ -63,7 +63,7 @@ def test_whitening_switches_on_over_a_saved_model_and_round_trips(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(white.encode(video).bits, again.encode(video).bits))
     tiny_tokenizer(quantizer_config={"use_text": False}).save_pretrained(tmp_path / "no_text")
     with pytest.raises(ValueError, match="missing"):  # missing parameters still fail: only buffers start fresh
-        load_tokenizer_weights(tiny_tokenizer(), tmp_path / "no_text")
+        load_saved_weights(tiny_tokenizer(), tmp_path / "no_text")
 
 
 @pytest.mark.parametrize("refine", [False, True])

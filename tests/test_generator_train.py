@@ -168,6 +168,24 @@ def test_resume_matches_an_uninterrupted_run(cache_dir, tmp_path, accumulate):
     assert not torch.equal(ema["transformer.head.weight"], straight["transformer.head.weight"])  # an average of the steps' weights
 
 
+def test_init_from_starts_a_new_stage_from_saved_weights(cache_dir, tmp_path):
+    from generator.train import build_model
+
+    _train_in_process(["--set", f"data.token_cache_dir={cache_dir}", f"train.output_dir={tmp_path}", "train.max_steps=2",
+                       *TINY])
+    sets = [f"data.token_cache_dir={cache_dir}", *TINY]
+    dataset = TokenCacheDataset(cache_dir)
+    fresh = build_model(load_config(GeneratorTrainConfig, None, sets), dataset).state_dict()
+    started = build_model(load_config(GeneratorTrainConfig, None, [*sets, f"train.init_from={tmp_path / 'generator'}"]),
+                          dataset).state_dict()
+    trained = _exported(tmp_path)  # the raw weights, not the EMA variant
+    assert all(torch.equal(started[k], trained[k]) for k in trained)
+    assert not all(torch.equal(fresh[k], trained[k]) for k in trained)
+    wider = load_config(GeneratorTrainConfig, None, [*sets, "model.width=64", f"train.init_from={tmp_path / 'generator'}"])
+    with pytest.raises(ValueError, match="PyraTokGenerator at .* does not match the config"):
+        build_model(wider, dataset)
+
+
 def test_assembled_pipeline_takes_the_ema_weights(cache_dir, tmp_path):
     from pipelines.assemble import main as assemble
     from factories import tiny_tokenizer

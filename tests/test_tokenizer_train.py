@@ -85,7 +85,7 @@ def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path
     """init_from + grow_from_init: a 24-bit model starts from a 16-bit one (same tokens in its first 16
     bits); decoder_only then changes nothing but the decoder, so the tokens stay exactly as they were,
     bit whitening's running statistics included."""
-    from pyratok.checkpoints import load_tokenizer_weights
+    from pyratok.checkpoints import load_saved_weights
     from pyratok.train import main
 
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path
           "model.quantizer.whiten_bits=true"])  # its running statistics must not move either
     trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
     start = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")  # same config, then the small weights
-    load_tokenizer_weights(start, tmp_path / "small", grow=True)
+    load_saved_weights(start, tmp_path / "small", grow=True)
     before, after = start.state_dict(), trained.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
