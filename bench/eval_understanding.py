@@ -16,9 +16,10 @@ Protocol (fixed so numbers compare across runs):
   level's evidence, thresholded at `MASK_THRESHOLD` of the per-video normalised heatmap) and the object's
   masks over the whole clip volume (T x H x W); mean IoU, of the token similarity upsampled as it is
   ("seg mIoU") and refined by the guided filter ("guided", `segment`'s default).
-- naming: does the map pick the named object out of the two? For each query, the mean of its (unguided) heatmap
-  over the queried object's pixels against the mean over the other object's pixels (pixels of both excluded);
-  "names obj" is the share of queries whose own object scores higher (chance 0.5).
+- naming: does the map pick the named object out of the two? For each query, the mean of its heatmap over the
+  queried object's pixels against the mean over the other object's pixels (pixels of both excluded); the share
+  of queries whose own object scores higher (chance 0.5), on the heatmap as upsampled ("names raw") and on the
+  one `segment` returns, refined by the guided filter ("names obj": what a user sees).
 - chance: the same post-processing on i.i.d. uniform token similarities on the same latent grid (seed 0);
   retrieval on uniform random scores. "all present": the label-free prior that every object fills every
   frame and pixel — objects are present in most frames, so its tIoU is high; a model must beat it.
@@ -44,7 +45,7 @@ from pyratok.understanding.plots import overlay, save_image_grid, save_score_cur
 from pyratok.understanding.retrieval import encode_queries, pyramid_text_scores, rank
 from pyratok.understanding.segment import SEGMENT_LEVELS, segment_volume
 
-COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU", "guided", "names obj")
+COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU", "guided", "names raw", "names obj")
 
 
 def object_query(obj: dict) -> str:
@@ -93,7 +94,7 @@ def all_present(data: list[dict]) -> dict:
     return {"t2v R@1": math.nan, "t2v R@5": math.nan, "v2t R@1": math.nan,
             "tIoU": float(np.mean(tious)) if tious else math.nan,
             "tIoU>=.5": float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan,
-            "seg mIoU": float(np.mean(ious)), "guided": math.nan, "names obj": math.nan}
+            "seg mIoU": float(np.mean(ious)), "guided": math.nan, "names raw": math.nan, "names obj": math.nan}
 
 
 def score(scores: torch.Tensor, volumes: dict, seg_volumes: dict, data: list[dict], tf: int,
@@ -104,26 +105,28 @@ def score(scores: torch.Tensor, volumes: dict, seg_volumes: dict, data: list[dic
     target = torch.arange(n)
     metrics = {"t2v R@1": recall_at_k(t2v, target, 1), "t2v R@5": recall_at_k(t2v, target, min(5, n)),
                "v2t R@1": recall_at_k(v2t, target, 1)}
-    tious, ious, named, found, masks = [], [], [], {}, {}
+    tious, ious, named, found, masks = [], [], {"raw": [], "guided": []}, {}, {}
     for (i, j), volume in volumes.items():
         presence, size = data[i]["presence"][j], tuple(data[i]["video"].shape[1:])
         if not presence.all():
             found[i, j] = localize_scores(frame_scores(volume, size[0], tf), min_len=2, merge_gap=2)
             tious.append(temporal_iou(found[i, j].segments, presence))
         raw = segment_volume(seg_volumes[i, j], size, tf, sf)
+        masks[i, j] = segment_volume(seg_volumes[i, j], size, tf, sf, guide=data[i]["video"])
         if len(data[i]["object_masks"]) == 2:
             own, other = data[i]["object_masks"][j], data[i]["object_masks"][1 - j]  # (T, H, W) bool
             own, other = own & ~other, other & ~own
             if own.any() and other.any():
-                named.append(bool(raw.heatmaps[own].mean() > raw.heatmaps[other].mean()))
-        masks[i, j] = segment_volume(seg_volumes[i, j], size, tf, sf, guide=data[i]["video"])
+                for kind, heat in (("raw", raw.heatmaps), ("guided", masks[i, j].heatmaps)):
+                    named[kind].append(bool(heat[own].mean() > heat[other].mean()))
         ious.append((iou(raw.masks, data[i]["object_masks"][j]), iou(masks[i, j].masks, data[i]["object_masks"][j])))
     metrics["tIoU"] = float(np.mean(tious)) if tious else math.nan
     metrics["tIoU>=.5"] = float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan
     metrics["seg mIoU"] = float(np.mean([raw for raw, _ in ious]))
     metrics["guided"] = float(np.mean([guided for _, guided in ious]))
-    metrics["names obj"] = float(np.mean(named)) if named else math.nan
-    metrics.update(localised_objects=len(tious), segmented_objects=len(ious), named_queries=len(named))
+    metrics["names raw"] = float(np.mean(named["raw"])) if named["raw"] else math.nan
+    metrics["names obj"] = float(np.mean(named["guided"])) if named["guided"] else math.nan
+    metrics.update(localised_objects=len(tious), segmented_objects=len(ious), named_queries=len(named["raw"]))
     return metrics, {"scores": scores, "localized": found, "segmented": masks}
 
 
