@@ -28,13 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", type=Path, help="a video file (anything PyAV reads)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, default=None,
-                   help="pipeline folder (tokenizer/ inside) or tokenizer folder; default: the shipped model")
+                   help="pipeline folder (tokenizer/ inside) or tokenizer folder; default: the shipped tokenizer "
+                        "(checkpoints/pyratok-tokenizer-tiny)")
     p.add_argument("--threshold", type=_threshold, default="midpoint",
                    help="segments: 'midpoint' (default, halfway between the lowest and highest frame score), "
                         "'otsu' or a score value; masks use 0.6 of each video's heatmap range")
     p.add_argument("--size", type=int, default=None,
                    help="resize so the short side has this many pixels, aspect kept (default: native size; "
-                        "the shipped model was trained at 64)")
+                        "the shipped tokenizer was trained at 64)")
     p.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: native)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames from the start")
     p.add_argument("--min-len", type=int, default=2, help="drop segments shorter than this many frames")

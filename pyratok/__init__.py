@@ -24,6 +24,7 @@ _EXPORTS = {
     "VideoTextDataset": "pyratok.data.folder",
     "PyraTokT2VPipeline": "pipelines",
     "default_model_path": "pyratok.default_model",
+    "default_tokenizer_path": "pyratok.default_model",
 }
 
 

@@ -1,12 +1,15 @@
-"""Starting weights for tokenizer training: pretrained Wan VAE weights, a saved tokenizer.
+"""Starting weights for tokenizer training (pretrained Wan VAE weights, a saved tokenizer) and shipped folders.
 
-Supports PyraTok's tokenizer stages (§4): `--pretrained_vae DIR` and `train.init_from`; nothing here
-downloads or unpickles (training checkpoints: `pyratok.training.checkpoint`).
+Supports PyraTok's tokenizer stages (§4): `--pretrained_vae DIR` and `train.init_from`; `save_half` writes a
+trained model as a shipped folder. Nothing here downloads or unpickles (training checkpoints:
+`pyratok.training.checkpoint`).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKLWan
 
 from .config import config_to_dict
@@ -77,6 +80,16 @@ def load_saved_weights(model, path: str | Path, grow: bool = False) -> None:
             grown[tuple(slice(0, n) for n in v.shape)] = v
             state[k] = grown
     model.load_state_dict({**{k: mine[k] for k in fresh}, **state})
+
+
+def save_half(model, folder: str | Path, **config) -> None:
+    """`model.save_pretrained(folder)` in fp16 safetensors, half the bytes of a shipped folder, with `config`
+    entries added to the saved config (`model` itself is unchanged; `_name_or_path` becomes the folder's
+    name, not the training machine's path); integer buffers keep their dtype, and `from_pretrained` loads the
+    weights back into an fp32 model."""
+    half = copy.deepcopy(model).to(torch.float16)
+    half.register_to_config(_name_or_path=Path(folder).name, **config)
+    half.save_pretrained(folder, safe_serialization=True)
 
 
 def list_or(v):

@@ -1,23 +1,31 @@
-"""Where the shipped default model and configs live: the repository checkout, else the installed wheel.
+"""Where the shipped default model, tokenizer and configs live: the repository checkout, else the installed wheel.
 
-The pipeline folder trained on Shapes (SHAPES.md) that `pyratok generate` and `pyratok demo` use by default,
-and `configs/`; a wheel carries both as package data (`pyratok/shipped_model`, `pyratok/shipped_configs`).
+The pipeline folder trained on Shapes (SHAPES.md) that `pyratok generate` and `pyratok demo` use by default;
+the tokenizer on the parent VAE with its alignment stage, that zero-shot understanding (`pyratok locate`)
+uses by default; and `configs/`. A wheel carries them as package data (`pyratok/shipped_model`,
+`pyratok/shipped_tokenizer`, `pyratok/shipped_configs`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "pyratok-shapes-tiny"
+DEFAULT_TOKENIZER_NAME = "pyratok-tokenizer-tiny"
 _PACKAGE = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE.parent  # the repository root in a checkout or an editable install
+
+
+def _shipped_folder(name: str, package: str) -> Path:
+    """`<repo root>/checkpoints/<name>` in a checkout, else the wheel's `pyratok/<package>`; it may not exist."""
+    checkout = _CHECKOUT / "checkpoints" / name
+    wheel = _PACKAGE / package
+    return checkout if checkout.is_dir() or not wheel.is_dir() else wheel
 
 
 def default_model_folder() -> Path:
     """`<repo root>/checkpoints/pyratok-shapes-tiny` in a checkout, else the wheel's `pyratok/shipped_model`;
     it may not exist."""
-    checkout = _CHECKOUT / "checkpoints" / DEFAULT_MODEL_NAME
-    wheel = _PACKAGE / "shipped_model"
-    return checkout if checkout.is_dir() or not wheel.is_dir() else wheel
+    return _shipped_folder(DEFAULT_MODEL_NAME, "shipped_model")
 
 
 def default_model_path() -> Path:
@@ -28,6 +36,16 @@ def default_model_path() -> Path:
             f"the default model is missing: expected a pipeline folder with model_index.json at {folder} "
             "(train it, or pass --model DIR)"
         )
+    return folder
+
+
+def default_tokenizer_path() -> Path:
+    """The shipped tokenizer folder (`checkpoints/pyratok-tokenizer-tiny`, or the wheel's
+    `pyratok/shipped_tokenizer`); FileNotFoundError naming the expected path when it is missing."""
+    folder = _shipped_folder(DEFAULT_TOKENIZER_NAME, "shipped_tokenizer")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"the default tokenizer is missing: expected a tokenizer folder with config.json at "
+                                f"{folder} (train it with `make default-tokenizer`, or pass --model DIR)")
     return folder
 
 

@@ -7,7 +7,6 @@ Each step sees a batch of still photos (1-frame videos) and a batch of clips (re
 from __future__ import annotations
 
 import argparse
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from diffusers import AutoencoderKLWan
 from torch.utils.data import DataLoader, Dataset
 
 from .backbone import BackboneConfig, build_wan, decode_unclamped
+from .checkpoints import save_half
 from .config import cli_overrides, load_config
 from .data.mix import MixedDataset, collate_videos
 from .data.natural import StillImageDataset, clip_paths, load_rgb, packaged_image_paths
@@ -142,9 +142,7 @@ def latent_statistics(vae: AutoencoderKLWan, batches) -> tuple[list[float], list
 
 def write_parent(vae: AutoencoderKLWan, folder: Path, mean: list[float], std: list[float]) -> None:
     """A diffusers AutoencoderKLWan folder in fp16 safetensors, with the latent statistics in its config."""
-    half = copy.deepcopy(vae).to(torch.float16)
-    half.register_to_config(latents_mean=mean, latents_std=std)
-    half.save_pretrained(folder, safe_serialization=True)
+    save_half(vae, folder, latents_mean=mean, latents_std=std)
 
 
 def load_parent_weights(vae: AutoencoderKLWan, folder: str | Path) -> None:

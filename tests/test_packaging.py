@@ -43,7 +43,9 @@ def test_wheel_installs_and_runs_the_demo_in_an_empty_folder(tmp_path):
     assert {"pyratok/shipped_configs/tokenizer/tiny.yaml", "pyratok/shipped_model/model_index.json",
             "pyratok/shipped_model/pipeline_pyratok.py",
             "pyratok/shipped_model/vae/diffusion_pytorch_model.safetensors",
-            "pyratok/shipped_model/transformer/diffusion_pytorch_model.safetensors"} <= names
+            "pyratok/shipped_model/transformer/diffusion_pytorch_model.safetensors",
+            "pyratok/shipped_tokenizer/config.json",
+            "pyratok/shipped_tokenizer/diffusion_pytorch_model.safetensors"} <= names
     assert any(n.endswith("licenses/LICENSE") for n in names)
 
     venv = tmp_path / "venv"
@@ -59,10 +61,12 @@ def test_wheel_installs_and_runs_the_demo_in_an_empty_folder(tmp_path):
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    where = _run([str(python), "-c", "import pyratok, pipelines; from pyratok.default_model import default_model_path; "
-                  "from pyratok.config import read_config_file; read_config_file('configs/generator/shapes.yaml'); "
-                  "print(pyratok.__file__, pipelines.__file__, default_model_path())"], cwd=empty, env=env).stdout
-    assert str(ROOT) not in where and where.count(str(purelib)) == 3  # the wheel's files, not this checkout's
+    where = _run([str(python), "-c", "import pyratok, pipelines; from pyratok.default_model import default_model_path, "
+                  "default_tokenizer_path; from pyratok.config import read_config_file; "
+                  "read_config_file('configs/generator/shapes.yaml'); "
+                  "print(pyratok.__file__, pipelines.__file__, default_model_path(), default_tokenizer_path())"],
+                 cwd=empty, env=env).stdout
+    assert str(ROOT) not in where and where.count(str(purelib)) == 4  # the wheel's files, not this checkout's
     said = _run([str(venv / "bin" / "pyratok"), "demo", "--out", "out"], cwd=empty, env=env).stdout
     assert "prompt: a red circle moving left" in said and "no trained default model" not in said
     assert (empty / "out" / "demo.mp4").stat().st_size > 0 and (empty / "out" / "demo.png").stat().st_size > 0

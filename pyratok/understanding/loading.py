@@ -24,12 +24,13 @@ def tokenizer_folder(model_dir: str | Path) -> Path:
 
 
 def default_model_dir() -> Path:
-    """The shipped pipeline folder (`pyratok.default_model.default_model_path`)."""
+    """The shipped tokenizer (`pyratok.default_model.default_tokenizer_path`: LaPQ on the parent VAE with its
+    alignment stage), whose understanding figures beat the shipped pipeline's own tokenizer (README)."""
     try:
-        from pyratok.default_model import default_model_path
+        from pyratok.default_model import default_tokenizer_path
     except ImportError as err:
-        raise FileNotFoundError(f"no default model is available ({err}); pass --model DIR") from None
-    return Path(default_model_path())
+        raise FileNotFoundError(f"no default tokenizer is available ({err}); pass --model DIR") from None
+    return Path(default_tokenizer_path())
 
 
 def load_text_encoder(model_dir: str | Path, device: str | torch.device = "cpu"):
@@ -47,7 +48,7 @@ def load_text_encoder(model_dir: str | Path, device: str | torch.device = "cpu")
 
 
 def load_models(model_dir: str | Path | None = None, device: str | torch.device = "cpu"):
-    """(tokenizer in eval mode, text encoder) from `model_dir`, default: the shipped model."""
+    """(tokenizer in eval mode, text encoder) from `model_dir`, default: the shipped tokenizer."""
     from pyratok.tokenizer import PyraTokTokenizer
 
     model_dir = default_model_dir() if model_dir is None else Path(model_dir)
