@@ -4,6 +4,7 @@ The 2-process run goes through `accelerate launch` (gloo on CPU) and must equal 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -103,3 +104,47 @@ def test_two_processes_equal_one(one_process, tokenizer_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["written"] == 2  # process 0: parts 0 and 2
     assert_same(out, one_process)
+
+
+def _word_reliance():
+    spec = importlib.util.spec_from_file_location("word_reliance", ROOT / "bench" / "word_reliance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_does_not(one_process, capsys):
+    from generator import PyraTokGenerator
+    from pyratok.data.shapes import SHAPES
+    from pyratok.text_encoder import TextEncoder
+
+    bench = _word_reliance()
+    assert bench.swap_word("a red square moving left", ["circle", "square", "triangle"]) == "a red triangle moving left"
+    with pytest.raises(ValueError, match="names none"):
+        bench.swap_word("a red blob", list(SHAPES))
+    rows, captions = bench.shapes_captions(one_process, 3)
+    assert len(rows) == 3 and not any(" and " in c for c in captions)
+    data, encoder = TokenCacheDataset(one_process), TextEncoder.from_pretrained()
+    batch, quantizer = data.collate([data[i] for i in rows]), data.load_quantizer()
+    bench.check_captions(batch, encoder, captions)
+    with pytest.raises(ValueError, match="not the captions"):
+        bench.check_captions(batch, encoder, captions[::-1])
+    torch.manual_seed(0)
+    model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1,
+                             heads=2).eval()
+    swapped = [bench.swap_word(c, list(SHAPES)) for c in captions]
+
+    def rise():
+        true, other = (bench.bit_losses(model, quantizer, batch, encoder, caps) for caps in (captions, swapped))
+        return max(float((a - b).abs().max()) for a, b in zip(true, other))
+
+    assert rise() > 1e-4  # a random generator reads its prompt
+    with torch.no_grad():
+        model.transformer.text_proj[-1].weight.zero_()
+        model.transformer.text_proj[-1].bias.zero_()
+    assert rise() == 0.0  # text cut off: swapping a word changes nothing
+    folder = one_process.parent / "generator"
+    model.save_pretrained(folder)
+    assert bench.main(["--cache", str(one_process), "--generator", str(folder), "--n", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "shape swapped" in printed and "colour swapped" in printed and "rise +0.000" in printed

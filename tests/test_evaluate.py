@@ -2,10 +2,14 @@
 reconstructions (what a generator on these tokens could show at best)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
-from factories import tiny_tokenizer
+import torch
+from factories import FakeTextEncoder, tiny_tokenizer
 
 from pyratok.evaluate import build_eval_data, evaluate, main
 
@@ -34,3 +38,24 @@ def test_evaluate_command_writes_metrics(tmp_path, capsys):
     assert "reconstruction_faithfulness" in metrics and "judged" in capsys.readouterr().out
     with pytest.raises(ValueError, match="'nope'"):
         build_eval_data("nope", 1, 5, 32, 0)
+
+
+def test_finest_bits_bench_keeps_the_first_groups():
+    from pyratok.data.shapes import ShapesDataset
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "finest_bits.py"
+    spec = importlib.util.spec_from_file_location("finest_bits", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tokenizer = tiny_tokenizer(text_dim=384)
+    items = [ShapesDataset(num_frames=5, height=32, width=32, length=3, seed=1)[i] for i in range(3)]
+    video = torch.stack([x["video"] for x in items])
+    text = FakeTextEncoder()([x["caption"] for x in items])
+    with torch.no_grad():
+        pyramid = tokenizer.encode(video, text.hidden_states, text.attention_mask)
+        assert torch.allclose(bench.decode_keeping(tokenizer, pyramid, 16), tokenizer.decode(pyramid).clamp(-1, 1),
+                              atol=1e-5)
+        assert not torch.allclose(bench.decode_keeping(tokenizer, pyramid, 4), tokenizer.decode(pyramid).clamp(-1, 1))
+    result = bench.measure(tokenizer, FakeTextEncoder(), items, batch_size=2)
+    assert list(result) == [16, 12, 8, 4]  # 16 bits in groups of 4
+    assert all(0 <= r["shape"] <= 1 and np.isfinite(r["psnr"]) for r in result.values())
