@@ -17,8 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pyratok.data.shapes import ShapesDataset, video_to_uint8  # noqa: E402
-from pyratok.data.shapes_judge import judge_video  # noqa: E402
+from pyratok.data.shapes import ShapesDataset  # noqa: E402
+from pyratok.evaluate import judged_right  # noqa: E402
 from pyratok.losses import psnr  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
@@ -46,9 +46,9 @@ def measure(tokenizer, text_encoder, items: list[dict], batch_size: int = 8) -> 
             recon = decode_keeping(tokenizer, pyramid, keep)
             for i, item in enumerate(chunk):
                 got["psnr"].append(float(psnr(recon[i:i + 1], video[i:i + 1])))
-                verdict = judge_video(video_to_uint8(recon[i]))
-                got["colour"].append(verdict["colour"] == item["colour"])
-                got["shape"].append(verdict["shape"] == item["shape"])
+                right = judged_right(recon[i], item)
+                got["colour"].append(right["colour"])
+                got["shape"].append(right["shape"])
     return {keep: {k: float(np.mean(v)) for k, v in got.items()} for keep, got in scores.items()}
 
 

@@ -27,7 +27,6 @@ from pyratok.data.shapes import COLOURS, SHAPES, ShapesDataset  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
 
 
-
 def swap_word(caption: str, words: list[str]) -> str:
     """`caption` with the first of `words` it contains (as a whole word) replaced by the next one."""
     for i, word in enumerate(words):
@@ -58,10 +57,12 @@ def shapes_captions(cache_dir: Path, n: int) -> tuple[list[int], list[str]]:
 @torch.no_grad()
 def check_captions(batch: dict, text_encoder, captions: list[str]) -> None:
     """ValueError unless the cache's text states are the encoded `captions` (the same clips, in order)."""
+    if batch["text_states"] is None:
+        raise ValueError("the cache holds no text states: built without a text encoder")
     text = text_encoder(captions)
     n = text.hidden_states.shape[1]
     cached, mask = batch["text_states"][:, :n], text.attention_mask.bool()
-    if batch["text_states"] is None or not torch.allclose(cached[mask], text.hidden_states.float()[mask], atol=2e-2):
+    if not torch.allclose(cached[mask], text.hidden_states.float()[mask], atol=2e-2):
         raise ValueError("the cache's text is not the captions its build settings give: rebuilt with other data?")
 
 

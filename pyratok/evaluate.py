@@ -86,6 +86,13 @@ def reconstruct(model, video: torch.Tensor, text=None) -> dict:
 JUDGED = ("colour", "shape", "motion")
 
 
+def judged_right(recon: torch.Tensor, item: dict) -> dict[str, bool]:
+    """A reconstructed Shapes clip (3, T, H, W) in [-1, 1] judged as a generated video (SHAPES.md's check):
+    for each of JUDGED, whether the judge's verdict matches the clip's label."""
+    verdict = judge_video(video_to_uint8(recon))
+    return {a: verdict[a] == item[a] for a in JUDGED}
+
+
 @torch.no_grad()
 def evaluate(
     model: PyraTokTokenizer | AutoencoderKLWan, dataset, batch_size: int = 2, image_path: Path | None = None,
@@ -117,9 +124,8 @@ def evaluate(
             if tokenizer:
                 scores.setdefault("latent_snr", []).append(float(latent_snr(out["pyramid"].latent[i], out["z"][i])))
             if "colour" in item:  # a Shapes clip: judge the reconstruction against its labels
-                verdict = judge_video(video_to_uint8(out["recon"][i]))
-                for a in JUDGED:
-                    judged[a].append(verdict[a] == item[a])
+                for a, right in judged_right(out["recon"][i], item).items():
+                    judged[a].append(right)
         if tokenizer:
             pyramid = out["pyramid"]
             grids = [list(g) for g in pyramid.grids]
