@@ -118,21 +118,21 @@ default-tokenizer: tokenizer-on-parent
 	HF_HUB_OFFLINE=1 $(PY) -m pyratok.export --tokenizer $(MOP)/alignment/alignment \
 	  --out checkpoints/pyratok-tokenizer-tiny
 
-# The text-to-video chain on the shipped tokenizer: token cache and generator on 17x64x64 clips, then the
-# generator carried on to 17x128x128 clips (a new stage started from the 64x64 weights), each stage assembled
-# into a pipeline under $(MOP). Not the shipped model: at 64x64 it draws shapes worse than the shipped one
-# (README, "Text to video"). The tokens do not depend on the alignment head, so the caches are built from
-# the tokenizer stage.
+# The text-to-video chain on the shipped tokenizer: token cache (single-object Shapes clips, then half as many
+# two-object ones) and generator on 17x64x64 clips, then the generator carried on to 17x128x128 clips (a new
+# stage started from the 64x64 weights), each stage assembled into a pipeline under $(MOP). Not the shipped
+# model: at 64x64 it draws shapes worse than the shipped one (README, "Text to video"). The tokens do not
+# depend on the alignment head, so the caches are built from the tokenizer stage.
 MOP_GEN128_STEPS ?= 1500
 model-on-parent: default-tokenizer
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m generator.build_cache --tokenizer $(ON_PARENT)/tokenizer \
-	  --out $(MOP)/token_cache --n 2000 --seed 0
+	  --out $(MOP)/token_cache --n 2000 --two-objects 1000 --seed 0
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m generator.train --config configs/generator/shapes_parent.yaml \
 	  --resume_from_checkpoint latest
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(MOP)/alignment/alignment \
 	  --generator $(MOP)/generator/generator --out $(MOP)/pipeline-64
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m generator.build_cache --tokenizer $(ON_PARENT)/tokenizer \
-	  --out $(MOP)/token_cache_128 --n 1200 --seed 0 --size 128 --batch-size 8
+	  --out $(MOP)/token_cache_128 --n 1200 --two-objects 600 --seed 0 --size 128 --batch-size 8
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m generator.train --config configs/generator/shapes_parent.yaml \
 	  --resume_from_checkpoint latest --set train.init_from=$(MOP)/generator/generator \
 	  train.max_steps=$(MOP_GEN128_STEPS) train.batch_size=8 train.lr=0.0005 train.warmup_steps=20 train.save_every=50 \

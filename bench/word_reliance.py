@@ -21,9 +21,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
+from generator.build_cache import DEFAULT_SHAPES, shapes_dataset  # noqa: E402
 from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
-from pyratok.data.shapes import COLOURS, SHAPES, ShapesDataset  # noqa: E402
+from pyratok.data.shapes import COLOURS, SHAPES  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
 
 
@@ -40,9 +41,8 @@ def shapes_captions(cache_dir: Path, n: int) -> tuple[list[int], list[str]]:
     settings = json.loads((cache_dir / "build_settings.json").read_text())
     if settings.get("folder") or settings.get("shards"):
         raise ValueError(f"{cache_dir} was not built from Shapes (folder / shards set): captions unknown")
-    size = settings["size"]
-    data = ShapesDataset(split=settings["split"], num_frames=settings["num_frames"], height=size, width=size,
-                         length=settings["n"], seed=settings["seed"])
+    data = shapes_dataset(settings["split"], settings["n"] or DEFAULT_SHAPES, settings.get("two_objects", 0),
+                          settings["num_frames"], settings["size"], settings["seed"])
     rows, captions = [], []
     for i in range(len(data)):
         caption = data[i]["caption"]

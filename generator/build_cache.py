@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", default=None, help="a folder of captioned videos instead of Shapes")
     p.add_argument("--shards", default=None, help="a folder of WebDataset shards (`pyratok shard`): one part per shard")
     p.add_argument("--split", default="train", help="Shapes split: train or heldout")
+    p.add_argument("--two-objects", type=int, default=0,
+                   help="two-object Shapes clips added after the --n single-object ones (multi-object captions)")
     p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 1 + 4k")
     p.add_argument("--size", type=int, default=64, help="clip height and width in pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the Shapes clips / the folder's crops")
@@ -82,6 +84,9 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
         raise ValueError(f"--n must be positive, got {args.n}")
     if sum(x is not None for x in (args.folder, args.shards)) > 1:
         raise ValueError("give --folder or --shards, not both")
+    if args.two_objects and (args.folder or args.shards):
+        raise ValueError(f"--two-objects {args.two_objects} adds Shapes clips; it does not apply to "
+                         "--folder / --shards")
     if args.shards:
         from pyratok.data.shards import ShardVideoDataset, shard_files
 
@@ -93,9 +98,21 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
         if args.n is not None and args.n < len(dataset):
             dataset = torch.utils.data.Subset(dataset, range(args.n))
     else:
-        dataset = ShapesDataset(split=args.split, length=args.n or DEFAULT_SHAPES, num_frames=args.num_frames,
-                                height=args.size, width=args.size, seed=args.seed)
+        dataset = shapes_dataset(args.split, args.n or DEFAULT_SHAPES, args.two_objects, args.num_frames, args.size,
+                                 args.seed)
     return dataset_parts(dataset, args.shard_size)
+
+
+def shapes_dataset(split: str, n: int, two_objects: int, num_frames: int, size: int, seed: int):
+    """The Shapes clips of a cache: `n` single-object clips, then `two_objects` two-object ones."""
+    if two_objects < 0:
+        raise ValueError(f"--two-objects {two_objects}: must be >= 0")
+    single = ShapesDataset(split=split, length=n, num_frames=num_frames, height=size, width=size, seed=seed)
+    if not two_objects:
+        return single
+    pairs = ShapesDataset(split=split, length=two_objects, num_frames=num_frames, height=size, width=size,
+                          seed=seed, num_objects=2)
+    return torch.utils.data.ConcatDataset([single, pairs])
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -190,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     parts = make_parts(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "batch_size")}
+    if not args.two_objects:  # recorded only when used: caches made before the option stay resumable
+        del settings["two_objects"]
     settings["tokenizer"] = str(Path(args.tokenizer).resolve())
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

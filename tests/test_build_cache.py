@@ -91,6 +91,31 @@ def test_n_limits_a_folder(tokenizer_dir, tmp_path):
     assert len(TokenCacheDataset(out)) == 3
 
 
+
+def test_two_objects_follow_the_single_object_clips(tokenizer_dir, one_process, tmp_path):
+    """--two-objects N appends N two-object clips (captions naming both) after the --n single-object ones."""
+    from generator.build_cache import shapes_dataset
+
+    data = shapes_dataset("train", 3, 2, num_frames=5, size=16, seed=0)
+    captions = [data[i]["caption"] for i in range(len(data))]
+    assert len(captions) == 5 and [" and " in c for c in captions] == [False] * 3 + [True] * 2
+    out = tmp_path / "pairs"
+    small = list(SMALL)
+    small[small.index("--n") + 1] = "6"
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *small, "--two-objects", "4"]) == 0
+    assert len(TokenCacheDataset(out)) == 10
+    assert json.loads((out / "build_settings.json").read_text())["two_objects"] == 4
+    assert "two_objects" not in json.loads((one_process / "build_settings.json").read_text())  # old caches resume
+    first = contents(out)  # its first shard (4 clips) is the single-object cache's first shard, text and tokens
+    single = contents(one_process)
+    a, b = first[first["index"]["shards"][0]["file"]], single[single["index"]["shards"][0]["file"]]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="--two-objects -1"):
+        shapes_dataset("train", 3, -1, num_frames=5, size=16, seed=0)
+    with pytest.raises(ValueError, match="does not apply to --folder"):
+        main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "x"), "--folder", str(tmp_path),
+              "--two-objects", "2"])
+
 @pytest.mark.slow
 def test_two_processes_equal_one(one_process, tokenizer_dir, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): each makes its own parts; the cache equals one process's."""

@@ -16,6 +16,13 @@ from pyratok.evaluate import build_eval_data, evaluate, main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def load_bench(name: str):
+    """bench/{name}.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
 def test_evaluate_on_shapes_judges_reconstructions(tmp_path):
     model = tiny_tokenizer()
     result = evaluate(model, build_eval_data("shapes", num_clips=3, num_frames=5, size=32, seed=0), batch_size=2,
@@ -43,10 +50,7 @@ def test_evaluate_command_writes_metrics(tmp_path, capsys):
 def test_finest_bits_bench_keeps_the_first_groups():
     from pyratok.data.shapes import ShapesDataset
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "finest_bits.py"
-    spec = importlib.util.spec_from_file_location("finest_bits", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("finest_bits")
     tokenizer = tiny_tokenizer(text_dim=384)
     items = [ShapesDataset(num_frames=5, height=32, width=32, length=3, seed=1)[i] for i in range(3)]
     video = torch.stack([x["video"] for x in items])
@@ -59,3 +63,26 @@ def test_finest_bits_bench_keeps_the_first_groups():
     result = bench.measure(tokenizer, FakeTextEncoder(), items, batch_size=2)
     assert list(result) == [16, 12, 8, 4]  # 16 bits in groups of 4
     assert all(0 <= r["shape"] <= 1 and np.isfinite(r["psnr"]) for r in result.values())
+
+
+def test_level_oracle_keeping_every_level_is_the_reconstruction():
+    from generator import PyraTokGenerator
+    from pyratok.data.shapes import ShapesDataset
+    from pyratok.evaluate import judged_right
+
+    bench = load_bench("level_oracle")
+    tokenizer = tiny_tokenizer(text_dim=384)
+    torch.manual_seed(0)
+    model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1,
+                             heads=2).eval()
+    items = [ShapesDataset(num_frames=5, height=32, width=32, length=4, seed=1)[i] for i in range(4)]
+    result = bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2)
+    assert list(result) == [0, 1, 2, 3]
+    with torch.no_grad():  # all three levels kept: nothing is sampled, the tokenizer's own reconstruction
+        text = FakeTextEncoder()([x["caption"] for x in items])
+        recon = tokenizer.decode(tokenizer.encode(torch.stack([x["video"] for x in items]), text.hidden_states,
+                                                  text.attention_mask)).clamp(-1, 1)
+    expected = [judged_right(recon[i], x) for i, x in enumerate(items)]
+    assert result[3] == {a: float(np.mean([e[a] for e in expected])) for a in expected[0]}
+    # nothing kept: a random generator's samples are not the clips (their colour is not the caption's)
+    assert result[0]["colour"] < 1.0
