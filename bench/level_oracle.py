@@ -30,14 +30,15 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                    seed: int = 0, batch_size: int = 8) -> dict[int, dict[str, float]]:
     """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L."""
     num_levels = model.config.num_levels
+    levels = len(tokenizer.quantizer.config.level_strides)
+    if levels != num_levels:
+        raise ValueError(f"the tokenizer has {levels} levels, the generator {num_levels}")
     right = {k: {a: [] for a in JUDGED} for k in range(num_levels + 1)}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         video = torch.stack([x["video"] for x in chunk])
         text = text_encoder([x["caption"] for x in chunk])
         pyramid = tokenizer.encode(video, text.hidden_states, text.attention_mask)
-        if len(pyramid.bits) != num_levels:
-            raise ValueError(f"the tokenizer gives {len(pyramid.bits)} levels, the generator has {num_levels}")
         for keep in range(num_levels + 1):
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, text.hidden_states, text.attention_mask,

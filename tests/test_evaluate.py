@@ -86,3 +86,7 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction():
     assert result[3] == {a: float(np.mean([e[a] for e in expected])) for a in expected[0]}
     # nothing kept: a random generator's samples are not the clips (their colour is not the caption's)
     assert result[0]["colour"] < 1.0
+    two_levels = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=2, text_dim=384, width=32, depth=1,
+                                  heads=2)
+    with pytest.raises(ValueError, match="tokenizer has 3 levels, the generator 2"):
+        bench.judge_prefixes(tokenizer, two_levels, FakeTextEncoder(), items)
