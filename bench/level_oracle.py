@@ -44,7 +44,7 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
             sampled = model.generate(tokenizer.quantizer, text.hidden_states, text.attention_mask,
                                      pyramid.latent_grid, guidance_scale=guidance_scale, generator=gens,
                                      prefix_bits=pyramid.bits[:keep])
-            recon = tokenizer.decode_latent(tokenizer.quantizer.reconstruct(sampled.bits, pyramid.latent_grid))
+            recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
             for i, item in enumerate(chunk):
                 for attribute, ok in judged_right(recon[i].clamp(-1, 1), item).items():
                     right[keep][attribute].append(ok)
@@ -65,9 +65,9 @@ def main(argv=None) -> int:
         raise ValueError(f"--n must be >= 1 and --size >= 16, got {args.n}, {args.size}")
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval()
     model = PyraTokGenerator.from_pretrained(args.generator, variant=args.variant).eval()
-    data = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, length=4 * args.n,
-                         seed=args.seed)
-    items = [x for x in (data[i] for i in range(len(data))) if " and " not in x["caption"]][:args.n]
+    data = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, length=args.n,
+                         seed=args.seed)  # one object per clip
+    items = [data[i] for i in range(len(data))]
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale)
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_scale}")
