@@ -18,10 +18,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
 from generator.build_cache import DEFAULT_SHAPES, shapes_dataset  # noqa: E402
+from generator.heads import nats_per_bit  # noqa: E402
 from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
 from pyratok.data.shapes import COLOURS, SHAPES  # noqa: E402
@@ -72,9 +72,8 @@ def bit_losses(model, quantizer, batch, text_encoder, captions: list[str]) -> li
     text = text_encoder(captions)
     inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"])
     keep = torch.zeros(len(captions), dtype=torch.bool)
-    logits = model(inputs, text.hidden_states.float(), text.attention_mask, drop_text=keep)
-    return [F.binary_cross_entropy_with_logits(lg.float(), (b.float() + 1) / 2, reduction="none").flatten(0, -2).mean(0)
-            for lg, b in zip(logits, batch["bits"])]
+    logits = model(inputs, text.hidden_states.float(), text.attention_mask, drop_text=keep, target_bits=batch["bits"])
+    return [nats_per_bit(lg, b) for lg, b in zip(logits, batch["bits"])]
 
 
 def main(argv=None) -> int:

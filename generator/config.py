@@ -11,17 +11,35 @@ from typing import ClassVar
 from pyratok.nextscale import NextScaleConfig
 from pyratok.training import TrainConfig
 
+from .heads import HEADS
+
 
 @dataclass
 class GeneratorConfig(NextScaleConfig):
-    """`NextScaleConfig` plus the learned null text used for classifier-free guidance."""
+    """`NextScaleConfig` plus the learned null text used for classifier-free guidance and the output head.
+
+    head: "bits" - one logit per bit, each bit drawn on its own (Infinity); "group_codes" - each group of
+    `head_group_bits` bits one softmax over its 2^head_group_bits codes; "group_codes_sequential" - the
+    same, a token's groups drawn in order, each seeing the earlier ones (generator.heads).
+    """
 
     num_null_tokens: int = 1
+    head: str = "bits"
+    head_group_bits: int = 8  # group_codes*: bits per code (LaPQ's bits_per_group, the order refine_groups uses)
+    head_hidden: int = 256  # group_codes*: hidden width of the code MLP
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_null_tokens < 1:
             raise ValueError(f"num_null_tokens must be >= 1, got {self.num_null_tokens}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head != "bits":
+            if not 1 <= self.head_group_bits <= 12 or self.num_bits % self.head_group_bits:
+                raise ValueError(f"head_group_bits={self.head_group_bits} must be in [1, 12] and divide "
+                                 f"num_bits={self.num_bits}")
+            if self.head_hidden < 1:
+                raise ValueError(f"head_hidden must be >= 1, got {self.head_hidden}")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pyratok.nextscale import KVCache, NextScaleConfig, NextScaleTransformer
 from pyratok.null_text import drop_text as with_null_text  # `forward` has an argument named drop_text
 
 from .config import GeneratorConfig
+from .heads import GroupCodeHead, bits_to_codes
 from .sampling import generate
 
 
@@ -45,6 +46,11 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         names = {f.name for f in dataclasses.fields(NextScaleConfig)}
         self.transformer = NextScaleTransformer(NextScaleConfig(**{k: getattr(cfg, k) for k in names}))
         self.null_text = nn.Parameter(torch.randn(cfg.num_null_tokens, cfg.text_dim) * 0.02)  # (n_null, d)
+        self.code_head = None
+        if cfg.head != "bits":  # the transformer's last linear then gives each token's features, not bit logits
+            self.transformer.head = nn.Linear(cfg.width, cfg.width)
+            self.code_head = GroupCodeHead(cfg.width, cfg.num_bits, cfg.head_group_bits, cfg.head_hidden,
+                                           sequential=cfg.head == "group_codes_sequential")
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
     _init.__signature__ = _config_signature(GeneratorConfig)
@@ -67,14 +73,22 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
 
     # --- model calls ------------------------------------------------------------------------------
     def forward(self, level_inputs, text_states=None, text_mask=None, drop_text: torch.Tensor | None = None,
-                **kwargs):
-        """Teacher-forced logits per level (b, t_l, h_l, w_l, k); drop_text (b,) bool -> null text.
-        kwargs go to `NextScaleTransformer.forward` (e.g. layout)."""
+                target_bits=None, **kwargs):
+        """Teacher-forced logits per level; drop_text (b,) bool -> null text. kwargs go to
+        `NextScaleTransformer.forward` (e.g. layout).
+
+        head "bits": bit logits (b, t_l, h_l, w_l, k). A group-code head: with target_bits (the levels'
+        true bits) code logits (b, t_l, h_l, w_l, g, v), else the features (b, t_l, h_l, w_l, d) that
+        `generator.sampling` draws codes from."""
         if drop_text is not None or text_states is None:
             if drop_text is None:
                 drop_text = torch.ones(level_inputs[0].shape[0], dtype=torch.bool, device=level_inputs[0].device)
             text_states, text_mask = with_null_text(self.null_text, text_states, text_mask, drop_text)
-        return self.transformer(level_inputs, text_states, text_mask, **kwargs)
+        out = self.transformer(level_inputs, text_states, text_mask, **kwargs)
+        if self.code_head is None or target_bits is None:
+            return out
+        group_bits = self.code_head.group_bits
+        return [self.code_head(f, bits_to_codes(b, group_bits)) for f, b in zip(out, target_bits)]
 
     def new_cache(self, batch: int | None = None) -> KVCache:
         return self.transformer.new_cache(batch)

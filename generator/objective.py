@@ -1,14 +1,15 @@
 """The generator's training objective: teacher-forced next-scale bit prediction.
 
 PyraTok generation stage, trained like VAR/Infinity: inputs z_hat_<l from the cached pyramid,
-~10% null text (for CFG), optional bitwise self-correction (Infinity), bitwise BCE per level.
+~10% null text (for CFG), optional bitwise self-correction (Infinity), the head's loss per level
+(bitwise BCE, or the cross-entropy of group codes: generator.heads).
 Letters: b - batch, t/h/w - a level's grid, k - bits, c - latent channels.
 """
 from __future__ import annotations
 
 import torch
 
-from pyratok.nextscale import bitwise_loss
+from .heads import head_loss
 
 
 def flip_bits(bits: list[torch.Tensor], prob: float, generator: torch.Generator) -> list[torch.Tensor]:
@@ -50,5 +51,5 @@ def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cf
     b = bits[0].shape[0]
     inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator)
     drop = torch.rand(b, generator=generator, device=generator.device).to(bits[0].device) < cfg_dropout
-    logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop)
-    return bitwise_loss(logits, bits)
+    logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits)
+    return head_loss(logits, bits)

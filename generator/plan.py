@@ -19,13 +19,13 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyratok.config import config_from_dict, load_config, read_config_file
-from pyratok.nextscale import bitwise_loss
 from pyratok.pyramid import level_grids
 from pyratok.text_encoder import default_model_path as default_text_encoder_path
 from pyratok.tiling import TilingConfig
 from pyratok.tokenizer import PyraTokTokenizer, TokenizerConfig
 
 from .config import GeneratorConfig, GeneratorTrainConfig
+from .heads import head_loss
 from .memory import GB, FusedAttention, sampling_memory, storage_key
 from .model import PyraTokGenerator
 
@@ -95,7 +95,8 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
     text = torch.empty(1, min(text_len, cfg.max_text_len), cfg.text_dim, **meta)
     with FusedAttention(), FlopCounterMode(display=False) as flops, \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = bitwise_loss(model(inputs, text, None, drop_text=torch.zeros(1, dtype=torch.bool, device="meta")), bits)
+        drop = torch.zeros(1, dtype=torch.bool, device="meta")
+        loss, _ = head_loss(model(inputs, text, None, drop_text=drop, target_bits=bits), bits)
         loss.backward()
     return ModelCost(
         params=sum(p.numel() for p in model.parameters()), grids=list(grids), train_flops=float(flops.get_total_flops()),

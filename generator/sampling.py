@@ -1,4 +1,4 @@
-"""Level-by-level sampling of a token pyramid: per-bit Bernoulli draws, CFG, per-level schedules.
+"""Level-by-level sampling of a token pyramid: per-bit Bernoulli draws (or group codes), CFG, schedules.
 
 PyraTok's text-to-video generation by next-scale prediction (VAR/Infinity): L passes with a KV
 cache, classifier-free guidance against a learned null text, one torch.Generator per sample.
@@ -132,6 +132,30 @@ def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     return torch.where(on, 1.0, -1.0)
 
 
+def sample_level(model, out: torch.Tensor, guidance: float | None, gens, temperature: float, top_k, top_p,
+                 prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """A level's bits (b, t, h, w, k) from the model's output for it: bit logits, or the features of a
+    group-code head (generator.heads), (2b, ...) when `guidance` is a scale (cond rows, then uncond).
+
+    The uniforms are drawn either way (one per bit, or one per code group), so keeping `prefix` instead
+    leaves the draws of later levels as they were."""
+    def guide(logits):
+        return logits if guidance is None else guided_logits(*logits.chunk(2), guidance)
+
+    head = getattr(model, "code_head", None)
+    if head is None:
+        logits = guide(out)
+        uniforms = draw_uniform(logits.shape, gens, logits.device)
+        if prefix is not None:
+            return prefix.to(logits.device, torch.float32)
+        return sample_bits(logits, uniforms, temperature, top_k, top_p)
+    rows = out.shape[0] // (1 if guidance is None else 2)
+    uniforms = draw_uniform((rows, *out.shape[1:-1], head.groups), gens, out.device)
+    if prefix is not None:
+        return prefix.to(out.device, torch.float32)
+    return head.sample(out, uniforms, guide, temperature, top_k, top_p)
+
+
 def check_memory(model, quantizer, latent_grid, batch: int, prompt_embeds, use_cfg: bool, limit: int) -> None:
     """ValueError with the estimate when sampling `latent_grid` would need more than `limit` bytes."""
     from .memory import GB, sampling_memory  # memory runs `generate` on the meta device: imported when asked for
@@ -217,17 +241,11 @@ def generate(
         x = resample(z_hat, grid).to(param.device, param.dtype)  # (b, c, t_l, h_l, w_l)
         inputs.append(torch.cat([x, x]) if use_cfg else x)
         if use_cache:
-            logits = model.forward_level(level, inputs[-1], text, text_mask, cache)
+            out = model.forward_level(level, inputs[-1], text, text_mask, cache)  # bit logits or code features
         else:
-            logits = model(inputs, text, text_mask)[level]
-        if use_cfg:
-            cond, uncond = logits.chunk(2)
-            logits = guided_logits(cond, uncond, scales[level])
-        uniforms = draw_uniform(logits.shape, gens, logits.device)
-        if level < len(prefix_bits):
-            level_bits = prefix_bits[level].to(logits.device, torch.float32)
-        else:
-            level_bits = sample_bits(logits, uniforms, temps[level], top_k, top_p)  # (b, t_l, h_l, w_l, k)
+            out = model(inputs, text, text_mask)[level]
+        level_bits = sample_level(model, out, scales[level] if use_cfg else None, gens, temps[level], top_k,
+                                  top_p, prefix_bits[level] if level < len(prefix_bits) else None)
         bits.append(level_bits)
         z_before = z_hat
         z_hat = z_before + resample(quantizer.dequantize_level(level_bits.to(q_param.device), level), latent_grid)
