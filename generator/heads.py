@@ -50,17 +50,16 @@ class GroupCodeHead(nn.Module):
         self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                  nn.Linear(hidden, self.codes))
 
-    def _previous(self, codes: torch.Tensor) -> torch.Tensor:
-        """(..., j) codes of groups 0..j-1 -> (..., d): the sum of their embeddings (0 for j = 0)."""
+    def _embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., j) codes of groups 0..j-1 -> (..., j, d), each group from its own table."""
         offsets = torch.arange(codes.shape[-1], device=codes.device) * self.codes
-        return self.code_embed(codes + offsets).sum(-2)
+        return self.code_embed(codes + offsets)
 
     def forward(self, features: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (..., g, v) of every group; codes (..., g) are the true ones."""
         x = features[..., None, :] + self.group_embed  # (..., g, d)
         if self.sequential:
-            offsets = torch.arange(self.groups, device=codes.device) * self.codes
-            emb = self.code_embed(codes + offsets)  # (..., g, d)
+            emb = self._embed(codes)  # (..., g, d)
             before = torch.cat([torch.zeros_like(emb[..., :1, :]), emb[..., :-1, :].cumsum(-2)], dim=-2)
             x = x + before  # group j sees the codes of groups < j only
         return self.mlp(x)
@@ -69,7 +68,7 @@ class GroupCodeHead(nn.Module):
         """Logits (..., v) of group `group` given features (..., d) and the codes (..., group) before it."""
         x = features + self.group_embed[group]
         if self.sequential and group:
-            x = x + self._previous(previous)
+            x = x + self._embed(previous).sum(-2)
         return self.mlp(x)
 
     @torch.no_grad()
@@ -82,14 +81,15 @@ class GroupCodeHead(nn.Module):
         """
         rows = uniforms.shape[0]
         codes = uniforms.new_zeros(uniforms.shape, dtype=torch.long)
+        warpers = ([TopKLogitsWarper(top_k)] if top_k is not None else []) + \
+            ([TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else [])
         for j in range(self.groups):
             previous = codes[..., :j]
             if features.shape[0] != rows:  # the guidance batch: the same codes under both texts
                 previous = torch.cat([previous, previous])
             logits = guide(self.group_logits(features, previous, j)).float() / temperature  # (b, ..., v)
             flat = logits.flatten(0, -2)
-            for warper in ([TopKLogitsWarper(top_k)] if top_k is not None else []) + \
-                    ([TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []):
+            for warper in warpers:
                 flat = warper(None, flat)
             cdf = flat.softmax(-1).cumsum(-1)  # inverse-CDF draw: code = first index whose cdf passes u
             picked = torch.searchsorted(cdf, uniforms[..., j].reshape(-1, 1).contiguous(), right=True)

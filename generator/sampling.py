@@ -143,16 +143,13 @@ def sample_level(model, out: torch.Tensor, guidance: float | None, gens, tempera
         return logits if guidance is None else guided_logits(*logits.chunk(2), guidance)
 
     head = getattr(model, "code_head", None)
-    if head is None:
-        logits = guide(out)
-        uniforms = draw_uniform(logits.shape, gens, logits.device)
-        if prefix is not None:
-            return prefix.to(logits.device, torch.float32)
-        return sample_bits(logits, uniforms, temperature, top_k, top_p)
     rows = out.shape[0] // (1 if guidance is None else 2)
-    uniforms = draw_uniform((rows, *out.shape[1:-1], head.groups), gens, out.device)
+    uniforms = draw_uniform((rows, *out.shape[1:-1], out.shape[-1] if head is None else head.groups),
+                            gens, out.device)
     if prefix is not None:
         return prefix.to(out.device, torch.float32)
+    if head is None:
+        return sample_bits(guide(out), uniforms, temperature, top_k, top_p)
     return head.sample(out, uniforms, guide, temperature, top_k, top_p)
 
 

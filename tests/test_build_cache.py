@@ -91,7 +91,6 @@ def test_n_limits_a_folder(tokenizer_dir, tmp_path):
     assert len(TokenCacheDataset(out)) == 3
 
 
-
 def test_two_objects_follow_the_single_object_clips(tokenizer_dir, one_process, tmp_path):
     """--two-objects N appends N two-object clips (captions naming both) after the --n single-object ones."""
     from generator.build_cache import shapes_dataset
@@ -115,6 +114,7 @@ def test_two_objects_follow_the_single_object_clips(tokenizer_dir, one_process, 
     with pytest.raises(ValueError, match="does not apply to --folder"):
         main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "x"), "--folder", str(tmp_path),
               "--two-objects", "2"])
+
 
 @pytest.mark.slow
 def test_two_processes_equal_one(one_process, tokenizer_dir, tmp_path):

@@ -23,6 +23,7 @@ def load_bench(name: str):
     spec.loader.exec_module(bench)
     return bench
 
+
 def test_evaluate_on_shapes_judges_reconstructions(tmp_path):
     model = tiny_tokenizer()
     result = evaluate(model, build_eval_data("shapes", num_clips=3, num_frames=5, size=32, seed=0), batch_size=2,
