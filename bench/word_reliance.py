@@ -70,7 +70,7 @@ def check_captions(batch: dict, text_encoder, captions: list[str]) -> None:
 def bit_losses(model, quantizer, batch, text_encoder, captions: list[str]) -> list[torch.Tensor]:
     """Per level, the mean cross-entropy of each bit (k,) given `captions` ("" for none)."""
     text = text_encoder(captions)
-    inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"])
+    inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"], passes=model.config.finest_passes)
     keep = torch.zeros(len(captions), dtype=torch.bool)
     logits = model(inputs, text.hidden_states.float(), text.attention_mask, drop_text=keep, target_bits=batch["bits"])
     return [nats_per_bit(lg, b) for lg, b in zip(logits, batch["bits"])]

@@ -27,11 +27,14 @@ class GeneratorConfig(NextScaleConfig):
     head: str = "bits"
     head_group_bits: int = 8  # group_codes*: bits per code (LaPQ's bits_per_group, the order refine_groups uses)
     head_hidden: int = 256  # group_codes*: hidden width of the code MLP
+    finest_passes: int = 1  # > 1: the finest level drawn in that many interleaved passes (generator.passes)
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_null_tokens < 1:
             raise ValueError(f"num_null_tokens must be >= 1, got {self.num_null_tokens}")
+        if self.finest_passes < 1:
+            raise ValueError(f"finest_passes must be >= 1, got {self.finest_passes}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.head != "bits":
@@ -56,6 +59,7 @@ class GeneratorTrainLoop(TrainConfig):
     ema_decay: float = 0.999  # EMA of the weights (diffusers EMAModel), exported beside them; 0: none
     init_from: str | None = None  # a saved generator folder to start from (a new stage: fresh optimizer, step 0),
     # e.g. a generator trained on coarser clips: positions are normalised coordinates, so any grid fits
+    grow_from_init: bool = False  # init_from may be smaller (e.g. fewer finest passes): see load_saved_weights
 
     def __post_init__(self):
         super().__post_init__()

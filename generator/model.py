@@ -19,6 +19,7 @@ from pyratok.null_text import drop_text as with_null_text  # `forward` has an ar
 
 from .config import GeneratorConfig
 from .heads import GroupCodeHead, bits_to_codes
+from .passes import input_channels, merge_passes
 from .sampling import generate
 
 
@@ -44,7 +45,9 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         super().__init__()
         cfg = GeneratorConfig(**config)
         names = {f.name for f in dataclasses.fields(NextScaleConfig)}
-        self.transformer = NextScaleTransformer(NextScaleConfig(**{k: getattr(cfg, k) for k in names}))
+        steps = {"num_levels": cfg.num_levels + cfg.finest_passes - 1,  # one transformer step per pass
+                 "latent_channels": input_channels(cfg.latent_channels, cfg.finest_passes)}
+        self.transformer = NextScaleTransformer(NextScaleConfig(**{**{k: getattr(cfg, k) for k in names}, **steps}))
         self.null_text = nn.Parameter(torch.randn(cfg.num_null_tokens, cfg.text_dim) * 0.02)  # (n_null, d)
         self.code_head = None
         if cfg.head != "bits":  # the transformer's last linear then gives each token's features, not bit logits
@@ -73,9 +76,10 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
 
     # --- model calls ------------------------------------------------------------------------------
     def forward(self, level_inputs, text_states=None, text_mask=None, drop_text: torch.Tensor | None = None,
-                target_bits=None, **kwargs):
+                target_bits=None, per_level: bool = True, **kwargs):
         """Teacher-forced logits per level; drop_text (b,) bool -> null text. kwargs go to
-        `NextScaleTransformer.forward` (e.g. layout).
+        `NextScaleTransformer.forward` (e.g. layout). level_inputs: one per step (generator.passes: the
+        levels', then the finest level's later passes); per_level=False returns the steps' outputs unmerged.
 
         head "bits": bit logits (b, t_l, h_l, w_l, k). A group-code head: with target_bits (the levels'
         true bits) code logits (b, t_l, h_l, w_l, g, v), else the features (b, t_l, h_l, w_l, d) that
@@ -85,6 +89,8 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
                 drop_text = torch.ones(level_inputs[0].shape[0], dtype=torch.bool, device=level_inputs[0].device)
             text_states, text_mask = with_null_text(self.null_text, text_states, text_mask, drop_text)
         out = self.transformer(level_inputs, text_states, text_mask, **kwargs)
+        if per_level:
+            out = merge_passes(out, self.config.num_levels)
         if self.code_head is None or target_bits is None:
             return out
         group_bits = self.code_head.group_bits
@@ -93,8 +99,9 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
     def new_cache(self, batch: int | None = None) -> KVCache:
         return self.transformer.new_cache(batch)
 
-    def forward_level(self, level, level_input, text_states, text_mask, cache: KVCache):
-        return self.transformer.forward_level(level, level_input, text_states, text_mask, cache)
+    def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache):
+        """One step's output with the cache (a level's, or a pass of the finest level: generator.passes)."""
+        return self.transformer.forward_level(step, step_input, text_states, text_mask, cache)
 
     def generate(self, quantizer, prompt_embeds, prompt_mask, latent_grid, **kwargs):
         """Sample a `TokenPyramid`; see `generator.sampling.generate` for the arguments."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .heads import head_loss
+from .passes import teacher_forcing_steps
 
 
 def flip_bits(bits: list[torch.Tensor], prob: float, generator: torch.Generator) -> list[torch.Tensor]:
@@ -31,25 +32,28 @@ def flip_bits(bits: list[torch.Tensor], prob: float, generator: torch.Generator)
 
 
 @torch.no_grad()
-def teacher_forcing_inputs(quantizer, bits: list[torch.Tensor], latent_grid, flip_prob: float = 0.0, generator=None):
-    """Level inputs (b, c, t_l, h_l, w_l) = z_hat_<l on grid l, from (possibly flipped) bits."""
+def teacher_forcing_inputs(quantizer, bits: list[torch.Tensor], latent_grid, flip_prob: float = 0.0, generator=None,
+                           passes: int = 1):
+    """The model's inputs: z_hat_<l (b, c, t_l, h_l, w_l) on grid l, from (possibly flipped) bits; with
+    `passes` > 1 the finest level's later passes follow (generator.passes)."""
     if flip_prob > 0:
         if generator is None:
             raise ValueError("self-correction (flip_prob > 0) needs an explicit torch.Generator")
         bits = flip_bits(bits, flip_prob, generator)
-    return quantizer.level_inputs(bits, tuple(latent_grid))
+    return teacher_forcing_steps(quantizer, quantizer.level_inputs(bits, tuple(latent_grid)), bits[-1], passes)
 
 
 def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cfg_dropout: float = 0.1,
-                   self_correction_prob: float = 0.0):
-    """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate).
+                   self_correction_prob: float = 0.0, passes: int = 1):
+    """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate);
+    `passes`: the model's finest_passes.
 
     batch: bits (list of (b, t_l, h_l, w_l, k) in {-1, +1}), text_states (b, s, d) or None,
     text_mask (b, s) or None, latent_grid (t, h, w).
     """
     bits = batch["bits"]
     b = bits[0].shape[0]
-    inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator)
+    inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator, passes)
     drop = torch.rand(b, generator=generator, device=generator.device).to(bits[0].device) < cfg_dropout
     logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits)
     return head_loss(logits, bits)

@@ -28,6 +28,7 @@ from .config import GeneratorConfig, GeneratorTrainConfig
 from .heads import head_loss
 from .memory import GB, FusedAttention, sampling_memory, storage_key
 from .model import PyraTokGenerator
+from .passes import input_channels, step_grids
 
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3+sp")
 RESERVE = 0.9  # share of GPU memory a plan may fill (allocator fragmentation, kernels' workspaces)
@@ -91,7 +92,8 @@ def model_cost(cfg: GeneratorConfig, grids, dtype=torch.bfloat16, text_len: int 
         block.register_forward_hook(leave)
     meta = dict(device="meta", dtype=dtype)
     bits = [torch.empty(1, *g, cfg.num_bits, **meta) for g in grids]
-    inputs = [torch.empty(1, cfg.latent_channels, *g, **meta) for g in grids]
+    channels = input_channels(cfg.latent_channels, cfg.finest_passes)
+    inputs = [torch.empty(1, channels, *g, **meta) for g in step_grids(grids, cfg.finest_passes)]
     text = torch.empty(1, min(text_len, cfg.max_text_len), cfg.text_dim, **meta)
     with FusedAttention(), FlopCounterMode(display=False) as flops, \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -14,6 +14,8 @@ import torch
 from pyratok.null_text import cfg_text_batch
 from pyratok.pyramid import Grid, TokenPyramid, resample
 
+from .passes import pass_masks, step_input
+
 
 def per_level(value, num_levels: int, name: str) -> list[float]:
     """A scalar for every level, or a list with exactly one value per level."""
@@ -233,16 +235,29 @@ def generate(
     q_param = next(quantizer.parameters())
     z_hat = q_param.new_zeros(batch, quantizer.config.latent_channels, *latent_grid)  # (b, c, t, h, w)
     cache = model.new_cache() if use_cache else None
+    passes = model.config.finest_passes
     inputs, bits = [], []
-    for level, grid in enumerate(grids):
-        x = resample(z_hat, grid).to(param.device, param.dtype)  # (b, c, t_l, h_l, w_l)
+
+    def draw(level: int, x: torch.Tensor) -> torch.Tensor:
+        """Bits of one step (a level, or a pass of the finest level) from its input x (b, c', t, h, w)."""
+        step = len(inputs)
         inputs.append(torch.cat([x, x]) if use_cfg else x)
         if use_cache:
-            out = model.forward_level(level, inputs[-1], text, text_mask, cache)  # bit logits or code features
+            out = model.forward_level(step, inputs[-1], text, text_mask, cache)  # bit logits or code features
         else:
-            out = model(inputs, text, text_mask)[level]
-        level_bits = sample_level(model, out, scales[level] if use_cfg else None, gens, temps[level], top_k,
-                                  top_p, prefix_bits[level] if level < len(prefix_bits) else None)
+            out = model(inputs, text, text_mask, per_level=False)[step]
+        return sample_level(model, out, scales[level] if use_cfg else None, gens, temps[level], top_k,
+                            top_p, prefix_bits[level] if level < len(prefix_bits) else None)
+
+    for level, grid in enumerate(grids):
+        x = resample(z_hat, grid).to(param.device, param.dtype)  # (b, c, t_l, h_l, w_l)
+        level_bits = draw(level, step_input(x, passes))
+        if level == num_levels - 1:  # the finest level's later passes, each seeing what the earlier ones drew
+            masks = pass_masks(grid, passes, param.device)
+            for p in range(1, passes):
+                residual = quantizer.dequantize_level(level_bits.to(q_param.device), level).to(param.device)
+                drawn = draw(level, step_input(x, passes, residual, masks[:p].any(0)))
+                level_bits = torch.where(masks[p][..., None], drawn, level_bits)  # (b, t, h, w, k)
         bits.append(level_bits)
         z_before = z_hat
         z_hat = z_before + resample(quantizer.dequantize_level(level_bits.to(q_param.device), level), latent_grid)

@@ -45,7 +45,7 @@ def build_model(cfg: GeneratorTrainConfig, dataset: TokenCacheDataset) -> PyraTo
         torch.manual_seed(cfg.train.seed)
         model = PyraTokGenerator.from_generator_config(m)
     if cfg.train.init_from:  # the raw trained weights (not the EMA variant); a resumed run then loads its checkpoint
-        load_saved_weights(model, cfg.train.init_from)
+        load_saved_weights(model, cfg.train.init_from, grow=cfg.train.grow_from_init)
     if m.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
@@ -101,7 +101,8 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
     def loss_fn(batch, rng):
         if sp is not None:  # the group's batch, and the micro-batch generator of its data rank
             batch, rng = sp.share(batch), micro_batch_rng(tc.seed, trainer.micro - 1, sp.data_rank)
-        loss, logs = generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob)
+        loss, logs = generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob,
+                                    cfg.model.finest_passes)
         return (loss, logs) if sp is None else (loss * sp.loss_scale, {**logs, "loss": loss.detach()})
 
     step = trainer.fit(loss_fn)
