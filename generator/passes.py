@@ -66,6 +66,5 @@ def merge_passes(outputs: list[torch.Tensor], num_levels: int) -> list[torch.Ten
     masks = pass_masks(finest[0].shape[1:4], passes, finest[0].device)
     merged = finest[0]
     for p in range(1, passes):
-        mask = masks[p].reshape(1, *masks.shape[1:], *[1] * (merged.dim() - 4))  # (1, t, h, w, 1...)
-        merged = torch.where(mask, finest[p], merged)
+        merged = torch.where(masks[p][..., None], finest[p], merged)  # (b, t, h, w, k or d)
     return list(outputs[:num_levels - 1]) + [merged]

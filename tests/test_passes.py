@@ -84,7 +84,8 @@ def finest_nats(model, quantizer, passes: int, blind: bool = False) -> float:
     inputs = teacher_forcing_inputs(quantizer, bits, LATENT, passes=passes)
     if blind:
         inputs = inputs[:len(bits)] + [inputs[len(bits) - 1]] * (passes - 1)
-    logits = model(inputs, torch.zeros(64, 1, 384), None, drop_text=torch.zeros(64, dtype=torch.bool), target_bits=bits)
+    keep = torch.zeros(64, dtype=torch.bool)
+    logits = model(inputs, torch.zeros(64, 1, 384), None, drop_text=keep, target_bits=bits)
     return float(nats_per_bit(logits[-1], bits[-1]).sum())  # nats per token
 
 
