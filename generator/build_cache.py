@@ -27,6 +27,7 @@ from pyratok.help_format import DefaultsFormatter
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
 
+from .contrast import SwappedCaptions, parse_word_groups
 from .token_cache import INDEX, Q_CONFIG, Q_WEIGHTS, build_token_cache
 
 SETTINGS = "build_settings.json"
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the Shapes clips / the folder's crops")
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder call")
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard (the unit of work and resume)")
+    p.add_argument("--contrast-words", action="append", default=None, metavar="WORD,WORD,...",
+                   help="a group of words to swap (repeatable): each caption is also stored with one word of a "
+                        "group swapped for another of it, for train.contrast_weight (generator.contrast)")
     p.add_argument("--text-encoder", default=None, help="local text encoder folder (default: MiniLM)")
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
     return p
@@ -87,6 +91,9 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
     if args.two_objects and (args.folder or args.shards):
         raise ValueError(f"--two-objects {args.two_objects} adds Shapes clips; it does not apply to "
                          "--folder / --shards")
+    if args.contrast_words and args.shards:
+        raise ValueError(f"--contrast-words {args.contrast_words} needs indexed samples: Shapes or --folder, "
+                         "not --shards")
     if args.shards:
         from pyratok.data.shards import ShardVideoDataset, shard_files
 
@@ -100,6 +107,8 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
     else:
         dataset = shapes_dataset(args.split, args.n or DEFAULT_SHAPES, args.two_objects, args.num_frames, args.size,
                                  args.seed)
+    if args.contrast_words:
+        dataset = SwappedCaptions(dataset, parse_word_groups(args.contrast_words), args.seed)
     return dataset_parts(dataset, args.shard_size)
 
 
@@ -207,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     parts = make_parts(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "batch_size")}
-    if not args.two_objects:  # recorded only when used: caches made before the option stay resumable
-        del settings["two_objects"]
+    for name in ("two_objects", "contrast_words"):  # recorded only when used: older caches stay resumable
+        if not settings[name]:
+            del settings[name]
     settings["tokenizer"] = str(Path(args.tokenizer).resolve())
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ dataclasses round-trip through `pyratok.config` (YAML files plus `--set a.b=c` o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -60,12 +61,18 @@ class GeneratorTrainLoop(TrainConfig):
     init_from: str | None = None  # a saved generator folder to start from (a new stage: fresh optimizer, step 0),
     # e.g. a generator trained on coarser clips: positions are normalised coordinates, so any grid fits
     grow_from_init: bool = False  # init_from may be smaller (e.g. fewer finest passes): see load_saved_weights
+    contrast_weight: float = 0.0  # caption-contrastive term (generator.contrast); needs a cache with swapped captions
+    contrast_tau: float = 0.01  # its temperature, in nats per bit of a clip's likelihood ratio
 
     def __post_init__(self):
         super().__post_init__()
         for name in ("text_dropout", "self_correction_prob", "ema_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.contrast_weight) and self.contrast_weight >= 0):
+            raise ValueError(f"train.contrast_weight must be a finite number >= 0, got {self.contrast_weight}")
+        if not (math.isfinite(self.contrast_tau) and self.contrast_tau > 0):
+            raise ValueError(f"train.contrast_tau must be a finite number > 0, got {self.contrast_tau}")
 
 
 @dataclass
@@ -96,3 +103,9 @@ class GeneratorTrainConfig:
         **{k: f"train.{k}" for k in _MOVED}, "cfg_dropout": "train.text_dropout",
         "token_cache_dir": "data.token_cache_dir", "decay_steps": _decay_steps,
     }
+
+    def __post_init__(self):
+        if self.train.contrast_weight > 0 and self.model.sequence_parallel_size > 1:
+            raise ValueError(f"train.contrast_weight={self.train.contrast_weight} scores whole clips; sequence "
+                             f"parallelism (model.sequence_parallel_size={self.model.sequence_parallel_size}) "
+                             "splits them over ranks: use one or the other")

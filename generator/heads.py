@@ -134,6 +134,20 @@ def head_loss(logits: list[torch.Tensor], bits: list[torch.Tensor]):
     return bitwise_loss(logits, bits)
 
 
+def clip_nats(logits: list[torch.Tensor], bits: list[torch.Tensor]) -> torch.Tensor:
+    """Each clip's mean nats per bit over every level (b,), for either head (as `head_loss` weighs them)."""
+    total, count = 0.0, 0
+    for lg, b in zip(logits, bits):
+        if lg.dim() == b.dim():
+            per = F.binary_cross_entropy_with_logits(lg.float(), (b.float() + 1) / 2, reduction="none")
+        else:
+            codes = bits_to_codes(b, lg.shape[-1].bit_length() - 1)  # (b, t, h, w, g)
+            per = F.cross_entropy(lg.flatten(0, -2).float(), codes.flatten(), reduction="none").view(codes.shape)
+        total = total + per.flatten(1).sum(1)
+        count += b[0].numel()
+    return total / count
+
+
 def nats_per_bit(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """One level's mean cross-entropy of each bit (k,): a bit logit's BCE, or, for code logits, each
     bit's even share of its group's code cross-entropy (so per-group means read alike for both heads)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .heads import head_loss
+from .contrast import contrast_loss
+from .heads import clip_nats, head_loss
 from .passes import teacher_forcing_steps
 
 
@@ -44,16 +45,27 @@ def teacher_forcing_inputs(quantizer, bits: list[torch.Tensor], latent_grid, fli
 
 
 def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cfg_dropout: float = 0.1,
-                   self_correction_prob: float = 0.0, passes: int = 1):
+                   self_correction_prob: float = 0.0, passes: int = 1, contrast_weight: float = 0.0,
+                   contrast_tau: float = 0.01):
     """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate);
     `passes`: the model's finest_passes.
 
     batch: bits (list of (b, t_l, h_l, w_l, k) in {-1, +1}), text_states (b, s, d) or None,
-    text_mask (b, s) or None, latent_grid (t, h, w).
+    text_mask (b, s) or None, latent_grid (t, h, w); with contrast_weight > 0 also negative_text_states /
+    negative_text_mask, the captions with one word swapped: the loss then adds contrast_weight times
+    `generator.contrast.contrast_loss` (a second forward pass, under the swapped captions).
     """
     bits = batch["bits"]
     b = bits[0].shape[0]
     inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator, passes)
     drop = torch.rand(b, generator=generator, device=generator.device).to(bits[0].device) < cfg_dropout
     logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits)
-    return head_loss(logits, bits)
+    loss, stats = head_loss(logits, bits)
+    if contrast_weight > 0:
+        if batch.get("negative_text_states") is None:
+            raise ValueError("contrast_weight > 0 needs swapped captions in the batch (negative_text_states): "
+                             "build the token cache with --contrast-words")
+        swapped = model(inputs, batch["negative_text_states"], batch["negative_text_mask"], target_bits=bits)
+        contrast, contrast_stats = contrast_loss(clip_nats(logits, bits), clip_nats(swapped, bits), ~drop, contrast_tau)
+        loss, stats = loss + contrast_weight * contrast, {**stats, **contrast_stats}
+    return loss, stats

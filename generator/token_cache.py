@@ -3,7 +3,8 @@
 Feeds PyraTok's generator training (next-scale prediction over LaPQ tokens) without running the
 VAE per step; the cache also keeps the LaPQ dequantizer the generator's inputs are built with.
 Layout: index.json, shard_00000.safetensors ... (one clip size per shard; level{l}: (n, t_l, h_l, w_l)
-codebook indices, text_states: (n, s, d), text_mask: (n, s) bool), quantizer.safetensors + quantizer_config.json.
+codebook indices, text_states: (n, s, d), text_mask: (n, s) bool, and in a cache made with swapped captions
+(generator.contrast) negative_text_states / negative_text_mask), quantizer.safetensors + quantizer_config.json.
 """
 from __future__ import annotations
 
@@ -38,10 +39,16 @@ class TokenCacheWriter:
         self.shards: list[dict] = []
         self.meta: dict | None = None
 
-    def add(self, pyramid: TokenPyramid, text_states: torch.Tensor | None = None, text_mask=None):
-        """pyramid of batch b; text_states (b, s, d), text_mask (b, s) bool or both None."""
+    def add(self, pyramid: TokenPyramid, text_states: torch.Tensor | None = None, text_mask=None,
+            negative_states: torch.Tensor | None = None, negative_mask=None):
+        """pyramid of batch b; text_states (b, s, d), text_mask (b, s) bool or both None; negative_states /
+        negative_mask: the same for the swapped captions (generator.contrast), or None."""
         meta = {"num_bits": pyramid.num_bits, "num_levels": len(pyramid.grids), "has_text": text_states is not None,
                 "text_dim": None if text_states is None else int(text_states.shape[-1])}
+        if negative_states is not None:
+            if text_states is None:
+                raise ValueError("swapped captions (negative_states) need the true captions' text_states too")
+            meta["has_negatives"] = True
         if self.meta is None:
             self.meta = meta
         elif meta != self.meta:
@@ -51,11 +58,11 @@ class TokenCacheWriter:
         indices = [i.cpu() for i in pyramid.indices]  # per level (b, t_l, h_l, w_l)
         for j in range(pyramid.batch_size):
             sample = {f"level{l}": idx[j] for l, idx in enumerate(indices)}
-            if text_states is not None:
-                s = text_states.shape[1]
-                mask = torch.ones(s, dtype=torch.bool) if text_mask is None else text_mask[j].cpu().bool()
-                sample["text_states"] = text_states[j].detach().cpu().to(self.text_dtype)
-                sample["text_mask"] = mask
+            for prefix, states, masks in (("", text_states, text_mask), ("negative_", negative_states, negative_mask)):
+                if states is not None:
+                    mask = torch.ones(states.shape[1], dtype=torch.bool) if masks is None else masks[j].cpu().bool()
+                    sample[f"{prefix}text_states"] = states[j].detach().cpu().to(self.text_dtype)
+                    sample[f"{prefix}text_mask"] = mask
             pending = self.pending.setdefault(key, [])
             pending.append(sample)
             if len(pending) == self.shard_size:
@@ -116,7 +123,8 @@ def _split_sample(sample):
 def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int = 8, shard_size: int = 256,
                       text_dtype: torch.dtype = torch.float16, device=None, progress: bool = True) -> Path:
     """Encode every sample of `dataset` once: `tokenizer.encode(video, prompt_embeds, prompt_mask)`
-    -> TokenPyramid, `text_encoder(prompts)` -> .hidden_states / .attention_mask (None: no text).
+    -> TokenPyramid, `text_encoder(prompts)` -> .hidden_states / .attention_mask (None: no text); a
+    sample's "negative_prompt" (a swapped caption, generator.contrast) is encoded and stored beside it.
     The tokenizer's `.quantizer` (a LaPQ) is stored with the cache for training."""
     from tqdm.auto import tqdm
 
@@ -125,23 +133,29 @@ def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int
     bar = tqdm(desc="token cache", disable=not progress, unit="sample")
 
     def flush(batch):
-        videos = torch.stack([torch.as_tensor(v) for v, _ in batch])
+        videos = torch.stack([torch.as_tensor(v) for v, _, _ in batch])
         if device is not None:
             videos = videos.to(device)
-        prompts = [p for _, p in batch]
-        states = mask = None
+        prompts, negatives = [p for _, p, _ in batch], [n for _, _, n in batch]
+        states = mask = neg_states = neg_mask = None
         if text_encoder is not None and all(p is not None for p in prompts):
             out = text_encoder(prompts)
             states, mask = out.hidden_states, out.attention_mask
+            if any(n is not None for n in negatives):
+                if not all(n is not None for n in negatives):
+                    raise ValueError("some samples have a negative_prompt and some do not: give every sample one")
+                neg = text_encoder(negatives)
+                neg_states, neg_mask = neg.hidden_states, neg.attention_mask
         pyramid = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask)
-        writer.add(pyramid.to("cpu"), states, mask)
+        writer.add(pyramid.to("cpu"), states, mask, neg_states, neg_mask)
         bar.update(len(batch))
         batch.clear()
 
     for sample in dataset:
         video, prompt = _split_sample(sample)
+        negative = sample.get("negative_prompt") if isinstance(sample, dict) else None
         batch = batches.setdefault(tuple(torch.as_tensor(video).shape), [])
-        batch.append((video, prompt))
+        batch.append((video, prompt, negative))
         if len(batch) == batch_size:
             flush(batch)
     for batch in batches.values():
@@ -182,6 +196,8 @@ class TokenCacheDataset(Dataset):
             raise ValueError(f"{path}: unsupported token cache format {self.index.get('format')!r}")
         self.num_bits, self.num_levels = self.index["num_bits"], self.index["num_levels"]
         self.has_text = self.index["has_text"]
+        self.has_negatives = self.index.get("has_negatives", False)  # swapped captions (generator.contrast)
+        self.text_prefixes = ("", "negative_")[:1 + self.has_negatives] if self.has_text else ()  # text_states, ...
         self.shard_grids = {s["file"]: (tuple(s.get("latent_grid", self.index.get("latent_grid"))),
                                         [tuple(g) for g in s.get("grids", self.index.get("grids"))])
                             for s in self.index["shards"]}
@@ -209,13 +225,14 @@ class TokenCacheDataset(Dataset):
         with safe_open(str(self.cache_dir / file), framework="pt") as f:
             item = {"indices": [f.get_slice(f"level{l}")[row].to(torch.int64) for l in range(self.num_levels)],
                     "latent_grid": self.shard_grids[file][0]}
-            if self.has_text:
-                item["text_states"] = f.get_slice("text_states")[row]
-                item["text_mask"] = f.get_slice("text_mask")[row]
+            for prefix in self.text_prefixes:
+                item[f"{prefix}text_states"] = f.get_slice(f"{prefix}text_states")[row]
+                item[f"{prefix}text_mask"] = f.get_slice(f"{prefix}text_mask")[row]
         return item
 
     def collate(self, samples: list[dict]) -> dict:
-        """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s).
+        """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s)
+        (and the swapped captions' negative_text_states / negative_text_mask when the cache has them).
         Every sample must have one latent grid (batch with `generator.buckets.GridBucketSampler`)."""
         sizes = sorted({x["latent_grid"] for x in samples})
         if len(sizes) != 1:
@@ -223,11 +240,12 @@ class TokenCacheDataset(Dataset):
         bits = [indices_to_bits(torch.stack([s["indices"][l] for s in samples]), self.num_bits)
                 for l in range(self.num_levels)]
         batch = {"bits": bits, "latent_grid": sizes[0], "text_states": None, "text_mask": None}
-        if self.has_text:
-            s = max(x["text_states"].shape[0] for x in samples)
-            padded = [pad_text(x["text_states"][None], x["text_mask"][None].bool(), s) for x in samples]
-            batch["text_states"] = torch.cat([states for states, _ in padded]).float()  # (b, s, d)
-            batch["text_mask"] = torch.cat([mask for _, mask in padded])  # (b, s)
+        for prefix in self.text_prefixes:
+            states_key, mask_key = f"{prefix}text_states", f"{prefix}text_mask"
+            s = max(x[states_key].shape[0] for x in samples)
+            padded = [pad_text(x[states_key][None], x[mask_key][None].bool(), s) for x in samples]
+            batch[states_key] = torch.cat([states for states, _ in padded]).float()  # (b, s, d)
+            batch[mask_key] = torch.cat([mask for _, mask in padded])  # (b, s)
         return batch
 
     def load_quantizer(self, device=None) -> LaPQ:

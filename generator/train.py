@@ -85,6 +85,9 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
     trainer = Trainer(tc, "generator", cfg)
     acc = trainer.accelerator
     dataset = TokenCacheDataset(cfg.data.token_cache_dir)
+    if tc.contrast_weight > 0 and not dataset.has_negatives:
+        raise ValueError(f"train.contrast_weight={tc.contrast_weight} needs swapped captions, but the token cache "
+                         f"{cfg.data.token_cache_dir} has none: build it with --contrast-words")
     quantizer = dataset.load_quantizer(acc.device)
     model = build_model(cfg, dataset)
     loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)
@@ -102,7 +105,7 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
         if sp is not None:  # the group's batch, and the micro-batch generator of its data rank
             batch, rng = sp.share(batch), micro_batch_rng(tc.seed, trainer.micro - 1, sp.data_rank)
         loss, logs = generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob,
-                                    cfg.model.finest_passes)
+                                    cfg.model.finest_passes, tc.contrast_weight, tc.contrast_tau)
         return (loss, logs) if sp is None else (loss * sp.loss_scale, {**logs, "loss": loss.detach()})
 
     step = trainer.fit(loss_fn)

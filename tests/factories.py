@@ -43,8 +43,9 @@ class FakeTextEncoder:
         return type("Out", (), {"hidden_states": states, "attention_mask": mask})()
 
 
-def tiny_token_cache(out: Path) -> Path:
-    """6 pyramids (3 prompts) of a random LaPQ over LATENT: a token cache for generator training tests."""
+def tiny_token_cache(out: Path, negatives: bool = False) -> Path:
+    """6 pyramids (3 prompts) of a random LaPQ over LATENT: a token cache for generator training tests;
+    `negatives`: with a swapped caption per clip (generator.contrast)."""
     from generator.token_cache import QuantizerEncoder, build_token_cache, random_latents
     from pyratok.lapq import LaPQ, LaPQConfig
 
@@ -52,6 +53,8 @@ def tiny_token_cache(out: Path) -> Path:
         torch.manual_seed(0)
         quantizer = LaPQ(LaPQConfig(use_text=True)).eval()
     samples = random_latents(6, 8, LATENT, torch.Generator().manual_seed(0), prompts=["a", "red ball", "two cats"])
+    if negatives:
+        samples = [{**s, "negative_prompt": f"not {s['prompt']}"} for s in samples]
     return build_token_cache(QuantizerEncoder(quantizer), FakeTextEncoder(), samples, out,
                              batch_size=4, shard_size=4, progress=False)
 

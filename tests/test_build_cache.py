@@ -116,6 +116,25 @@ def test_two_objects_follow_the_single_object_clips(tokenizer_dir, one_process, 
               "--two-objects", "2"])
 
 
+def test_contrast_words_store_swapped_captions_beside_the_same_tokens(tokenizer_dir, one_process, tmp_path):
+    """--contrast-words: the cache also holds each caption with one word swapped (generator.contrast);
+    tokens and true captions stay those of the plain cache."""
+    out = tmp_path / "swapped"
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL,
+                 "--contrast-words", "circle,square,triangle"]) == 0
+    cache, plain = TokenCacheDataset(out), TokenCacheDataset(one_process)
+    assert cache.has_negatives and not plain.has_negatives
+    assert json.loads((out / "build_settings.json").read_text())["contrast_words"] == ["circle,square,triangle"]
+    for i in range(len(plain)):
+        a, b = cache[i], plain[i]
+        assert all(torch.equal(x, y) for x, y in zip(a["indices"], b["indices"]))
+        assert torch.equal(a["text_states"], b["text_states"])
+        assert not torch.equal(a["negative_text_states"], a["text_states"])
+    with pytest.raises(ValueError, match="not --shards"):
+        main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "x"), "--shards", str(tmp_path),
+              "--contrast-words", "a,b"])
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(one_process, tokenizer_dir, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): each makes its own parts; the cache equals one process's."""

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from generator import GeneratorTrainConfig, PyraTokGenerator, TokenCacheDataset, build_token_cache
 from generator.token_cache import QuantizerEncoder, random_latents
-from generator.train import main as train_main
+from generator.train import main as train_main, train
 from pyratok.config import load_config
 from pyratok.lapq import LaPQ, LaPQConfig
 
@@ -107,6 +107,29 @@ def test_config_files_are_valid():
             assert (ROOT / acc["deepspeed_config"]["deepspeed_config_file"]).is_file()
     with pytest.raises(ValueError, match="text_dropout must be in"):
         load_config(GeneratorTrainConfig, None, ["train.text_dropout=1.5"])
+    with pytest.raises(ValueError, match="contrast_weight must be a finite number >= 0, got -1.0"):
+        load_config(GeneratorTrainConfig, None, ["train.contrast_weight=-1.0"])
+    with pytest.raises(ValueError, match="contrast_tau must be a finite number > 0, got 0.0"):
+        load_config(GeneratorTrainConfig, None, ["train.contrast_tau=0.0"])
+    with pytest.raises(ValueError, match="sequence parallelism"):
+        load_config(GeneratorTrainConfig, None, ["train.contrast_weight=0.5", "model.sequence_parallel_size=2"])
+
+
+def test_contrast_trains_from_a_cache_with_swapped_captions(cache_dir, tmp_path):
+    """train.contrast_weight: the loop logs the term and its gap; a cache without swapped captions is refused."""
+    from factories import tiny_token_cache
+
+    with pytest.raises(ValueError, match=f"the token cache {cache_dir} has none: build it with --contrast-words"):
+        _train_in_process(["--set", *TINY, f"data.token_cache_dir={cache_dir}", f"train.output_dir={tmp_path}",
+                           "train.max_steps=1", "train.contrast_weight=0.5"])
+    swapped = tiny_token_cache(tmp_path / "cache", negatives=True)
+    with fresh_accelerate_state():
+        cfg = load_config(GeneratorTrainConfig, None, [*TINY, f"data.token_cache_dir={swapped}", "train.max_steps=2",
+                                                       f"train.output_dir={tmp_path / 'run'}", "train.contrast_weight=0.5"])
+        trainer, step = train(cfg)
+        logs = trainer.last_logs
+        trainer.finish()
+    assert step == 2 and logs["contrast"] > 0 and "contrast_gap" in logs, logs
 
 
 def _train_in_process(args: list[str]) -> None:

@@ -1,0 +1,88 @@
+"""Caption-contrastive training: a clip must be likelier under its own caption than under the caption with
+one word swapped for another of its kind ("a red circle ..." against "a red square ...").
+
+Teacher-forced likelihood alone lets the generator lean on whichever words are easy (colour moves the
+coarse levels) and nearly ignore a word that only fine tokens show (shape: `bench/word_reliance.py`). The contrastive term scores each clip's likelihood ratio between its caption and a swapped one, a
+caption classifier made of the generator itself (in the spirit of condition-contrastive alignment for
+autoregressive image models, Chen et al. 2024), so the swapped word's tokens must be told apart to lower it.
+The swapped captions are encoded once, with the token cache (`generator.build_cache --contrast-words`).
+Letters: b - batch.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def parse_word_groups(specs: Sequence[str]) -> list[list[str]]:
+    """["circle,square,triangle", ...] -> [["circle", "square", "triangle"], ...]; each group needs two
+    distinct words and a word may sit in one group only."""
+    groups, seen = [], {}
+    for spec in specs:
+        words = [w.strip().lower() for w in spec.split(",") if w.strip()]
+        if len(set(words)) < 2:
+            raise ValueError(f"a word group needs at least two distinct words, got {spec!r}")
+        for w in words:
+            if not re.fullmatch(r"[a-z][a-z' -]*", w):
+                raise ValueError(f"word {w!r} in group {spec!r}: use letters, spaces, hyphens or apostrophes")
+            if w in seen and seen[w] != len(groups):
+                raise ValueError(f"word {w!r} is in two groups: {specs[seen[w]]!r} and {spec!r}")
+            seen[w] = len(groups)
+        groups.append(list(dict.fromkeys(words)))
+    return groups
+
+
+def swap_word(caption: str, groups: Sequence[Sequence[str]], generator: torch.Generator) -> str:
+    """`caption` with one whole-word occurrence of a group's word replaced by another word of that group,
+    both picked with `generator` (a case-insensitive match; the replacement is written in lower case).
+    ValueError when the caption holds no word of any group."""
+    spots = []  # (start, end, group) of every whole-word match
+    for g, words in enumerate(groups):
+        for w in words:
+            spots += [(m.start(), m.end(), g) for m in re.finditer(rf"\b{re.escape(w)}\b", caption, re.IGNORECASE)]
+    if not spots:
+        raise ValueError(f"caption {caption!r} holds no word of the contrast groups {[list(g) for g in groups]}")
+    spots.sort()
+    start, end, g = spots[int(torch.randint(len(spots), (1,), generator=generator))]
+    others = [w for w in groups[g] if w != caption[start:end].lower()]
+    new = others[int(torch.randint(len(others), (1,), generator=generator))]
+    return caption[:start] + new + caption[end:]
+
+
+def contrast_loss(nats_true: torch.Tensor, nats_swapped: torch.Tensor, keep: torch.Tensor, tau: float):
+    """softplus(-gap / tau) averaged over the kept clips, gap = nats_swapped - nats_true (b,) in nats per bit:
+    the logistic loss of telling the true caption from the swapped one by the likelihood ratio, with a
+    temperature `tau` in nats per bit. Clips trained on the null text (keep False) do not count.
+    Returns (loss, stats: contrast, contrast_gap)."""
+    if nats_true.shape != nats_swapped.shape or nats_true.shape != keep.shape:
+        raise ValueError(f"per-clip nats {tuple(nats_true.shape)} / {tuple(nats_swapped.shape)} and keep "
+                         f"{tuple(keep.shape)} must all be (b,)")
+    gap = nats_swapped - nats_true  # (b,)
+    weight = keep.float()
+    count = weight.sum().clamp(min=1.0)
+    loss = (F.softplus(-gap / tau) * weight).sum() / count
+    return loss, {"contrast": loss.detach(), "contrast_gap": (gap.detach() * weight).sum() / count}
+
+
+class SwappedCaptions(torch.utils.data.Dataset):
+    """A captioned dataset whose samples (dicts with "caption", "prompt" or "text") gain a "negative_prompt":
+    the caption with one word swapped (`swap_word`), drawn from `seed` and the sample's index alone, so a
+    cache built in parts, in any order, gets the same captions."""
+
+    def __init__(self, dataset, groups: Sequence[Sequence[str]], seed: int = 0):
+        self.dataset, self.groups, self.seed = dataset, [list(g) for g in groups], int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.dataset[i]
+        key = next((k for k in ("caption", "prompt", "text") if isinstance(sample, dict) and k in sample), None)
+        if key is None:
+            raise ValueError(f"sample {i} has no caption to swap a word in (keys: "
+                             f"{sorted(sample) if isinstance(sample, dict) else type(sample).__name__})")
+        rng = torch.Generator().manual_seed((self.seed << 32) + i)
+        return {**sample, "negative_prompt": swap_word(sample[key], self.groups, rng)}
