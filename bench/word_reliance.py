@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -21,19 +20,12 @@ import torch  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
 from generator.build_cache import DEFAULT_SHAPES, shapes_dataset  # noqa: E402
+from generator.contrast import swap_word  # noqa: E402
 from generator.heads import nats_per_bit  # noqa: E402
 from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
 from pyratok.data.shapes import COLOURS, SHAPES  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
-
-
-def swap_word(caption: str, words: list[str]) -> str:
-    """`caption` with the first of `words` it contains (as a whole word) replaced by the next one."""
-    for i, word in enumerate(words):
-        if re.search(rf"\b{word}\b", caption):
-            return re.sub(rf"\b{word}\b", words[(i + 1) % len(words)], caption)
-    raise ValueError(f"caption {caption!r} names none of {words}")
 
 
 def shapes_captions(cache_dir: Path, n: int) -> tuple[list[int], list[str]]:
@@ -91,8 +83,8 @@ def main(argv=None) -> int:
     quantizer, text_encoder = data.load_quantizer("cpu"), TextEncoder.from_pretrained()
     check_captions(batch, text_encoder, captions)
     variants = {"true caption": captions,
-                "shape swapped": [swap_word(c, list(SHAPES)) for c in captions],
-                "colour swapped": [swap_word(c, list(COLOURS)) for c in captions],
+                "shape swapped": [swap_word(c, [SHAPES]) for c in captions],
+                "colour swapped": [swap_word(c, [list(COLOURS)]) for c in captions],
                 "no text": [""] * len(captions)}
     losses = {name: bit_losses(model, quantizer, batch, text_encoder, caps) for name, caps in variants.items()}
     base = [float(l.mean()) for l in losses["true caption"]]

@@ -35,10 +35,11 @@ def parse_word_groups(specs: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-def swap_word(caption: str, groups: Sequence[Sequence[str]], generator: torch.Generator) -> str:
+def swap_word(caption: str, groups: Sequence[Sequence[str]], generator: torch.Generator | None = None) -> str:
     """`caption` with one whole-word occurrence of a group's word replaced by another word of that group,
     both picked with `generator` (a case-insensitive match; the replacement is written in lower case).
-    ValueError when the caption holds no word of any group."""
+    Without a generator: the first occurrence, replaced by the next word of its group (a fixed probe,
+    `bench/word_reliance.py`). ValueError when the caption holds no word of any group."""
     spots = []  # (start, end, group) of every whole-word match
     for g, words in enumerate(groups):
         for w in words:
@@ -46,6 +47,11 @@ def swap_word(caption: str, groups: Sequence[Sequence[str]], generator: torch.Ge
     if not spots:
         raise ValueError(f"caption {caption!r} holds no word of the contrast groups {[list(g) for g in groups]}")
     spots.sort()
+    if generator is None:
+        start, end, g = spots[0]
+        words = list(groups[g])
+        new = words[(words.index(caption[start:end].lower()) + 1) % len(words)]
+        return caption[:start] + new + caption[end:]
     start, end, g = spots[int(torch.randint(len(spots), (1,), generator=generator))]
     others = [w for w in groups[g] if w != caption[start:end].lower()]
     new = others[int(torch.randint(len(others), (1,), generator=generator))]

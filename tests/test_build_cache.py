@@ -163,9 +163,10 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     from pyratok.text_encoder import TextEncoder
 
     bench = _word_reliance()
-    assert bench.swap_word("a red square moving left", ["circle", "square", "triangle"]) == "a red triangle moving left"
-    with pytest.raises(ValueError, match="names none"):
-        bench.swap_word("a red blob", list(SHAPES))
+    assert bench.swap_word("a red square moving left", [SHAPES]) == "a red triangle moving left"  # the next shape
+    assert bench.swap_word("a red triangle moving left", [SHAPES]) == "a red circle moving left"
+    with pytest.raises(ValueError, match="holds no word"):
+        bench.swap_word("a red blob", [SHAPES])
     rows, captions = bench.shapes_captions(one_process, 3)
     assert len(rows) == 3 and not any(" and " in c for c in captions)
     data, encoder = TokenCacheDataset(one_process), TextEncoder.from_pretrained()
@@ -176,7 +177,7 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     torch.manual_seed(0)
     model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1,
                              heads=2).eval()
-    swapped = [bench.swap_word(c, list(SHAPES)) for c in captions]
+    swapped = [bench.swap_word(c, [SHAPES]) for c in captions]
 
     def rise():
         true, other = (bench.bit_losses(model, quantizer, batch, encoder, caps) for caps in (captions, swapped))
