@@ -12,6 +12,7 @@ there (resume), and the main process writes index.json over all of them once eve
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from pyratok.accelerate_utils import process_state
 from pyratok.data.folder import VideoTextDataset
 from pyratok.data.shapes import ShapesDataset
+from pyratok.data.shapes_judge import caption_in_split
 from pyratok.help_format import DefaultsFormatter
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
@@ -107,8 +109,9 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
     else:
         dataset = shapes_dataset(args.split, args.n or DEFAULT_SHAPES, args.two_objects, args.num_frames, args.size,
                                  args.seed)
-    if args.contrast_words:
-        dataset = SwappedCaptions(dataset, parse_word_groups(args.contrast_words), args.seed)
+    if args.contrast_words:  # Shapes: a swapped caption names only pairs of the split (no held-out pair)
+        allowed = None if args.folder else functools.partial(caption_in_split, split=args.split)
+        dataset = SwappedCaptions(dataset, parse_word_groups(args.contrast_words), args.seed, allowed)
     return dataset_parts(dataset, args.shard_size)
 
 

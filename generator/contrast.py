@@ -2,16 +2,19 @@
 one word swapped for another of its kind ("a red circle ..." against "a red square ...").
 
 Teacher-forced likelihood alone lets the generator lean on whichever words are easy (colour moves the
-coarse levels) and nearly ignore a word that only fine tokens show (shape: `bench/word_reliance.py`). The contrastive term scores each clip's likelihood ratio between its caption and a swapped one, a
+coarse levels) and nearly ignore a word that only fine tokens show (shape: `bench/word_reliance.py`).
+The contrastive term scores each clip's likelihood ratio between its caption and a swapped one, a
 caption classifier made of the generator itself (in the spirit of condition-contrastive alignment for
 autoregressive image models, Chen et al. 2024), so the swapped word's tokens must be told apart to lower it.
 The swapped captions are encoded once, with the token cache (`generator.build_cache --contrast-words`).
+A swapped caption is itself trained on (pushed away from the clip), so it must stay a caption of the
+training data: on Shapes a swap that names a held-out colour x shape pair is ruled out (`allowed`).
 Letters: b - batch.
 """
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,26 +38,33 @@ def parse_word_groups(specs: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-def swap_word(caption: str, groups: Sequence[Sequence[str]], generator: torch.Generator | None = None) -> str:
-    """`caption` with one whole-word occurrence of a group's word replaced by another word of that group,
-    both picked with `generator` (a case-insensitive match; the replacement is written in lower case).
-    Without a generator: the first occurrence, replaced by the next word of its group (a fixed probe,
-    `bench/word_reliance.py`). ValueError when the caption holds no word of any group."""
-    spots = []  # (start, end, group) of every whole-word match
-    for g, words in enumerate(groups):
-        for w in words:
-            spots += [(m.start(), m.end(), g) for m in re.finditer(rf"\b{re.escape(w)}\b", caption, re.IGNORECASE)]
+def swap_word(caption: str, groups: Sequence[Sequence[str]], generator: torch.Generator | None = None,
+              allowed: Callable[[str], bool] | None = None) -> str:
+    """`caption` with one whole-word occurrence of a group's word replaced by another word of that group
+    (a case-insensitive match; the replacement is written in lower case), drawn with `generator`: an
+    occurrence, then a word for it. Without a generator: the first occurrence, replaced by the next word of
+    its group (a fixed probe, `bench/word_reliance.py`). `allowed(new_caption)` may rule swaps out (e.g.
+    a pair of words training must never see); the draw is among the swaps it allows. ValueError when
+    no swap is left."""
+    spots = []  # (start, end, [replacements in the group's cyclic order after the word]) of each match
+    for words in groups:
+        words = list(words)
+        for i, w in enumerate(words):
+            for m in re.finditer(rf"\b{re.escape(w)}\b", caption, re.IGNORECASE):
+                news = [words[(i + k) % len(words)] for k in range(1, len(words))]
+                news = [n for n in news if allowed is None or allowed(caption[:m.start()] + n + caption[m.end():])]
+                if news:
+                    spots.append((m.start(), m.end(), news))
     if not spots:
-        raise ValueError(f"caption {caption!r} holds no word of the contrast groups {[list(g) for g in groups]}")
+        raise ValueError(f"caption {caption!r}: no word of the contrast groups {[list(g) for g in groups]} "
+                         "can be swapped" + (" to a caption `allowed` accepts" if allowed is not None else ""))
     spots.sort()
     if generator is None:
-        start, end, g = spots[0]
-        words = list(groups[g])
-        new = words[(words.index(caption[start:end].lower()) + 1) % len(words)]
-        return caption[:start] + new + caption[end:]
-    start, end, g = spots[int(torch.randint(len(spots), (1,), generator=generator))]
-    others = [w for w in groups[g] if w != caption[start:end].lower()]
-    new = others[int(torch.randint(len(others), (1,), generator=generator))]
+        start, end, news = spots[0]
+        new = news[0]
+    else:
+        start, end, news = spots[int(torch.randint(len(spots), (1,), generator=generator))]
+        new = news[int(torch.randint(len(news), (1,), generator=generator))]
     return caption[:start] + new + caption[end:]
 
 
@@ -75,11 +85,12 @@ def contrast_loss(nats_true: torch.Tensor, nats_swapped: torch.Tensor, keep: tor
 
 class SwappedCaptions(torch.utils.data.Dataset):
     """A captioned dataset whose samples (dicts with "caption", "prompt" or "text") gain a "negative_prompt":
-    the caption with one word swapped (`swap_word`), drawn from `seed` and the sample's index alone, so a
-    cache built in parts, in any order, gets the same captions."""
+    the caption with one word swapped (`swap_word`, with `allowed`), drawn from `seed` and the sample's index
+    alone, so a cache built in parts, in any order, gets the same captions."""
 
-    def __init__(self, dataset, groups: Sequence[Sequence[str]], seed: int = 0):
-        self.dataset, self.groups, self.seed = dataset, [list(g) for g in groups], int(seed)
+    def __init__(self, dataset, groups: Sequence[Sequence[str]], seed: int = 0,
+                 allowed: Callable[[str], bool] | None = None):
+        self.dataset, self.groups, self.seed, self.allowed = dataset, [list(g) for g in groups], int(seed), allowed
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -91,4 +102,4 @@ class SwappedCaptions(torch.utils.data.Dataset):
             raise ValueError(f"sample {i} has no caption to swap a word in (keys: "
                              f"{sorted(sample) if isinstance(sample, dict) else type(sample).__name__})")
         rng = torch.Generator().manual_seed((self.seed << 32) + i)
-        return {**sample, "negative_prompt": swap_word(sample[key], self.groups, rng)}
+        return {**sample, "negative_prompt": swap_word(sample[key], self.groups, rng, self.allowed)}

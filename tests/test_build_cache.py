@@ -17,8 +17,11 @@ import torch
 from factories import tiny_tokenizer
 from safetensors.torch import load_file
 
-from generator.build_cache import main
+from generator.build_cache import build_parser, main, make_parts
+from generator.contrast import swap_word
 from generator.token_cache import TokenCacheDataset
+from pyratok.data.shapes import SHAPES
+from pyratok.data.shapes_judge import caption_in_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--n", "10", "--shard-size", "4", "--batch-size", "2", "--num-frames", "5", "--size", "16"]
@@ -133,6 +136,21 @@ def test_contrast_words_store_swapped_captions_beside_the_same_tokens(tokenizer_
     with pytest.raises(ValueError, match="not --shards"):
         main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "x"), "--shards", str(tmp_path),
               "--contrast-words", "a,b"])
+
+
+def test_swapped_shapes_captions_never_name_a_heldout_pair():
+    """A swapped caption is trained on (as a negative): on Shapes it keeps to the split's colour x shape pairs,
+    while without that rule about one clip in ten would name a held-out pair."""
+    args = build_parser().parse_args(["--tokenizer", "unused", "--out", "unused", "--n", "60", "--two-objects", "30",
+                                      "--num-frames", "2", "--size", "16", "--contrast-words", "circle,square,triangle"])
+    samples = [s for part in make_parts(args) for s in part]
+    assert len(samples) == 90
+    for s in samples:
+        assert caption_in_split(s["negative_prompt"]), s["negative_prompt"]
+        changed = [(a, b) for a, b in zip(s["caption"].split(), s["negative_prompt"].split()) if a != b]
+        assert len(changed) == 1 and {a.strip(",") for a in changed[0]} <= set(SHAPES), changed
+    free = [swap_word(s["caption"], [SHAPES], torch.Generator().manual_seed(k)) for k, s in enumerate(samples)]
+    assert not all(caption_in_split(c) for c in free)
 
 
 @pytest.mark.slow

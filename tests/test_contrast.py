@@ -36,12 +36,25 @@ def test_swap_word_replaces_one_whole_word_of_a_group():
     assert seen == {("red", "blue"), ("blue", "red"), ("Circle", "square"), ("Circle", "triangle")}
     again = [swap_word("a red circle", groups, torch.Generator().manual_seed(s)) for s in range(5)]
     assert again == [swap_word("a red circle", groups, torch.Generator().manual_seed(s)) for s in range(5)]
-    with pytest.raises(ValueError, match="holds no word of the contrast groups"):
+    with pytest.raises(ValueError, match="no word of the contrast groups"):
         swap_word("a green ball", groups, rng)
     with pytest.raises(ValueError, match="at least two distinct words, got 'circle,circle'"):
         parse_word_groups(["circle,circle"])
     with pytest.raises(ValueError, match="word 'red' is in two groups"):
         parse_word_groups(["red,blue", "red,green"])
+
+
+def test_allowed_rules_swaps_out_and_the_draw_keeps_to_the_rest():
+    """A swap `allowed` rejects is never drawn (e.g. a held-out colour x shape pair); none left: ValueError."""
+    not_yellow_triangle = lambda caption: "yellow triangle" not in caption  # noqa: E731
+    outs = {swap_word("a yellow circle", [SHAPES], torch.Generator().manual_seed(s), not_yellow_triangle)
+            for s in range(30)}
+    assert outs == {"a yellow square"}
+    assert {swap_word("a yellow circle", [SHAPES], torch.Generator().manual_seed(s)) for s in range(30)} == {
+        "a yellow square", "a yellow triangle"}
+    assert swap_word("a yellow square", [SHAPES], None, not_yellow_triangle) == "a yellow circle"  # next allowed
+    with pytest.raises(ValueError, match="no word of the contrast groups .* to a caption `allowed` accepts"):
+        swap_word("a yellow circle", [["circle", "triangle"]], None, not_yellow_triangle)
 
 
 def test_swapped_captions_are_fixed_by_seed_and_index():

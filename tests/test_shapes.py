@@ -12,7 +12,7 @@ import torch
 
 from pyratok.data.shapes import (COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, ShapesDataset, caption_for,
                                  video_to_uint8)
-from pyratok.data.shapes_judge import judge_video, parse_prompt
+from pyratok.data.shapes_judge import caption_in_split, judge_video, parse_prompt
 
 
 def _centroids(masks: torch.Tensor) -> np.ndarray:
@@ -125,3 +125,13 @@ def test_every_caption_template_parses():
         parse_prompt("a blue thing")
     with pytest.raises(ValueError, match="'pink'"):
         ShapesDataset().render("pink", "circle", "left")
+
+
+def test_caption_in_split_reads_every_object_of_a_caption():
+    for (c, s, m), t in itertools.product(itertools.product(COLOURS, SHAPES, MOTIONS), range(4)):
+        assert caption_in_split(caption_for(c, s, m, t)) == ((c, s) not in HELDOUT_PAIRS)
+        assert caption_in_split(caption_for(c, s, m, t), "heldout") == ((c, s) in HELDOUT_PAIRS)
+    assert caption_in_split("a red circle moving left and a blue square growing")
+    assert not caption_in_split("a red circle moving left and a yellow triangle growing")
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        caption_in_split("a red circle", "test")

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pyratok.data.shapes import COLOURS, MOTIONS, SHAPES
+from pyratok.data.shapes import COLOURS, MOTIONS, SHAPES, SPLITS
 from pyratok.data.shapes_fit import best_shape, complete, fit_costs
 
 OBJECT_THRESHOLD = 100  # a pixel belongs to an object when its max channel exceeds this
@@ -60,6 +60,14 @@ def parse_objects(text: str) -> list[tuple[str, str, str | None]]:
                              f"{'colour' if colour is None else 'shape'} from the Shapes vocabulary")
         objects.append((colour, shape, motion))
     return objects
+
+
+def caption_in_split(caption: str, split: str = "train") -> bool:
+    """Whether every object a Shapes caption names (`parse_objects`) is a colour x shape pair of `split`
+    (shapes.SPLITS): a caption the split itself could show; "a yellow triangle" is not in "train"."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    return all((colour, shape) in SPLITS[split] for colour, shape, _ in parse_objects(caption))
 
 
 def _nearest(value: float | np.ndarray, table: dict) -> str:
