@@ -183,7 +183,7 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     bench = _word_reliance()
     assert bench.swap_word("a red square moving left", [SHAPES]) == "a red triangle moving left"  # the next shape
     assert bench.swap_word("a red triangle moving left", [SHAPES]) == "a red circle moving left"
-    with pytest.raises(ValueError, match="holds no word"):
+    with pytest.raises(ValueError, match="no word of the contrast groups"):
         bench.swap_word("a red blob", [SHAPES])
     rows, captions = bench.shapes_captions(one_process, 3)
     assert len(rows) == 3 and not any(" and " in c for c in captions)
