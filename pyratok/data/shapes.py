@@ -39,6 +39,11 @@ def seed_for(name: str, *ints: int) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(name.encode())] + [int(i) & 0xFFFFFFFFFFFFFFFF for i in ints])
 
 
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+
+
 def check_names(colour: str, shape: str, motion: str) -> None:
     if colour not in COLOURS:
         raise ValueError(f"unknown colour {colour!r}; expected one of {list(COLOURS)}")
@@ -209,8 +214,7 @@ class ShapesDataset(Dataset):
     def __init__(self, split: str = "train", length: int = 1000, num_frames: int = 17, height: int = 64,
                  width: int = 64, fps: int = 8, num_objects: int = 1, textured_prob: float = 0.0,
                  seed: int = 0, antialias: bool = True):
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        check_split(split)
         if num_objects not in (1, 2):
             raise ValueError(f"num_objects must be 1 or 2, got {num_objects!r}")
         if min(length, num_frames, height, width, fps) <= 0:

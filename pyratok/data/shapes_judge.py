@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pyratok.data.shapes import COLOURS, MOTIONS, SHAPES, SPLITS
+from pyratok.data.shapes import COLOURS, MOTIONS, SHAPES, SPLITS, check_split
 from pyratok.data.shapes_fit import best_shape, complete, fit_costs
 
 OBJECT_THRESHOLD = 100  # a pixel belongs to an object when its max channel exceeds this
@@ -65,8 +65,7 @@ def parse_objects(text: str) -> list[tuple[str, str, str | None]]:
 def caption_in_split(caption: str, split: str = "train") -> bool:
     """Whether every object a Shapes caption names (`parse_objects`) is a colour x shape pair of `split`
     (shapes.SPLITS): a caption the split itself could show; "a yellow triangle" is not in "train"."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    check_split(split)
     return all((colour, shape) in SPLITS[split] for colour, shape, _ in parse_objects(caption))
 
 
