@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
+from generator.sampling import temperature_per_level  # noqa: E402
 from pyratok.data.shapes import ShapesDataset  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
@@ -27,8 +28,9 @@ from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
 @torch.no_grad()
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
-                   seed: int = 0, batch_size: int = 8) -> dict[int, dict[str, float]]:
-    """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L."""
+                   seed: int = 0, batch_size: int = 8, temperature: float = 1.0) -> dict[int, dict[str, float]]:
+    """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
+    sampled levels are drawn at `temperature`."""
     num_levels = model.config.num_levels
     levels = len(tokenizer.quantizer.config.level_strides)
     if levels != num_levels:
@@ -43,6 +45,7 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, text.hidden_states, text.attention_mask,
                                      pyramid.latent_grid, guidance_scale=guidance_scale, generator=gens,
+                                     temperature=temperature,
                                      prefix_bits=pyramid.bits[:keep])
             recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
             for i, item in enumerate(chunk):
@@ -60,17 +63,20 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=48, help="clips")
     parser.add_argument("--seed", type=int, default=77, help="Shapes seed (not one a token cache used)")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 16:
         raise ValueError(f"--n must be >= 1 and --size >= 16, got {args.n}, {args.size}")
+    temperature_per_level(args.temperature, 1)  # a finite number > 0, checked before any model loads
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval()
     model = PyraTokGenerator.from_pretrained(args.generator, variant=args.variant).eval()
     data = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, length=args.n,
                          seed=args.seed)  # one object per clip
     items = [data[i] for i in range(len(data))]
-    result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale)
+    result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale,
+                            temperature=args.temperature)
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
-          f"seed {args.seed}, guidance {args.guidance_scale}")
+          f"seed {args.seed}, guidance {args.guidance_scale}, temperature {args.temperature}")
     for keep, got in result.items():
         scores = ", ".join(f"{a} {v:.3f}" for a, v in got.items())
         print(f"levels 0..{keep - 1} from the clip, the rest sampled: {scores}" if keep else

@@ -91,3 +91,22 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction():
                                   heads=2)
     with pytest.raises(ValueError, match="tokenizer has 3 levels, the generator 2"):
         bench.judge_prefixes(tokenizer, two_levels, FakeTextEncoder(), items)
+
+
+def test_level_oracle_samples_at_its_temperature_and_refuses_a_bad_one(monkeypatch):
+    from generator import PyraTokGenerator
+    from pyratok.data.shapes import ShapesDataset
+
+    bench = load_bench("level_oracle")
+    tokenizer = tiny_tokenizer(text_dim=384)
+    model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1,
+                             heads=2).eval()
+    seen = []
+    sample = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **kw: seen.append(kw["temperature"]) or sample(*a, **kw))
+    items = [ShapesDataset(num_frames=5, height=32, width=32, length=2, seed=1)[i] for i in range(2)]
+    bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, temperature=0.25)
+    assert seen == [0.25] * 4  # one call per number of kept levels, 0 .. 3
+    for bad in ("0", "-1", "inf", "nan"):  # refused before any model is loaded
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            bench.main(["--tokenizer", "missing", "--generator", "missing", "--temperature", bad])
