@@ -16,6 +16,9 @@ from pyratok.pyramid import Grid, TokenPyramid, resample
 
 from .passes import pass_masks, step_input
 
+# How the finest level becomes the latent: its sampled bits, or each bit's expected value (`expected_bits`).
+FINEST_DECODES = ("sample", "expected")
+
 
 def per_level(value, num_levels: int, name: str) -> list[float]:
     """A scalar for every level, or a list with exactly one value per level."""
@@ -116,22 +119,40 @@ def draw_uniform(shape: Sequence[int], generators, device) -> torch.Tensor:
     return torch.stack([torch.rand(tuple(shape[1:]), generator=g, device=g.device).to(device) for g in generators])
 
 
-def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None):
-    """Bits {-1, +1} from per-bit logits (b, t, h, w, k): bit on when u < sigmoid(logit / T).
+def bit_probabilities(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
+    """P(bit on) (b, t, h, w, k) from per-bit logits: sigmoid(logit / T), or 0 / 1 where a bit is greedy.
 
     top_k / top_p act on each bit's 2-way distribution: top_k=1 is greedy (top_k >= 2 keeps
-    both outcomes); top_p keeps only the likelier outcome where its probability is >= top_p.
+    both outcomes); top_p makes a bit greedy where its likelier outcome has probability >= top_p.
     """
     _check_finite("temperature", [temperature], 0.0, strict=True)
     check_top_k_top_p(top_k, top_p)
-    p_on = torch.sigmoid(logits.float() / temperature)
-    on = uniforms < p_on
-    greedy = logits > 0
+    greedy = (logits > 0).float()
     if top_k == 1:
-        on = greedy
+        return greedy
+    p_on = torch.sigmoid(logits.float() / temperature)
     if top_p is not None:
-        on = torch.where(torch.maximum(p_on, 1 - p_on) >= top_p, greedy, on)
-    return torch.where(on, 1.0, -1.0)
+        p_on = torch.where(torch.maximum(p_on, 1 - p_on) >= top_p, greedy, p_on)
+    return p_on
+
+
+def sample_bits(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None):
+    """Bits {-1, +1} from per-bit logits (b, t, h, w, k): bit on when u < `bit_probabilities`."""
+    return torch.where(uniforms < bit_probabilities(logits, temperature, top_k, top_p), 1.0, -1.0)
+
+
+def check_finest_decode(finest_decode, model) -> None:
+    """ValueError unless `finest_decode` is one of FINEST_DECODES and the model's head supports it."""
+    if finest_decode not in FINEST_DECODES:
+        raise ValueError(f"finest_decode must be one of {FINEST_DECODES}, got {finest_decode!r}")
+    if finest_decode == "expected" and getattr(model, "code_head", None) is not None:
+        raise ValueError(f"finest_decode='expected' needs the bitwise head (head='bits'); this generator's head is "
+                         f"{model.config.head!r}")
+
+
+def _guided(out: torch.Tensor, guidance: float | None) -> torch.Tensor:
+    """The model's output, or (2b, ...) cond-then-uncond rows guided to (b, ...) at scale `guidance`."""
+    return out if guidance is None else guided_logits(*out.chunk(2), guidance)
 
 
 def sample_level(model, out: torch.Tensor, guidance: float | None, gens, temperature: float, top_k, top_p,
@@ -141,9 +162,6 @@ def sample_level(model, out: torch.Tensor, guidance: float | None, gens, tempera
 
     The uniforms are drawn either way (one per bit, or one per code group), so keeping `prefix` instead
     leaves the draws of later levels as they were."""
-    def guide(logits):
-        return logits if guidance is None else guided_logits(*logits.chunk(2), guidance)
-
     head = getattr(model, "code_head", None)
     rows = out.shape[0] // (1 if guidance is None else 2)
     uniforms = draw_uniform((rows, *out.shape[1:-1], out.shape[-1] if head is None else head.groups),
@@ -151,8 +169,16 @@ def sample_level(model, out: torch.Tensor, guidance: float | None, gens, tempera
     if prefix is not None:
         return prefix.to(out.device, torch.float32)
     if head is None:
-        return sample_bits(guide(out), uniforms, temperature, top_k, top_p)
-    return head.sample(out, uniforms, guide, temperature, top_k, top_p)
+        return sample_bits(_guided(out, guidance), uniforms, temperature, top_k, top_p)
+    return head.sample(out, uniforms, lambda logits: _guided(logits, guidance), temperature, top_k, top_p)
+
+
+def expected_bits(out: torch.Tensor, guidance: float | None, temperature: float, top_k, top_p) -> torch.Tensor:
+    """Each bit's mean (b, t, h, w, k) in [-1, 1] under the distribution `sample_level` draws it from
+    (bit logits, guided as there). The dequantizer is linear, so these bits dequantize to the mean of the
+    level's latent over the model's draws: its MMSE estimate when the bits are independent, as the
+    bitwise head makes them."""
+    return 2 * bit_probabilities(_guided(out, guidance), temperature, top_k, top_p) - 1
 
 
 def check_memory(model, quantizer, latent_grid, batch: int, prompt_embeds, use_cfg: bool, limit: int) -> None:
@@ -192,6 +218,7 @@ def generate(
     prefix_bits: Sequence[torch.Tensor] | None = None,
     interrupt: Callable[[], bool] | None = None,
     memory_limit: int | None = None,
+    finest_decode: str = "sample",
 ) -> TokenPyramid:
     """Sample a TokenPyramid for text (b, s, d) + mask (b, s) on the quantizer's grids of latent_grid.
 
@@ -205,6 +232,9 @@ def generate(
     interrupt() -> True stops after the current level: the pyramid then has fewer levels.
     memory_limit (bytes): refuse, before any work, a request whose peak by
     `generator.memory.sampling_memory` (weights included) exceeds it.
+    finest_decode: "sample" decodes the finest level's drawn bits; "expected" decodes each of its bits'
+    expected value (`expected_bits`; bitwise head only). The finest level feeds no later level, so only the
+    returned latent changes: the bits are drawn either way and the pyramid keeps them.
     """
     if prompt_embeds is None and batch_size is None:
         raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
@@ -221,6 +251,7 @@ def generate(
     scales = guidance_per_level(guidance_scale, guidance_schedule, num_levels)
     temps = temperature_per_level(temperature, num_levels)
     check_top_k_top_p(top_k, top_p)
+    check_finest_decode(finest_decode, model)
     prefix_bits = list(prefix_bits or [])
     if len(prefix_bits) > num_levels:
         raise ValueError(f"prefix_bits has {len(prefix_bits)} levels but the model samples {num_levels}")
@@ -238,29 +269,35 @@ def generate(
     passes = model.config.finest_passes
     inputs, bits = [], []
 
-    def draw(level: int, x: torch.Tensor) -> torch.Tensor:
-        """Bits of one step (a level, or a pass of the finest level) from its input x (b, c', t, h, w)."""
+    def draw(level: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bits of one step (a level, or a pass of the finest level) from its input x (b, c', t, h, w), and
+        the values the latent is decoded from: the bits, or at the finest level their expected values."""
         step = len(inputs)
         inputs.append(torch.cat([x, x]) if use_cfg else x)
         if use_cache:
             out = model.forward_level(step, inputs[-1], text, text_mask, cache)  # bit logits or code features
         else:
             out = model(inputs, text, text_mask, per_level=False)[step]
-        return sample_level(model, out, scales[level] if use_cfg else None, gens, temps[level], top_k,
-                            top_p, prefix_bits[level] if level < len(prefix_bits) else None)
+        guidance = scales[level] if use_cfg else None
+        prefix = prefix_bits[level] if level < len(prefix_bits) else None
+        drawn = sample_level(model, out, guidance, gens, temps[level], top_k, top_p, prefix)
+        if finest_decode == "expected" and level == num_levels - 1 and prefix is None:
+            return drawn, expected_bits(out, guidance, temps[level], top_k, top_p)
+        return drawn, drawn
 
     for level, grid in enumerate(grids):
         x = resample(z_hat, grid).to(param.device, param.dtype)  # (b, c, t_l, h_l, w_l)
-        level_bits = draw(level, step_input(x, passes))
-        if level == num_levels - 1:  # the finest level's later passes, each seeing what the earlier ones drew
+        level_bits, values = draw(level, step_input(x, passes))
+        if level == num_levels - 1:  # the finest level's later passes, each seeing the bits the earlier ones drew
             masks = pass_masks(grid, passes, param.device)
             for p in range(1, passes):
                 residual = quantizer.dequantize_level(level_bits.to(q_param.device), level).to(param.device)
-                drawn = draw(level, step_input(x, passes, residual, masks[:p].any(0)))
+                drawn, drawn_values = draw(level, step_input(x, passes, residual, masks[:p].any(0)))
                 level_bits = torch.where(masks[p][..., None], drawn, level_bits)  # (b, t, h, w, k)
+                values = torch.where(masks[p][..., None], drawn_values, values)
         bits.append(level_bits)
         z_before = z_hat
-        z_hat = z_before + resample(quantizer.dequantize_level(level_bits.to(q_param.device), level), latent_grid)
+        z_hat = z_before + resample(quantizer.dequantize_level(values.to(q_param.device), level), latent_grid)
         if callback is not None:
             replaced = callback(level, TokenPyramid(list(bits), latent_grid, latent=z_hat)) or {}
             if "bits" in replaced and replaced["bits"] is not bits[level]:

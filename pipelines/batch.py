@@ -125,7 +125,7 @@ def _append_line(path: Path, record: dict) -> None:
 def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: int = 0, batch_size: int = 4,
                    num_frames: int = 17, height: int | None = None, width: int | None = None,
                    guidance_scale: float = 3.0, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None, negative_prompt: str | None = None,
+                   top_p: float | None = None, finest_decode: str = "sample", negative_prompt: str | None = None,
                    fps: float = 8, model: str | None = None, state: PartialState | None = None) -> dict:
     """Generate every prompt not yet finished in `out_dir`; returns counts (see the module docstring)."""
     if batch_size < 1:
@@ -137,12 +137,13 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
     settings = {"num_frames": num_frames, "height": default_h if height is None else height,
                 "width": default_w if width is None else width,
                 "guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                "negative_prompt": negative_prompt,
+                "finest_decode": finest_decode, "negative_prompt": negative_prompt,
                 "fps": fps, "model": model}
     plan = [{"index": i, "prompt": p, "seed": seed + i, "file": output_name(i, p)} for i, p in enumerate(prompts)]
     pipe.check_inputs(prompts[:batch_size], negative_prompt=negative_prompt, num_frames=num_frames,  # before any work
                       height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
-                      temperature=temperature, top_k=top_k, top_p=top_p, output_type="np")
+                      temperature=temperature, top_k=top_k, top_p=top_p, finest_decode=finest_decode,
+                      output_type="np")
 
     if state.is_main_process:
         consolidate(out_dir, plan, settings, check_all=True)
@@ -158,7 +159,7 @@ def generate_batch(pipe, prompts: list[str], out_dir: str | os.PathLike, seed: i
             frames = pipe(
                 [item["prompt"] for item in chunk], negative_prompt=negative_prompt, num_frames=num_frames,
                 height=settings["height"], width=settings["width"], guidance_scale=guidance_scale,
-                temperature=temperature, top_k=top_k, top_p=top_p,
+                temperature=temperature, top_k=top_k, top_p=top_p, finest_decode=finest_decode,
                 generator=[torch.Generator().manual_seed(item["seed"]) for item in chunk],
                 output_type="np",
             ).frames  # (b, f, h, w, 3) in [0, 1]

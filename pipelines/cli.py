@@ -174,6 +174,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None, help="1: greedy bits (default: sample every bit)")
     p.add_argument("--top-p", type=float, default=None,
                    help="bits likelier than this are taken greedily, the rest sampled (default: sample every bit)")
+    p.add_argument("--finest-decode", default="sample",
+                   help="'sample': decode the finest level's drawn bits; 'expected': each bit's expected value "
+                        "(no speckle; bitwise head)")
     p.add_argument("--negative-prompt", default=None, help="text to steer away from (default: the null text)")
     p.add_argument("--fps", type=float, default=8, help="frame rate of the written mp4")
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
@@ -205,7 +208,7 @@ def _generate_one(pipe, args: argparse.Namespace, prompt: str, output: Path, she
 
     frames = pipe(prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames, height=args.height,
                   width=args.width, guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p,
+                  top_p=args.top_p, finest_decode=args.finest_decode,
                   generator=[torch.Generator().manual_seed(args.seed)], output_type="np").frames[0]
     print(f"prompt: {prompt}\nvideo:  {export_to_video(frames, output, fps=args.fps)}")
     if sheet is not None:
@@ -230,8 +233,8 @@ def run_generate(args: argparse.Namespace) -> int:
     summary = generate_batch(
         pipe, read_prompts(args.prompts), args.out_dir, seed=args.seed, batch_size=args.batch_size,
         num_frames=args.num_frames, height=args.height, width=args.width, guidance_scale=args.guidance_scale,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, negative_prompt=args.negative_prompt,
-        fps=args.fps, model=str(model),
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, finest_decode=args.finest_decode,
+        negative_prompt=args.negative_prompt, fps=args.fps, model=str(model),
         state=state,
     )
     if state.is_main_process:

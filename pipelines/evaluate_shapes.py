@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from generator.sampling import FINEST_DECODES
 from pyratok.data.contact_sheet import save_contact_sheet
 from pyratok.data.shapes import COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, caption_for
 from pyratok.data.shapes_judge import judge_video, score_objects
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's sample size)")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1: none)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
+    p.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
+                   help="the finest level's drawn bits, or each bit's expected value (bitwise head)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     add_debug_flag(p)
     return p
@@ -181,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
                       height=args.height, width=args.width, guidance_scale=args.guidance_scale,
-                      temperature=args.temperature, seed_base=args.seed_base)
+                      temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base)
     result["model"] = str(model)
     result["prompt_seed"] = args.prompt_seed
     (args.out / "results.json").write_text(json.dumps(result, indent=1))

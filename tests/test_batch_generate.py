@@ -232,6 +232,7 @@ def test_cli_generate_errors(argv, message, capsys):
     (["--height", "0"], "height must be a positive multiple of the spatial factor 8, got 0"),
     (["--guidance-scale", "nan"], "guidance_scale must be a finite number >= 0, got nan"),
     (["--temperature", "-1"], "temperature must be a finite number > 0, got -1.0"),
+    (["--finest-decode", "mean"], "finest_decode must be one of ('sample', 'expected'), got 'mean'"),
 ])
 def test_cli_refuses_bad_values_in_one_line(model_dir, tmp_path, flags, message, capsys):
     prompts = tmp_path / "prompts.txt"

@@ -93,7 +93,7 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction():
         bench.judge_prefixes(tokenizer, two_levels, FakeTextEncoder(), items)
 
 
-def test_level_oracle_samples_at_its_temperature_and_refuses_a_bad_one(monkeypatch):
+def test_level_oracle_samples_at_its_temperature_and_decode_and_refuses_a_bad_temperature(monkeypatch):
     from generator import PyraTokGenerator
     from pyratok.data.shapes import ShapesDataset
 
@@ -103,10 +103,12 @@ def test_level_oracle_samples_at_its_temperature_and_refuses_a_bad_one(monkeypat
                              heads=2).eval()
     seen = []
     sample = model.generate
-    monkeypatch.setattr(model, "generate", lambda *a, **kw: seen.append(kw["temperature"]) or sample(*a, **kw))
+    monkeypatch.setattr(model, "generate", lambda *a, **kw: seen.append((kw["temperature"], kw["finest_decode"]))
+                        or sample(*a, **kw))
     items = [ShapesDataset(num_frames=5, height=32, width=32, length=2, seed=1)[i] for i in range(2)]
-    bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, temperature=0.25)
-    assert seen == [0.25] * 4  # one call per number of kept levels, 0 .. 3
+    bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, temperature=0.25,
+                         finest_decode="expected")
+    assert seen == [(0.25, "expected")] * 4  # one call per number of kept levels, 0 .. 3
     for bad in ("0", "-1", "inf", "nan"):  # refused before any model is loaded
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             bench.main(["--tokenizer", "missing", "--generator", "missing", "--temperature", bad])

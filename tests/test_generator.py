@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from generator import GeneratorConfig, PyraTokGenerator, generate
-from generator.objective import flip_bits, generator_loss
+from generator.objective import flip_bits, generator_loss, teacher_forcing_inputs
 from generator.sampling import guidance_per_level, guided_logits, sample_bits
 from pyratok.lapq import LaPQ, LaPQConfig
 from pyratok.null_text import drop_text
+from pyratok.pyramid import resample
 
 LATENT = (2, 4, 4)  # default strides -> grids (1,1,1) (1,1,1) (1,2,2) (2,4,4): 38 tokens
 
@@ -116,6 +117,33 @@ def test_schedules_and_argument_errors(model, quantizer):
     with pytest.raises(ValueError, match="5 levels"):
         bigger = LaPQ(LaPQConfig(use_text=False, level_strides=[(16,) * 3, (8,) * 3, (4,) * 3, (2,) * 3, (1,) * 3]))
         generate(model, bigger, states, mask, LATENT)
+
+
+def test_expected_finest_decode_draws_the_same_tokens_and_decodes_their_means(model, quantizer):
+    states, mask = text()
+    kwargs = dict(guidance_scale=3.0, temperature=0.7, generator=gens([1, 2, 3]))
+    drawn = generate(model, quantizer, states, mask, LATENT, **kwargs)
+    mean = generate(model, quantizer, states, mask, LATENT, finest_decode="expected", **{**kwargs, "generator": gens([1, 2, 3])})
+    assert all(torch.equal(a, b) for a, b in zip(drawn.bits, mean.bits))  # the pyramid keeps the drawn tokens
+    with torch.no_grad():  # the finest level's guided logits, teacher-forced on the drawn coarse levels
+        inputs = teacher_forcing_inputs(quantizer, drawn.bits, LATENT)
+        guided = guided_logits(model(inputs, states, mask)[-1], model(inputs)[-1], 3.0)
+    finest = quantizer.dequantize_level(torch.tanh(guided / (2 * 0.7)), 3)  # E[bit] = 2 sigmoid(logit / T) - 1
+    want = quantizer.reconstruct(drawn.bits[:3], LATENT) + resample(finest, LATENT)
+    torch.testing.assert_close(mean.latent, want, atol=1e-5, rtol=1e-4)
+    assert (mean.latent - drawn.latent).abs().max() > 0.01
+    greedy = [generate(model, quantizer, states, mask, LATENT, top_k=1, finest_decode=d, generator=gens([1, 2, 3]))
+              for d in ("sample", "expected")]
+    torch.testing.assert_close(greedy[0].latent, greedy[1].latent)  # greedy bits are their own mean
+
+
+def test_finest_decode_is_checked_before_sampling(model, quantizer):
+    states, mask = text()
+    with pytest.raises(ValueError, match="finest_decode must be one of \\('sample', 'expected'\\), got 'mean'"):
+        generate(model, quantizer, states, mask, LATENT, finest_decode="mean")
+    codes = PyraTokGenerator(width=32, depth=1, heads=4, head="group_codes", head_group_bits=4, head_hidden=16).eval()
+    with pytest.raises(ValueError, match="needs the bitwise head .* head is 'group_codes'"):
+        generate(codes, quantizer, states, mask, LATENT, finest_decode="expected")
 
 
 def test_greedy_and_top_p():

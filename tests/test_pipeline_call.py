@@ -68,6 +68,13 @@ def test_top_k_and_top_p_reach_sampling(pipe):
     assert all(torch.equal(x, y) for x, y in zip(near_greedy.bits, greedy[0].bits))  # top_p 0.5 keeps the likelier bit
 
 
+def test_finest_decode_reaches_sampling(pipe):
+    drawn = pipe(["a", "b"], generator=gens(1, 2), output_type="latent", **SMALL).frames
+    mean = pipe(["a", "b"], finest_decode="expected", generator=gens(1, 2), output_type="latent", **SMALL).frames
+    assert all(torch.equal(x, y) for x, y in zip(mean.bits, drawn.bits))  # the same tokens are drawn
+    assert not torch.allclose(mean.latent, drawn.latent)  # but the finest level decodes from their means
+
+
 def test_attention_kwargs_scale_one_changes_nothing(pipe):
     plain = pipe("a", generator=gens(1), output_type="latent", **SMALL).frames
     scaled = pipe("a", attention_kwargs={"scale": 1.0}, generator=gens(1), output_type="latent", **SMALL).frames
@@ -83,6 +90,7 @@ def test_attention_kwargs_scale_one_changes_nothing(pipe):
     (dict(temperature=[1.0, 0.0, 1.0]), "temperature must be a finite number > 0, got 0.0"),
     (dict(top_k=0), "top_k must be an int >= 1 or None, got 0"),
     (dict(top_p=1.5), "top_p must be in \\(0, 1\\] or None, got 1.5"),
+    (dict(finest_decode="mean"), "finest_decode must be one of \\('sample', 'expected'\\), got 'mean'"),
     (dict(height=0), "height must be a positive multiple of the spatial factor 8, got 0"),
     (dict(width=-8), "width must be a positive multiple .* got -8"),
     (dict(num_frames=0), "num_frames must be 1 \\+ 4k .* got 0"),
