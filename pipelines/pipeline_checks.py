@@ -123,7 +123,8 @@ def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use
 
 def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_frames, height, width,
                output_type, num_videos_per_prompt, generator, guidance_scale, guidance_schedule, temperature,
-               top_k, top_p, finest_decode, max_sequence_length, latents, attention_kwargs, callback_tensor_inputs) -> int:
+               top_k, top_p, finest_decode, max_sequence_length, latents, attention_kwargs,
+               callback_tensor_inputs) -> int:
     """Raise ValueError naming the first bad value; returns the number of videos."""
     prompts = check_texts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
     tf, sf = pipe.vae.temporal_factor, pipe.vae.spatial_factor

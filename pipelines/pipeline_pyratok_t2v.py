@@ -263,7 +263,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
 
         guidance_scale / guidance_schedule (None, "constant", "linear" or one scale per level), temperature
         (a float or one per level), top_k / top_p (per bit), finest_decode ("sample": the finest level's drawn
-        bits; "expected": each bit's expected value, which draws no speckle): see `generator.sampling.generate`. generator:
+        bits; "expected": each bit's expected value, which draws no speckle): see `generator.sampling.generate`.
+        generator:
         one `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
         k alone, so a video generated alone equals the same video in a batch). latents: a `TokenPyramid`
         with the first levels of every video (e.g. `output_type="latent"` output cut to its first levels):
@@ -309,7 +310,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                 pyramid = self.transformer.generate(
                     self.vae.quantizer, embeds, mask, latent_grid, guidance_scale=guidance_scale,
                     guidance_schedule=guidance_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-                    finest_decode=finest_decode, negative_prompt_embeds=neg_embeds, negative_prompt_mask=neg_mask, generator=generator,
+                    finest_decode=finest_decode, negative_prompt_embeds=neg_embeds, negative_prompt_mask=neg_mask,
+                    generator=generator,
                     use_cache=True, callback=on_level, prefix_bits=None if latents is None else latents.bits,
                     interrupt=lambda: self.interrupt,
                 )

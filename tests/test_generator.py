@@ -121,9 +121,9 @@ def test_schedules_and_argument_errors(model, quantizer):
 
 def test_expected_finest_decode_draws_the_same_tokens_and_decodes_their_means(model, quantizer):
     states, mask = text()
-    kwargs = dict(guidance_scale=3.0, temperature=0.7, generator=gens([1, 2, 3]))
-    drawn = generate(model, quantizer, states, mask, LATENT, **kwargs)
-    mean = generate(model, quantizer, states, mask, LATENT, finest_decode="expected", **{**kwargs, "generator": gens([1, 2, 3])})
+    kwargs = dict(guidance_scale=3.0, temperature=0.7)
+    drawn = generate(model, quantizer, states, mask, LATENT, generator=gens([1, 2, 3]), **kwargs)
+    mean = generate(model, quantizer, states, mask, LATENT, generator=gens([1, 2, 3]), finest_decode="expected", **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(drawn.bits, mean.bits))  # the pyramid keeps the drawn tokens
     with torch.no_grad():  # the finest level's guided logits, teacher-forced on the drawn coarse levels
         inputs = teacher_forcing_inputs(quantizer, drawn.bits, LATENT)
