@@ -60,7 +60,7 @@ class GeneratorTrainLoop(TrainConfig):
     ema_decay: float = 0.999  # EMA of the weights (diffusers EMAModel), exported beside them; 0: none
     init_from: str | None = None  # a saved generator folder to start from (a new stage: fresh optimizer, step 0),
     # e.g. a generator trained on coarser clips: positions are normalised coordinates, so any grid fits
-    grow_from_init: bool = False  # init_from may be smaller (e.g. fewer finest passes): see load_saved_weights
+    grow_from_init: bool = False  # init_from may be smaller (fewer finest passes, fewer blocks): load_saved_weights
     contrast_weight: float = 0.0  # caption-contrastive term (generator.contrast); needs a cache with swapped captions
     contrast_tau: float = 0.01  # its temperature, in nats per bit of a clip's likelihood ratio
 

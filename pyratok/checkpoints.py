@@ -48,7 +48,9 @@ def load_saved_weights(model, path: str | Path, grow: bool = False) -> None:
     keep their initial values. With `grow`, a tensor may be larger than the saved one in any
     dimension (e.g. a codebook of more bits): the saved values fill the leading block, and a weight's
     new input columns start at zero, so the grown model computes what the saved one did until
-    training uses the new entries.
+    training uses the new entries. Also with `grow`, whole modules the saved model lacks (e.g. the
+    blocks of a deeper generator) are allowed when they have a `start_as_identity()` method, which is
+    called: such a module adds nothing until trained.
     """
     from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import load_file
@@ -69,6 +71,8 @@ def load_saved_weights(model, path: str | Path, grow: bool = False) -> None:
     missing = sorted(set(mine) - set(state))
     fresh = [k for k in missing if k not in params]  # running statistics the saved model lacks: start anew
     missing = [k for k in missing if k in params]
+    new_modules = _identity_modules(model, missing) if grow else []
+    missing = [k for k in missing if not any(k.startswith(f"{name}.") for name, _ in new_modules)]
     if bad or missing:
         raise ValueError(f"{type(model).__name__} at {path} does not match the config: shapes (mine, saved) {bad}, "
                          f"missing {missing[:5]}")
@@ -79,7 +83,24 @@ def load_saved_weights(model, path: str | Path, grow: bool = False) -> None:
                 grown[:, v.shape[1]:] = 0
             grown[tuple(slice(0, n) for n in v.shape)] = v
             state[k] = grown
+    for name, module in new_modules:
+        module.start_as_identity()
+        state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
     model.load_state_dict({**{k: mine[k] for k in fresh}, **state})
+
+
+def _identity_modules(model, missing: list[str]) -> list:
+    """(name, module) of the modules wholly new to the saved weights (every parameter in `missing`) that
+    can start as the identity (`start_as_identity`); outermost first, none inside another."""
+    missing = set(missing)
+    found = []
+    for name, module in model.named_modules():
+        if not hasattr(module, "start_as_identity") or any(name.startswith(f"{f}.") for f, _ in found):
+            continue
+        keys = {f"{name}.{k}" for k, _ in module.named_parameters()}
+        if keys and keys <= missing:
+            found.append((name, module))
+    return found
 
 
 def save_half(model, folder: str | Path, **config) -> None:

@@ -224,3 +224,27 @@ def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch
     assert pyramid.batch_size == 2
     bigger = need_for((4, 8, 8))
     assert bigger > need  # the estimate follows the clip size
+
+
+def test_a_generator_grows_deeper_from_a_saved_one(model, quantizer, tmp_path):
+    """train.init_from + grow_from_init into more blocks: the new blocks start as the identity, so the grown
+    model computes what the saved one did, and their output projections get gradients (they learn)."""
+    from pyratok.checkpoints import load_saved_weights
+
+    model.save_pretrained(tmp_path / "shallow")
+    deep = seeded(2, PyraTokGenerator, width=32, depth=4, heads=4)
+    with pytest.raises(ValueError, match="missing"):
+        load_saved_weights(deep, tmp_path / "shallow")
+    load_saved_weights(deep, tmp_path / "shallow", grow=True)
+    latents = torch.randn(2, 8, *LATENT, generator=torch.Generator().manual_seed(3))
+    inputs = teacher_forcing_inputs(quantizer, quantizer(latents).pyramid.bits, LATENT)
+    states, mask = text(2)
+    with torch.no_grad():
+        before = model(inputs, states, mask)
+    after = deep(inputs, states, mask)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b)
+    sum(level.square().mean() for level in after).backward()
+    for block in deep.transformer.blocks[2:]:
+        for out in (block.attn.to_out, block.cross.to_out, block.mlp[-1]):
+            assert out.weight.grad.abs().sum() > 0

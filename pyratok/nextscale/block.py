@@ -27,6 +27,14 @@ class NextScaleBlock(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
+    def start_as_identity(self) -> None:
+        """Zero the three output projections: the block adds nothing to its input until trained (a model
+        grown deeper from a saved one computes what that one did; `pyratok.checkpoints.load_saved_weights`)."""
+        for out in (self.attn.to_out, self.cross.to_out if self.cross is not None else None, self.mlp[-1]):
+            if out is not None:
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
+
     def forward(self, x, layout: LevelAttention, past=None, text_kv=None, text_mask=None, text=None):
         """x: (b, n, d). Returns (x, (k, v)) with the keys/values this block attended to. Cross-attention
         reads the text as `text_kv` (this block's projected (k, v), cached while sampling) or projects
