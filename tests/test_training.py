@@ -77,6 +77,22 @@ class Payload:
         return exec, (f"open({self.marker!r}, 'w').close()",)
 
 
+def test_the_ema_resumes_onto_an_indexed_cpu_device(tmp_path):
+    """Under multi-CPU DDP accelerate's device is "cpu:0", which safetensors refuses by name: the EMA (and
+    any tensor file) loads onto the CPU all the same."""
+    from diffusers.training_utils import EMAModel
+
+    weights = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    ema = EMAModel(weights, decay=0.9)
+    ema.step([torch.nn.Parameter(w.detach() + 1) for w in weights])
+    ckpt.save_ema(ema, tmp_path)
+    again = EMAModel([torch.nn.Parameter(torch.zeros_like(w)) for w in weights], decay=0.9)
+    ckpt.load_ema(again, tmp_path, torch.device("cpu", 0))
+    assert again.optimization_step == ema.optimization_step == 1
+    for a, b in zip(again.shadow_params, ema.shadow_params):
+        assert torch.equal(a, b)
+
+
 def test_planted_pickles_never_run_on_resume(cache_dir, tmp_path):
     out = tmp_path / "run"
     _generator(out, 2, "train.save_every=2", cache=cache_dir)

@@ -130,8 +130,11 @@ def read_json(path: Path) -> Any:
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """safetensors' `load_file` onto `device`; an indexed CPU device (accelerate's "cpu:0" under multi-CPU DDP),
+    which safetensors refuses, is the CPU."""
+    device = torch.device(device)
     try:
-        return load_file(str(path), device=str(device))
+        return load_file(str(path), device="cpu" if device.type == "cpu" else str(device))
     except Exception as err:  # safetensors raises its own error types for a bad header
         raise ValueError(f"{path} is not a safetensors file ({err})") from None
 
