@@ -34,9 +34,10 @@ def decode_keeping(tokenizer, pyramid, keep: int) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(tokenizer, text_encoder, items: list[dict], batch_size: int = 8) -> dict[int, dict]:
-    """{bits kept: {"psnr", "colour", "shape"}} over `items`, for every whole number of bit groups."""
+    """{bits kept: {"psnr", "colour", "shape"}} over `items`, for every whole number of bit groups; 0 keeps none,
+    what the coarser levels give alone (the floor of the finest level's sampling step)."""
     group, num_bits = tokenizer.quantizer.config.bits_per_group, tokenizer.quantizer.config.num_bits
-    scores = {keep: {"psnr": [], "colour": [], "shape": []} for keep in range(num_bits, 0, -group)}
+    scores = {keep: {"psnr": [], "colour": [], "shape": []} for keep in range(num_bits, -1, -group)}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         video = torch.stack([x["video"] for x in chunk])

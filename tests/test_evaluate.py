@@ -62,7 +62,7 @@ def test_finest_bits_bench_keeps_the_first_groups():
                               atol=1e-5)
         assert not torch.allclose(bench.decode_keeping(tokenizer, pyramid, 4), tokenizer.decode(pyramid).clamp(-1, 1))
     result = bench.measure(tokenizer, FakeTextEncoder(), items, batch_size=2)
-    assert list(result) == [16, 12, 8, 4]  # 16 bits in groups of 4
+    assert list(result) == [16, 12, 8, 4, 0]  # 16 bits in groups of 4, then none
     assert all(0 <= r["shape"] <= 1 and np.isfinite(r["psnr"]) for r in result.values())
 
 
