@@ -1,18 +1,22 @@
 """Which level of the token pyramid a generator loses a prompt's colour, shape or motion at.
 
     python bench/level_oracle.py --tokenizer DIR --generator DIR [--size 64] [--n 48] [--seed 77]
-        [--temperature 1.0] [--finest-decode sample|expected]
+        [--temperature 1.0] [--finest-decode sample|expected] [--finest-bits N]
 
 Encodes `n` fresh single-object Shapes train clips (seed 77: no token cache is built from it) with their
 captions, then for k = 0 .. L keeps the clip's own first k levels (`generate(prefix_bits=...)`) and lets
 the generator sample the rest from the caption, decodes and judges the video as SHAPES.md does.
 k = 0 is plain generation, k = L the tokenizer's reconstruction. The level after which an attribute
-jumps is the one the generator fails to draw it at.
+jumps is the one the generator fails to draw it at. `--finest-bits N` decodes every video from the first
+N bits of each finest token only (bench/finest_bits.py), to set the generator's first bit groups beside
+the clip's own.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -26,18 +30,24 @@ from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from finest_bits import decode_keeping  # noqa: E402
+
 
 @torch.no_grad()
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
                    seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
-                   finest_decode: str = "sample") -> dict[int, dict[str, float]]:
+                   finest_decode: str = "sample", finest_bits: int | None = None) -> dict[int, dict[str, float]]:
     """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
     sampled levels are drawn at `temperature`, the finest one decoded as `finest_decode` says
-    (`generator.sampling.generate`)."""
+    (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits)."""
     num_levels = model.config.num_levels
     levels = len(tokenizer.quantizer.config.level_strides)
     if levels != num_levels:
         raise ValueError(f"the tokenizer has {levels} levels, the generator {num_levels}")
+    if finest_bits is not None and (not 0 <= finest_bits <= model.config.num_bits or finest_decode != "sample"):
+        raise ValueError(f"finest_bits must be in [0, {model.config.num_bits}] with drawn bits "
+                         f"(finest_decode 'sample'), got {finest_bits} with {finest_decode!r}")
     right = {k: {a: [] for a in JUDGED} for k in range(num_levels + 1)}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
@@ -50,7 +60,10 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                                      pyramid.latent_grid, guidance_scale=guidance_scale, generator=gens,
                                      temperature=temperature, finest_decode=finest_decode,
                                      prefix_bits=pyramid.bits[:keep])
-            recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
+            if finest_bits is None:
+                recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
+            else:
+                recon = decode_keeping(tokenizer, sampled, finest_bits)
             for i, item in enumerate(chunk):
                 for attribute, ok in judged_right(recon[i].clamp(-1, 1), item).items():
                     right[keep][attribute].append(ok)
@@ -69,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     parser.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                         help="decode the finest level's drawn bits, or each bit's expected value")
+    parser.add_argument("--finest-bits", type=int, default=None,
+                        help="decode from the first N bits of each finest token only (drawn bits)")
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 16:
         raise ValueError(f"--n must be >= 1 and --size >= 16, got {args.n}, {args.size}")
@@ -79,10 +94,12 @@ def main(argv=None) -> int:
                          seed=args.seed)  # one object per clip
     items = [data[i] for i in range(len(data))]
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale,
-                            temperature=args.temperature, finest_decode=args.finest_decode)
+                            temperature=args.temperature, finest_decode=args.finest_decode,
+                            finest_bits=args.finest_bits)
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_scale}, temperature {args.temperature}, "
-          f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits")
+          f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"
+          + (f", its first {args.finest_bits} only" if args.finest_bits is not None else ""))
     for keep, got in result.items():
         scores = ", ".join(f"{a} {v:.3f}" for a, v in got.items())
         print(f"levels 0..{keep - 1} from the clip, the rest sampled: {scores}" if keep else

@@ -66,7 +66,7 @@ def test_finest_bits_bench_keeps_the_first_groups():
     assert all(0 <= r["shape"] <= 1 and np.isfinite(r["psnr"]) for r in result.values())
 
 
-def test_level_oracle_keeping_every_level_is_the_reconstruction():
+def test_level_oracle_keeping_every_level_is_the_reconstruction(monkeypatch):
     from generator import PyraTokGenerator
     from pyratok.data.shapes import ShapesDataset
     from pyratok.evaluate import judged_right
@@ -87,6 +87,19 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction():
     assert result[3] == {a: float(np.mean([e[a] for e in expected])) for a in expected[0]}
     # nothing kept: a random generator's samples are not the clips (their colour is not the caption's)
     assert result[0]["colour"] < 1.0
+    # --finest-bits: every bit is the plain decode; none kept at k = 3 judges the clip's levels 0..1 alone
+    assert bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, finest_bits=16) == result
+    judged = []
+    monkeypatch.setattr(bench, "judged_right", lambda video, item: judged.append(video) or judged_right(video, item))
+    bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items[:2], batch_size=2, finest_bits=0)
+    with torch.no_grad():
+        alone = bench.decode_keeping(tokenizer, tokenizer.encode(torch.stack([x["video"] for x in items[:2]]),
+                                                                 text.hidden_states[:2], text.attention_mask[:2]), 0)
+    assert not torch.allclose(alone, recon[:2], atol=1e-3)  # the finest level matters in this tokenizer
+    torch.testing.assert_close(torch.stack(judged[-2:]), alone)  # k = 3, the last two judged
+    for bad in ({"finest_bits": 17}, {"finest_bits": -1}, {"finest_bits": 8, "finest_decode": "expected"}):
+        with pytest.raises(ValueError, match="finest_bits must be in"):
+            bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, **bad)
     two_levels = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=2, text_dim=384, width=32, depth=1,
                                   heads=2)
     with pytest.raises(ValueError, match="tokenizer has 3 levels, the generator 2"):
