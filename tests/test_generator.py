@@ -248,3 +248,26 @@ def test_a_generator_grows_deeper_from_a_saved_one(model, quantizer, tmp_path):
     for block in deep.transformer.blocks[2:]:
         for out in (block.attn.to_out, block.cross.to_out, block.mlp[-1]):
             assert out.weight.grad.abs().sum() > 0
+
+
+def test_a_generator_grows_an_input_convolution_from_a_saved_one(model, quantizer, tmp_path):
+    """grow_from_init into `input_conv`: the new convolution starts at zero, so the grown model computes
+    what the saved one did, and it gets gradients (it learns)."""
+    from pyratok.checkpoints import load_saved_weights
+
+    model.save_pretrained(tmp_path / "plain")
+    grown = seeded(2, PyraTokGenerator, width=32, depth=2, heads=4, input_conv=3)
+    torch.nn.init.normal_(grown.transformer.local_input.conv.weight)  # so that loading has to zero it
+    with pytest.raises(ValueError, match="missing"):
+        load_saved_weights(grown, tmp_path / "plain")
+    load_saved_weights(grown, tmp_path / "plain", grow=True)
+    latents = torch.randn(2, 8, *LATENT, generator=torch.Generator().manual_seed(3))
+    inputs = teacher_forcing_inputs(quantizer, quantizer(latents).pyramid.bits, LATENT)
+    states, mask = text(2)
+    with torch.no_grad():
+        before = model(inputs, states, mask)
+    after = grown(inputs, states, mask)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b)
+    sum(level.square().mean() for level in after).backward()
+    assert grown.transformer.local_input.conv.weight.grad.abs().sum() > 0

@@ -47,7 +47,8 @@ def test_config_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"width": 30, "heads": 4}, "width=30"), ({"text_mode": "concat"}, "'concat'"),
-     ({"attn_backend": "flash"}, "'flash'"), ({"num_levels": 0}, "num_levels"), ({"dropout": 1.0}, "dropout")],
+     ({"attn_backend": "flash"}, "'flash'"), ({"num_levels": 0}, "num_levels"), ({"dropout": 1.0}, "dropout"),
+     ({"input_conv": 2}, "input_conv.*got 2"), ({"input_conv": -1}, "got -1")],
 )
 def test_config_errors_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -112,7 +113,8 @@ def test_padded_text_is_ignored(mode):
 
 @pytest.mark.parametrize("mode", ["cross", "prefix"])
 def test_cached_equals_uncached(mode):
-    model = make_model(text_mode=mode)
+    model = make_model(text_mode=mode, input_conv=3)
+    torch.nn.init.normal_(model.local_input.conv.weight, std=0.1)  # it starts at zero
     inputs, text, mask = make_inputs()
     full = model(inputs, text, mask)
     cache = model.new_cache(batch=2)
@@ -238,3 +240,33 @@ def test_dense_reference_uses_a_token_by_token_mask(monkeypatch):
     inputs, text, mask = make_inputs()
     model(inputs, text, mask, layout=DenseBlockCausal)
     assert any(s[-2] > 1 for s in shapes)
+
+
+def test_input_conv_lets_a_token_read_its_neighbours_inputs():
+    """Bits set by the input's local gradient (the sign of the right neighbour minus the left one, and of
+    the one below minus the one above): with no blocks (depth 0) only `input_conv` lets a token see
+    another's input, and only with it is the task learned."""
+    grid = (2, 6, 6)
+
+    def batch(g):  # (b, c, t, h, w) inputs, (b, t, h, w, 2) bits in {-1, +1}
+        x = torch.randn(16, 2, *grid, generator=g)
+        pad = torch.nn.functional.pad(x[:, 0], (1, 1, 1, 1))  # zeros beyond the edge; (b, t, h + 2, w + 2)
+        across = pad[:, :, 1:-1, 2:] - pad[:, :, 1:-1, :-2]
+        down = pad[:, :, 2:, 1:-1] - pad[:, :, :-2, 1:-1]
+        return x, torch.stack([across, down], -1).sign()
+
+    accuracy = {}
+    for kernel in (0, 3):
+        model = make_model(depth=0, num_levels=1, latent_channels=2, num_bits=2, input_conv=kernel).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            x, bits = batch(g)
+            loss, _ = bitwise_loss(model([x]), [bits])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        x, bits = batch(torch.Generator().manual_seed(99))
+        with torch.no_grad():
+            accuracy[kernel] = float((model([x])[0].sign() == bits).float().mean())
+    assert accuracy[3] > 0.9 and accuracy[0] < 0.65, accuracy

@@ -26,6 +26,7 @@ class NextScaleConfig:
     gradient_checkpointing: bool = False
     attn_backend: str = "sdpa"  # "xformers" is used only on CUDA when installed, else SDPA
     sequence_parallel_size: int = 1  # > 1: DeepSpeed Ulysses over that many ranks (see nextscale.sequence_parallel)
+    input_conv: int = 0  # odd k > 0: each token also sees its k^3 neighbourhood of the input grid (nextscale.local_input)
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -40,6 +41,8 @@ class NextScaleConfig:
         if self.heads % self.sequence_parallel_size:
             raise ValueError(f"heads={self.heads} must be divisible by sequence_parallel_size="
                              f"{self.sequence_parallel_size} (Ulysses splits heads across ranks)")
+        if self.input_conv < 0 or (self.input_conv and self.input_conv % 2 == 0):
+            raise ValueError(f"input_conv must be 0 (off) or an odd kernel size, got {self.input_conv}")
         if self.depth < 0:  # depth 0 is allowed: callers use it to mean "no prior"
             raise ValueError(f"depth must be >= 0, got {self.depth}")
         if not 0.0 <= self.dropout < 1.0:

@@ -15,6 +15,7 @@ from .attention import LevelAttention
 from .block import NextScaleBlock
 from .cache import KVCache
 from .config import NextScaleConfig
+from .local_input import LocalInput
 from .position import FourierPosition
 
 
@@ -27,6 +28,7 @@ class NextScaleTransformer(nn.Module):
         d = cfg.width
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.input_proj = nn.Linear(cfg.latent_channels, d)
+        self.local_input = LocalInput(cfg.latent_channels, d, cfg.input_conv) if cfg.input_conv else None
         self.level_embed = nn.Embedding(cfg.num_levels, d)
         nn.init.normal_(self.level_embed.weight, std=0.02)
         self.position = FourierPosition(d)
@@ -74,7 +76,10 @@ class NextScaleTransformer(nn.Module):
         if level_input.dim() != 5 or level_input.shape[1] != self.config.latent_channels:
             c = self.config.latent_channels
             raise ValueError(f"level {level} input must be (b, {c}, t, h, w), got {tuple(level_input.shape)}")
-        x = self.input_proj(rearrange(level_input.to(self.head.weight.dtype), "b c t h w -> b (t h w) c"))
+        level_input = level_input.to(self.head.weight.dtype)
+        x = self.input_proj(rearrange(level_input, "b c t h w -> b (t h w) c"))  # (b, n, d)
+        if self.local_input is not None:
+            x = x + self.local_input(level_input)
         x = x + self.level_embed.weight[level] + self.position(tuple(level_input.shape[-3:]))
         if level == 0:
             start = self.start
