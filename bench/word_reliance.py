@@ -6,6 +6,8 @@ For `n` single-object clips of a token cache built from Shapes (`generator.build
 cross-entropy per level (nats per bit) with the true caption, with the shape word and with the colour
 word swapped for the next one in the palette / shape list, and with no text; and at the finest level,
 per 8-bit group. A word the generator follows raises the loss when swapped; a word it ignores does not.
+Last, the finest level's per-group loss with the true caption at background, boundary and interior
+tokens (`token_regions`: where a shape's edge runs is decided at the boundary tokens).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
 from generator.build_cache import DEFAULT_SHAPES, shapes_dataset  # noqa: E402
@@ -25,16 +28,42 @@ from generator.heads import nats_per_bit  # noqa: E402
 from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
 from pyratok.data.shapes import COLOURS, SHAPES  # noqa: E402
+from pyratok.data.shapes_judge import OBJECT_THRESHOLD  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
+
+
+REGIONS = ("background", "boundary", "interior")
+
+
+def cache_clips(cache_dir: Path):
+    """The Shapes clips a token cache was built from, in its order (from the settings it records)."""
+    settings = json.loads((cache_dir / "build_settings.json").read_text())
+    if settings.get("folder") or settings.get("shards"):
+        raise ValueError(f"{cache_dir} was not built from Shapes (folder / shards set): captions unknown")
+    return shapes_dataset(settings["split"], settings["n"] or DEFAULT_SHAPES, settings.get("two_objects", 0),
+                          settings["num_frames"], settings["size"], settings["seed"])
+
+
+def token_regions(cache_dir: Path, rows: list[int], grid) -> torch.Tensor:
+    """(b, t, h, w) long: 0 where a token's cell of the clip holds no object pixel (the judge's threshold),
+    2 where it holds only object pixels, 1 (the boundary) in between. Cell of latent frame 0: frame 0;
+    of latent frame i > 0: the `stride` frames up to 1 + i * stride (the causal VAE's frame grouping)."""
+    data = cache_clips(cache_dir)
+    video = torch.stack([data[i]["video"] for i in rows])  # (b, c, T, H, W) in [-1, 1]
+    t, h, w = grid
+    frames, height, width = video.shape[2:]
+    stride = (frames - 1) // max(t - 1, 1)
+    if 1 + (t - 1) * stride != frames or height % h or width % w:
+        raise ValueError(f"clips of {frames}x{height}x{width} do not tile the token grid {tuple(grid)}")
+    obj = ((video.amax(1) + 1) * 127.5 > OBJECT_THRESHOLD).float()  # (b, T, H, W)
+    cells = torch.cat([obj[:, :1].repeat_interleave(stride, 1), obj[:, 1:]], 1)  # (b, t * stride, H, W)
+    share = F.avg_pool3d(cells[:, None], (stride, height // h, width // w))[:, 0]  # (b, t, h, w)
+    return (share > 0).long() + (share == 1).long()
 
 
 def shapes_captions(cache_dir: Path, n: int) -> tuple[list[int], list[str]]:
     """Rows and captions of the first `n` single-object clips, from the Shapes settings the cache records."""
-    settings = json.loads((cache_dir / "build_settings.json").read_text())
-    if settings.get("folder") or settings.get("shards"):
-        raise ValueError(f"{cache_dir} was not built from Shapes (folder / shards set): captions unknown")
-    data = shapes_dataset(settings["split"], settings["n"] or DEFAULT_SHAPES, settings.get("two_objects", 0),
-                          settings["num_frames"], settings["size"], settings["seed"])
+    data = cache_clips(cache_dir)
     rows, captions = [], []
     for i in range(len(data)):
         caption = data[i]["caption"]
@@ -59,13 +88,24 @@ def check_captions(batch: dict, text_encoder, captions: list[str]) -> None:
 
 
 @torch.no_grad()
-def bit_losses(model, quantizer, batch, text_encoder, captions: list[str]) -> list[torch.Tensor]:
-    """Per level, the mean cross-entropy of each bit (k,) given `captions` ("" for none)."""
+def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[str]) -> list[torch.Tensor]:
+    """Per level, the head's logits (bits or codes) given the true coarser levels and `captions` ("" for none)."""
     text = text_encoder(captions)
     inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"], passes=model.config.finest_passes)
     keep = torch.zeros(len(captions), dtype=torch.bool)
-    logits = model(inputs, text.hidden_states.float(), text.attention_mask, drop_text=keep, target_bits=batch["bits"])
+    return model(inputs, text.hidden_states.float(), text.attention_mask, drop_text=keep, target_bits=batch["bits"])
+
+
+def bit_losses(model, quantizer, batch, text_encoder, captions: list[str]) -> list[torch.Tensor]:
+    """Per level, the mean cross-entropy of each bit (k,) given `captions` ("" for none)."""
+    logits = teacher_forced_logits(model, quantizer, batch, text_encoder, captions)
     return [nats_per_bit(lg, b) for lg, b in zip(logits, batch["bits"])]
+
+
+def region_losses(logits: torch.Tensor, bits: torch.Tensor, regions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One level's mean cross-entropy of each bit (k,) over the tokens of each region present."""
+    return {name: nats_per_bit(logits[regions == r], bits[regions == r])
+            for r, name in enumerate(REGIONS) if (regions == r).any()}
 
 
 def main(argv=None) -> int:
@@ -87,6 +127,9 @@ def main(argv=None) -> int:
                 "colour swapped": [swap_word(c, [list(COLOURS)]) for c in captions],
                 "no text": [""] * len(captions)}
     losses = {name: bit_losses(model, quantizer, batch, text_encoder, caps) for name, caps in variants.items()}
+    finest = teacher_forced_logits(model, quantizer, batch, text_encoder, captions)[-1]
+    regions = token_regions(args.cache, rows, batch["bits"][-1].shape[1:4])
+    by_region = region_losses(finest, batch["bits"][-1], regions)
     base = [float(l.mean()) for l in losses["true caption"]]
     print(f"{args.generator} on {len(rows)} clips of {args.cache}: nats per bit, levels coarse to fine")
     for name, per_level in losses.items():
@@ -94,6 +137,10 @@ def main(argv=None) -> int:
         rise = "" if name == "true caption" else "   rise " + " / ".join(f"{m - b:+.3f}" for m, b in zip(means, base))
         groups = " / ".join(f"{float(g.mean()):.3f}" for g in per_level[-1].split(quantizer.config.bits_per_group))
         print(f"{name:15s} " + " / ".join(f"{m:.3f}" for m in means) + rise + f"   finest, per group {groups}")
+    print("finest level with the true caption, per group, by token:")
+    for name, nats in by_region.items():
+        groups = " / ".join(f"{float(g.mean()):.3f}" for g in nats.split(quantizer.config.bits_per_group))
+        print(f"  {name:10s} {int((regions == REGIONS.index(name)).sum()):7d} tokens   {groups}")
     return 0
 
 

@@ -206,8 +206,19 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
         model.transformer.text_proj[-1].weight.zero_()
         model.transformer.text_proj[-1].bias.zero_()
     assert rise() == 0.0  # text cut off: swapping a word changes nothing
+    # the finest level split by token: each region's mean, weighted by its tokens, is the level's mean
+    grid = batch["bits"][-1].shape[1:4]
+    regions = bench.token_regions(one_process, rows, grid)
+    assert regions.shape == batch["bits"][-1].shape[:4]
+    assert all((r == 0).any() and (r > 0).any() for r in regions)  # each clip: background and its object
+    assert not torch.equal(regions, bench.token_regions(one_process, rows[::-1], grid))  # from the clips themselves
+    finest = bench.teacher_forced_logits(model, quantizer, batch, encoder, captions)[-1]
+    parts = bench.region_losses(finest, batch["bits"][-1], regions)
+    weighted = sum(nats * (regions == bench.REGIONS.index(name)).sum() for name, nats in parts.items())
+    torch.testing.assert_close(weighted / regions.numel(), bench.bit_losses(model, quantizer, batch, encoder, captions)[-1])
     folder = one_process.parent / "generator"
     model.save_pretrained(folder)
     assert bench.main(["--cache", str(one_process), "--generator", str(folder), "--n", "3"]) == 0
     printed = capsys.readouterr().out
     assert "shape swapped" in printed and "colour swapped" in printed and "rise +0.000" in printed
+    assert "boundary" in printed and "background" in printed
