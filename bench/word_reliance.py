@@ -131,16 +131,19 @@ def main(argv=None) -> int:
     regions = token_regions(args.cache, rows, batch["bits"][-1].shape[1:4])
     by_region = region_losses(finest, batch["bits"][-1], regions)
     base = [float(l.mean()) for l in losses["true caption"]]
+
+    def per_group(nats: torch.Tensor) -> str:  # (k,) -> the mean of each bit group
+        return " / ".join(f"{float(g.mean()):.3f}" for g in nats.split(quantizer.config.bits_per_group))
+
     print(f"{args.generator} on {len(rows)} clips of {args.cache}: nats per bit, levels coarse to fine")
     for name, per_level in losses.items():
         means = [float(l.mean()) for l in per_level]
         rise = "" if name == "true caption" else "   rise " + " / ".join(f"{m - b:+.3f}" for m, b in zip(means, base))
-        groups = " / ".join(f"{float(g.mean()):.3f}" for g in per_level[-1].split(quantizer.config.bits_per_group))
-        print(f"{name:15s} " + " / ".join(f"{m:.3f}" for m in means) + rise + f"   finest, per group {groups}")
+        finest_groups = per_group(per_level[-1])
+        print(f"{name:15s} " + " / ".join(f"{m:.3f}" for m in means) + rise + f"   finest, per group {finest_groups}")
     print("finest level with the true caption, per group, by token:")
     for name, nats in by_region.items():
-        groups = " / ".join(f"{float(g.mean()):.3f}" for g in nats.split(quantizer.config.bits_per_group))
-        print(f"  {name:10s} {int((regions == REGIONS.index(name)).sum()):7d} tokens   {groups}")
+        print(f"  {name:10s} {int((regions == REGIONS.index(name)).sum()):7d} tokens   {per_group(nats)}")
     return 0
 
 
