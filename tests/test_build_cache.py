@@ -222,3 +222,21 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     printed = capsys.readouterr().out
     assert "shape swapped" in printed and "colour swapped" in printed and "rise +0.000" in printed
     assert "boundary" in printed and "background" in printed
+
+
+def test_edge_probe_learns_the_finest_first_group_and_reports_on_clips_it_never_saw(one_process, capsys):
+    spec = importlib.util.spec_from_file_location("edge_probe", ROOT / "bench" / "edge_probe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(ValueError, match="training cache"):
+        bench.main(["--cache", str(one_process), "--heldout", str(one_process)])
+    with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
+        bench.main(["--cache", str(one_process), "--heldout", str(one_process.parent), "--steps", "0"])
+    before = bench.heldout_nats(bench.train_probe(one_process, steps=0), one_process, 5)
+    after = bench.heldout_nats(bench.train_probe(one_process, steps=40), one_process, 5)
+    assert set(before) == set(after) and "background" in after
+    assert sum(after.values()) < sum(before.values()) - 0.05, (before, after)  # it learns (here on its own clips)
+    twin = one_process.parent / "twin"  # the same clips under another name: main runs end to end
+    shutil.copytree(one_process, twin)
+    assert bench.main(["--cache", str(one_process), "--heldout", str(twin), "--steps", "2", "--n", "3"]) == 0
+    assert "background" in capsys.readouterr().out
