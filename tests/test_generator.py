@@ -226,24 +226,31 @@ def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch
     assert bigger > need  # the estimate follows the clip size
 
 
-def test_a_generator_grows_deeper_from_a_saved_one(model, quantizer, tmp_path):
-    """train.init_from + grow_from_init into more blocks: the new blocks start as the identity, so the grown
-    model computes what the saved one did, and their output projections get gradients (they learn)."""
+def grown_logits(model, grown, quantizer, folder):
+    """Save `model`, check that `grown` (a larger config) refuses its weights without `grow` and loads them
+    with it, and that it then computes the saved model's logits; returns them, `grown`'s, with gradients."""
     from pyratok.checkpoints import load_saved_weights
 
-    model.save_pretrained(tmp_path / "shallow")
-    deep = seeded(2, PyraTokGenerator, width=32, depth=4, heads=4)
+    model.save_pretrained(folder)
     with pytest.raises(ValueError, match="missing"):
-        load_saved_weights(deep, tmp_path / "shallow")
-    load_saved_weights(deep, tmp_path / "shallow", grow=True)
+        load_saved_weights(grown, folder)
+    load_saved_weights(grown, folder, grow=True)
     latents = torch.randn(2, 8, *LATENT, generator=torch.Generator().manual_seed(3))
     inputs = teacher_forcing_inputs(quantizer, quantizer(latents).pyramid.bits, LATENT)
     states, mask = text(2)
     with torch.no_grad():
         before = model(inputs, states, mask)
-    after = deep(inputs, states, mask)
+    after = grown(inputs, states, mask)
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b)
+    return after
+
+
+def test_a_generator_grows_deeper_from_a_saved_one(model, quantizer, tmp_path):
+    """train.init_from + grow_from_init into more blocks: the new blocks start as the identity, so the grown
+    model computes what the saved one did, and their output projections get gradients (they learn)."""
+    deep = seeded(2, PyraTokGenerator, width=32, depth=4, heads=4)
+    after = grown_logits(model, deep, quantizer, tmp_path / "shallow")
     sum(level.square().mean() for level in after).backward()
     for block in deep.transformer.blocks[2:]:
         for out in (block.attn.to_out, block.cross.to_out, block.mlp[-1]):
@@ -253,21 +260,8 @@ def test_a_generator_grows_deeper_from_a_saved_one(model, quantizer, tmp_path):
 def test_a_generator_grows_an_input_convolution_from_a_saved_one(model, quantizer, tmp_path):
     """grow_from_init into `input_conv`: the new convolution starts at zero, so the grown model computes
     what the saved one did, and it gets gradients (it learns)."""
-    from pyratok.checkpoints import load_saved_weights
-
-    model.save_pretrained(tmp_path / "plain")
     grown = seeded(2, PyraTokGenerator, width=32, depth=2, heads=4, input_conv=3)
     torch.nn.init.normal_(grown.transformer.local_input.conv.weight)  # so that loading has to zero it
-    with pytest.raises(ValueError, match="missing"):
-        load_saved_weights(grown, tmp_path / "plain")
-    load_saved_weights(grown, tmp_path / "plain", grow=True)
-    latents = torch.randn(2, 8, *LATENT, generator=torch.Generator().manual_seed(3))
-    inputs = teacher_forcing_inputs(quantizer, quantizer(latents).pyramid.bits, LATENT)
-    states, mask = text(2)
-    with torch.no_grad():
-        before = model(inputs, states, mask)
-    after = grown(inputs, states, mask)
-    for a, b in zip(before, after):
-        torch.testing.assert_close(a, b)
+    after = grown_logits(model, grown, quantizer, tmp_path / "plain")
     sum(level.square().mean() for level in after).backward()
     assert grown.transformer.local_input.conv.weight.grad.abs().sum() > 0
