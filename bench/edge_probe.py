@@ -2,9 +2,9 @@
 
     python bench/edge_probe.py --cache DIR --heldout DIR [--steps 3000] [--batch-size 16] [--n 64]
 
-A small 3D CNN (`EdgeProbe`) reads z_hat_<L, the sum of the clip's own levels 0..L-2 on the finest grid
-(what the generator reads at its finest step), plus the mean of the caption's text states, and predicts
-the finest level's first bit group. It trains on the token cache `--cache` (Shapes: the clips are rebuilt
+A small 3D CNN (`EdgeProbe`: `generator.finest_conv.FinestConv`) reads z_hat_<L, the sum of the clip's
+own levels 0..L-2 on the finest grid (what the generator reads at its finest step), plus the mean of the
+caption's text states, and predicts the finest level's first bit group. It trains on the token cache `--cache` (Shapes: the clips are rebuilt
 from the cache's settings), each token weighted 1 at the object's boundary and interior and 0.1 in the
 background (`word_reliance.token_regions`), and reports the nats per bit it pays on `n` single-object
 clips of `--heldout`, by region. Set beside the generator's figure on the same tokens
@@ -21,10 +21,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from generator.finest_conv import FinestConv  # noqa: E402
 from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
 
@@ -35,45 +35,29 @@ GROUP_BITS = 8  # the first group: LaPQ's bits_per_group of the tokenizers shipp
 BACKGROUND_WEIGHT = 0.1
 
 
-class EdgeProbe(nn.Module):
-    """(b, c, t, h, w) z_hat_<L and (b, text_dim) pooled text -> (b, t, h, w, GROUP_BITS) bit logits."""
-
-    def __init__(self, channels: int, text_dim: int, width: int = 64, blocks: int = 4):
-        super().__init__()
-        self.inp = nn.Conv3d(channels, width, 3, padding=1)
-        self.film = nn.Linear(text_dim, 2 * width)  # the caption scales and shifts every channel
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.GroupNorm(8, width), nn.GELU(), nn.Conv3d(width, width, 3, padding=1), nn.GELU(),
-                          nn.Conv3d(width, width, 3, padding=1))
-            for _ in range(blocks))
-        self.out = nn.Conv3d(width, GROUP_BITS, 1)
-
-    def forward(self, z_hat: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.film(text)[:, :, None, None, None].chunk(2, dim=1)  # (b, d, 1, 1, 1) each
-        x = self.inp(z_hat) * (1 + scale) + shift  # (b, d, t, h, w)
-        for block in self.blocks:
-            x = x + block(x)
-        return self.out(F.gelu(x)).permute(0, 2, 3, 4, 1)  # (b, t, h, w, GROUP_BITS)
+def EdgeProbe(channels: int, text_dim: int) -> FinestConv:
+    """The probe: `FinestConv` (width 64, 4 blocks; what `finest_head="conv"` draws the finest level with)
+    predicting the first group's GROUP_BITS bits only."""
+    return FinestConv(channels, text_dim, GROUP_BITS)
 
 
 def probe_batch(data: TokenCacheDataset, quantizer, rows: list[int]):
-    """z_hat_<L (b, c, t, h, w), pooled text (b, text_dim), the finest first-group bits (b, t, h, w, GROUP_BITS)."""
+    """z_hat_<L (b, c, t, h, w), the text (b, s, text_dim) and its mask (b, s), the finest first-group bits
+    (b, t, h, w, GROUP_BITS)."""
     batch = data.collate([data[i] for i in rows])
     if batch["text_states"] is None:
         raise ValueError("the cache holds no text states: built without a text encoder")
     with torch.no_grad():
         z_hat = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"])[-1]
-    mask = batch["text_mask"].float()[..., None]  # (b, s, 1)
-    text = (batch["text_states"].float() * mask).sum(1) / mask.sum(1)
-    return z_hat, text, batch["bits"][-1][..., :GROUP_BITS]
+    return z_hat, (batch["text_states"].float(), batch["text_mask"]), batch["bits"][-1][..., :GROUP_BITS]
 
 
-def nats(probe: EdgeProbe, z_hat, text, bits) -> torch.Tensor:
-    """(b, t, h, w) mean nats per bit of each token's first group."""
-    return F.binary_cross_entropy_with_logits(probe(z_hat, text), (bits + 1) / 2, reduction="none").mean(-1)
+def nats(probe: FinestConv, z_hat, text, bits) -> torch.Tensor:
+    """(b, t, h, w) mean nats per bit of each token's first group; text: (states, mask)."""
+    return F.binary_cross_entropy_with_logits(probe(z_hat, *text), (bits + 1) / 2, reduction="none").mean(-1)
 
 
-def train_probe(cache: Path, steps: int, batch_size: int = 16, seed: int = 0) -> EdgeProbe:
+def train_probe(cache: Path, steps: int, batch_size: int = 16, seed: int = 0) -> FinestConv:
     """The probe after `steps` AdamW steps on random batches of `cache` (seeded: the same every run)."""
     data = TokenCacheDataset(cache)
     quantizer = data.load_quantizer("cpu")
@@ -84,7 +68,7 @@ def train_probe(cache: Path, steps: int, batch_size: int = 16, seed: int = 0) ->
     z_hat, text, _ = probe_batch(data, quantizer, [0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = EdgeProbe(z_hat.shape[1], text.shape[1])
+        probe = EdgeProbe(z_hat.shape[1], text[0].shape[-1])
     opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=0.01)
     order = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(steps), desc="edge probe"):
@@ -98,7 +82,7 @@ def train_probe(cache: Path, steps: int, batch_size: int = 16, seed: int = 0) ->
 
 
 @torch.no_grad()
-def heldout_nats(probe: EdgeProbe, heldout: Path, n: int) -> dict[str, float]:
+def heldout_nats(probe: FinestConv, heldout: Path, n: int) -> dict[str, float]:
     """Mean nats per bit of the first group on each region's tokens of `n` single-object clips of `heldout`."""
     data = TokenCacheDataset(heldout)
     rows, _ = shapes_captions(heldout, n)

@@ -14,6 +14,8 @@ from pyratok.training import TrainConfig
 
 from .heads import HEADS
 
+FINEST_HEADS = ("transformer", "conv")
+
 
 @dataclass
 class GeneratorConfig(NextScaleConfig):
@@ -22,6 +24,10 @@ class GeneratorConfig(NextScaleConfig):
     head: "bits" - one logit per bit, each bit drawn on its own (Infinity); "group_codes" - each group of
     `head_group_bits` bits one softmax over its 2^head_group_bits codes; "group_codes_sequential" - the
     same, a token's groups drawn in order, each seeing the earlier ones (generator.heads).
+
+    finest_head: "transformer" - the transformer draws every level; "conv" - it draws levels 0..L-2 and a
+    3D CNN of `finest_conv_width` channels and `finest_conv_blocks` residual blocks draws the finest
+    level from z_hat_<L and the caption (generator.finest_conv; bitwise, one pass).
     """
 
     num_null_tokens: int = 1
@@ -29,6 +35,9 @@ class GeneratorConfig(NextScaleConfig):
     head_group_bits: int = 8  # group_codes*: bits per code (LaPQ's bits_per_group, the order refine_groups uses)
     head_hidden: int = 256  # group_codes*: hidden width of the code MLP
     finest_passes: int = 1  # > 1: the finest level drawn in that many interleaved passes (generator.passes)
+    finest_head: str = "transformer"
+    finest_conv_width: int = 64  # finest_head "conv": channels (a multiple of 8: GroupNorm's groups)
+    finest_conv_blocks: int = 4  # finest_head "conv": residual blocks of two 3x3x3 convolutions
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,6 +53,15 @@ class GeneratorConfig(NextScaleConfig):
                                  f"num_bits={self.num_bits}")
             if self.head_hidden < 1:
                 raise ValueError(f"head_hidden must be >= 1, got {self.head_hidden}")
+        if self.finest_head not in FINEST_HEADS:
+            raise ValueError(f"finest_head must be one of {FINEST_HEADS}, got {self.finest_head!r}")
+        if self.finest_head == "conv":
+            if self.head != "bits" or self.finest_passes != 1 or self.num_levels < 2:
+                raise ValueError(f"finest_head='conv' needs head='bits', finest_passes=1 and num_levels >= 2, got "
+                                 f"head={self.head!r}, finest_passes={self.finest_passes}, num_levels={self.num_levels}")
+            if self.finest_conv_width < 8 or self.finest_conv_width % 8 or self.finest_conv_blocks < 0:
+                raise ValueError(f"finest_conv_width must be a positive multiple of 8 and finest_conv_blocks >= 0, "
+                                 f"got {self.finest_conv_width} and {self.finest_conv_blocks}")
 
 
 @dataclass

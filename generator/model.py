@@ -18,6 +18,7 @@ from pyratok.nextscale import KVCache, NextScaleConfig, NextScaleTransformer
 from pyratok.null_text import drop_text as with_null_text  # `forward` has an argument named drop_text
 
 from .config import GeneratorConfig
+from .finest_conv import FinestConv
 from .heads import GroupCodeHead, bits_to_codes
 from .passes import input_channels, merge_passes
 from .sampling import generate
@@ -45,9 +46,12 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         super().__init__()
         cfg = GeneratorConfig(**config)
         names = {f.name for f in dataclasses.fields(NextScaleConfig)}
-        steps = {"num_levels": cfg.num_levels + cfg.finest_passes - 1,  # one transformer step per pass
+        conv = cfg.finest_head == "conv"  # the transformer then stops a level short of the finest
+        steps = {"num_levels": cfg.num_levels + cfg.finest_passes - 1 - conv,  # one transformer step per pass
                  "latent_channels": input_channels(cfg.latent_channels, cfg.finest_passes)}
         self.transformer = NextScaleTransformer(NextScaleConfig(**{**{k: getattr(cfg, k) for k in names}, **steps}))
+        self.finest_conv = FinestConv(cfg.latent_channels, cfg.text_dim, cfg.num_bits, cfg.finest_conv_width,
+                                      cfg.finest_conv_blocks) if conv else None
         self.null_text = nn.Parameter(torch.randn(cfg.num_null_tokens, cfg.text_dim) * 0.02)  # (n_null, d)
         self.code_head = None
         if cfg.head != "bits":  # the transformer's last linear then gives each token's features, not bit logits
@@ -88,7 +92,12 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
             if drop_text is None:
                 drop_text = torch.ones(level_inputs[0].shape[0], dtype=torch.bool, device=level_inputs[0].device)
             text_states, text_mask = with_null_text(self.null_text, text_states, text_mask, drop_text)
+        finest = None
+        if self.finest_conv is not None and len(level_inputs) == self.config.num_levels:
+            *level_inputs, finest = level_inputs
         out = self.transformer(level_inputs, text_states, text_mask, **kwargs)
+        if finest is not None:
+            out = out + [self.finest_conv(finest, text_states, text_mask)]
         if per_level:
             out = merge_passes(out, self.config.num_levels)
         if self.code_head is None or target_bits is None:
@@ -100,7 +109,13 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         return self.transformer.new_cache(batch)
 
     def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache):
-        """One step's output with the cache (a level's, or a pass of the finest level: generator.passes)."""
+        """One step's output with the cache (a level's, or a pass of the finest level: generator.passes).
+        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no cache."""
+        if self.finest_conv is not None and step == self.config.num_levels - 1:
+            if cache.levels_done != step:
+                raise ValueError(f"cache holds {cache.levels_done} level(s); the finest level {step} comes after "
+                                 f"{step}")
+            return self.finest_conv(step_input, text_states, text_mask)
         return self.transformer.forward_level(step, step_input, text_states, text_mask, cache)
 
     def generate(self, quantizer, prompt_embeds, prompt_mask, latent_grid, **kwargs):

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from generator import GeneratorConfig, PyraTokGenerator, generate
+from generator.memory import sampling_memory
 from generator.objective import flip_bits, generator_loss, teacher_forcing_inputs
 from generator.sampling import guidance_per_level, guided_logits, sample_bits
 from pyratok.lapq import LaPQ, LaPQConfig
+from pyratok.nextscale import bitwise_loss
 from pyratok.null_text import drop_text
 from pyratok.pyramid import resample
 
@@ -33,6 +35,13 @@ def quantizer() -> LaPQ:
 @pytest.fixture(scope="module")
 def model() -> PyraTokGenerator:
     return seeded(1, PyraTokGenerator, width=32, depth=2, heads=4).eval()
+
+
+@pytest.fixture(scope="module")
+def conv_model() -> PyraTokGenerator:
+    """The finest level drawn by a 3D CNN (generator.finest_conv), the coarse ones by the transformer."""
+    return seeded(1, PyraTokGenerator, width=32, depth=2, heads=4, finest_head="conv", finest_conv_width=16,
+                  finest_conv_blocks=1).eval()
 
 
 def text(batch=3, seed=0):
@@ -202,8 +211,6 @@ def test_overfit_50_steps(quantizer):
 
 
 def test_requests_past_memory_are_refused_up_front(model, quantizer, monkeypatch):
-    from generator.memory import sampling_memory
-
     states, mask = text(2)
 
     def need_for(latent_grid):
@@ -265,3 +272,82 @@ def test_a_generator_grows_an_input_convolution_from_a_saved_one(model, quantize
     after = grown_logits(model, grown, quantizer, tmp_path / "plain")
     sum(level.square().mean() for level in after).backward()
     assert grown.transformer.local_input.conv.weight.grad.abs().sum() > 0
+
+
+def test_finest_conv_the_transformer_stops_a_level_short_and_the_conv_draws_the_finest(conv_model, quantizer):
+    assert conv_model.transformer.config.num_levels == 3 and conv_model.config.num_levels == 4
+    states, mask = text()
+    kwargs = dict(guidance_scale=3.0, negative_prompt_embeds=torch.randn(1, 3, 384))
+    cached = generate(conv_model, quantizer, states, mask, LATENT, generator=gens([4, 5, 6]), **kwargs)
+    uncached = generate(conv_model, quantizer, states, mask, LATENT, use_cache=False, generator=gens([4, 5, 6]), **kwargs)
+    assert cached.grids == quantizer.grids_for(LATENT)
+    assert all(torch.equal(a, b) for a, b in zip(cached.bits, uncached.bits))
+    single = generate(conv_model, quantizer, states[1:2], mask[1:2], LATENT, generator=gens([5]), **kwargs)
+    assert all(torch.equal(a[1:2], b) for a, b in zip(cached.bits, single.bits))
+    torch.testing.assert_close(cached.latent, quantizer.reconstruct(cached.bits, LATENT))
+    # guidance reaches the finest level through the conv's text input: same coarse levels, other finest bits
+    plain = generate(conv_model, quantizer, states, mask, LATENT, guidance_schedule=[3.0, 3.0, 3.0, 1.0],
+                     generator=gens([4, 5, 6]), negative_prompt_embeds=kwargs["negative_prompt_embeds"])
+    assert all(torch.equal(a, b) for a, b in zip(cached.bits[:3], plain.bits[:3]))
+    assert not torch.equal(cached.bits[3], plain.bits[3])
+
+
+def test_finest_conv_save_load_and_memory_estimate(conv_model, quantizer, tmp_path):
+    conv_model.save_pretrained(tmp_path / "gen")
+    loaded = PyraTokGenerator.from_pretrained(tmp_path / "gen").eval()
+    assert loaded.config.finest_head == "conv" and loaded.finest_conv is not None
+    for (name, a), b in zip(conv_model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    states, mask = text(2)
+    need = sampling_memory(conv_model.generator_config(), quantizer.config, LATENT, 2, text_len=5, output_type="latent").total
+    with pytest.raises(ValueError, match="more than"):
+        generate(conv_model, quantizer, states, mask, LATENT, memory_limit=need // 2)
+    assert generate(conv_model, quantizer, states, mask, LATENT, memory_limit=need + 1,
+                    generator=torch.Generator().manual_seed(0)).batch_size == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(finest_head="cnn"), "finest_head must be one of"),
+    (dict(finest_head="conv", head="group_codes"), "head='group_codes'"),
+    (dict(finest_head="conv", finest_passes=2), "finest_passes=2"),
+    (dict(finest_head="conv", finest_conv_width=12), "got 12"),
+])
+def test_finest_conv_config_errors_name_the_value(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GeneratorConfig(width=32, heads=4, **bad)
+
+
+def test_the_conv_reads_where_an_edge_runs_and_what_the_caption_says():
+    """Finest bits set by the finest input's local gradient (right neighbour minus left), one of them flipped
+    by the caption. With no transformer blocks a token sees no other token's input, so only the conv head
+    learns the edge; and only a head that reads the text learns the flipped bit."""
+    grid = (2, 6, 6)
+
+    def batch(g):  # level inputs, text, finest bits (b, t, h, w, 2)
+        x = torch.randn(16, 8, *grid, generator=g)
+        pad = torch.nn.functional.pad(x[:, 0], (1, 1))  # zeros beyond the edge; (b, t, h, w + 2)
+        across = (pad[..., 2:] - pad[..., :-2]).sign()  # (b, t, h, w)
+        states = torch.randn(16, 3, 384, generator=g)
+        flip = states[:, :, 0].mean(1).sign()[:, None, None, None]  # (b, 1, 1, 1)
+        coarse = [torch.randn(16, 8, 1, 1, 1, generator=g)]
+        return coarse + [x], states, torch.stack([across, across * flip], -1)
+
+    accuracy = {}
+    for head in ("transformer", "conv"):
+        model = seeded(0, PyraTokGenerator, width=32, depth=0, heads=4, num_levels=2, finest_head=head,
+                       finest_conv_width=32, finest_conv_blocks=1).train()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            inputs, states, bits = batch(g)
+            logits = model(inputs, states, drop_text=torch.zeros(16, dtype=torch.bool))[-1][..., :2]
+            loss, _ = bitwise_loss([logits], [bits])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        inputs, states, bits = batch(torch.Generator().manual_seed(99))
+        with torch.no_grad():
+            hits = model(inputs, states, drop_text=torch.zeros(16, dtype=torch.bool))[-1][..., :2].sign() == bits
+        accuracy[head] = [round(float(hits[..., i].float().mean()), 3) for i in range(2)]
+    assert accuracy["conv"][0] > 0.9 and accuracy["conv"][1] > 0.85, accuracy
+    assert max(accuracy["transformer"]) < 0.65, accuracy
