@@ -4,11 +4,12 @@
 
 A small 3D CNN (`EdgeProbe`: `generator.finest_conv.FinestConv`) reads z_hat_<L, the sum of the clip's
 own levels 0..L-2 on the finest grid (what the generator reads at its finest step), plus the mean of the
-caption's text states, and predicts the finest level's first bit group. It trains on the token cache `--cache` (Shapes: the clips are rebuilt
-from the cache's settings), each token weighted 1 at the object's boundary and interior and 0.1 in the
-background (`word_reliance.token_regions`), and reports the nats per bit it pays on `n` single-object
-clips of `--heldout`, by region. Set beside the generator's figure on the same tokens
-(`bench/word_reliance.py`): a probe that pays less at the boundary shows that the edge is there to be read.
+caption's text states, and predicts the finest level's first bit group. It trains on the token cache
+`--cache` (Shapes: the clips are rebuilt from the cache's settings), each token weighted 1 at the
+object's boundary and interior and 0.1 in the background (`word_reliance.token_regions`), and reports the
+nats per bit it pays on `n` single-object clips of `--heldout`, by region. Set beside the generator's
+figure on the same tokens (`bench/word_reliance.py`): a probe that pays less at the boundary shows that
+the edge is there to be read.
 Letters: b - batch, c - latent channels, t/h/w - the finest grid, d - probe width, s - text length.
 """
 from __future__ import annotations

@@ -58,6 +58,9 @@ def _worker(rank: int, world: int, init_file: str, out_file: str):
             json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
+    # the results are written; skip interpreter teardown, where DeepSpeed's CPU comm threads once aborted a
+    # worker ("terminate called without an active exception") after a passing run
+    os._exit(0)
 
 
 @pytest.mark.slow
