@@ -2,7 +2,7 @@
 
     python bench/edge_probe.py --cache DIR --heldout DIR [--steps 3000] [--batch-size 16] [--n 64]
 
-A small 3D CNN (`EdgeProbe`: `generator.finest_conv.FinestConv`) reads z_hat_<L, the sum of the clip's
+A small 3D CNN (`generator.finest_conv.FinestConv`, predicting GROUP_BITS bits) reads z_hat_<L, the sum of the clip's
 own levels 0..L-2 on the finest grid (what the generator reads at its finest step), plus the mean of the
 caption's text states, and predicts the finest level's first bit group. It trains on the token cache
 `--cache` (Shapes: the clips are rebuilt from the cache's settings), each token weighted 1 at the
@@ -36,12 +36,6 @@ GROUP_BITS = 8  # the first group: LaPQ's bits_per_group of the tokenizers shipp
 BACKGROUND_WEIGHT = 0.1
 
 
-def EdgeProbe(channels: int, text_dim: int) -> FinestConv:
-    """The probe: `FinestConv` (width 64, 4 blocks; what `finest_head="conv"` draws the finest level with)
-    predicting the first group's GROUP_BITS bits only."""
-    return FinestConv(channels, text_dim, GROUP_BITS)
-
-
 def probe_batch(data: TokenCacheDataset, quantizer, rows: list[int]):
     """z_hat_<L (b, c, t, h, w), the text (b, s, text_dim) and its mask (b, s), the finest first-group bits
     (b, t, h, w, GROUP_BITS)."""
@@ -69,7 +63,7 @@ def train_probe(cache: Path, steps: int, batch_size: int = 16, seed: int = 0) ->
     z_hat, text, _ = probe_batch(data, quantizer, [0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = EdgeProbe(z_hat.shape[1], text[0].shape[-1])
+        probe = FinestConv(z_hat.shape[1], text[0].shape[-1], GROUP_BITS)  # width 64, 4 blocks
     opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=0.01)
     order = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(steps), desc="edge probe"):

@@ -20,13 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def pooled_text(text_states: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
-    """(b, s, d_text) and its (b, s) mask (None: all valid) -> (b, d_text), the mean of the valid states."""
-    if text_mask is None:
-        return text_states.mean(1)
-    weights = text_mask.to(text_states.dtype)[..., None]  # (b, s, 1)
-    return (text_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+from pyratok.null_text import mean_text
 
 
 class FinestConv(nn.Module):
@@ -46,7 +40,7 @@ class FinestConv(nn.Module):
         if z_hat.dim() != 5 or z_hat.shape[1] != self.inp.in_channels:
             raise ValueError(f"the finest level's input must be (b, {self.inp.in_channels}, t, h, w), "
                              f"got {tuple(z_hat.shape)}")
-        text = pooled_text(text_states.to(self.film.weight.dtype), text_mask)  # (b, d_text)
+        text = mean_text(text_states.to(self.film.weight.dtype), text_mask)  # (b, d_text)
         scale, shift = self.film(text)[:, :, None, None, None].chunk(2, dim=1)  # (b, d, 1, 1, 1) each
         x = self.inp(z_hat.to(self.inp.weight.dtype)) * (1 + scale) + shift  # (b, d, t, h, w)
         for block in self.blocks:

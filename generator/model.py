@@ -113,8 +113,7 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no cache."""
         if self.finest_conv is not None and step == self.config.num_levels - 1:
             if cache.levels_done != step:
-                raise ValueError(f"cache holds {cache.levels_done} level(s); the finest level {step} comes after "
-                                 f"{step}")
+                raise ValueError(f"cache holds {cache.levels_done} level(s); the finest level needs {step}")
             return self.finest_conv(step_input, text_states, text_mask)
         return self.transformer.forward_level(step, step_input, text_states, text_mask, cache)
 

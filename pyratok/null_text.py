@@ -24,6 +24,12 @@ def full_mask(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return mask.to(states.device).bool()
 
 
+def mean_text(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(b, s, d) and its (b, s) mask (None: all valid) -> (b, d), the mean of each row's valid states."""
+    weights = full_mask(states, mask).to(states.dtype)[..., None]  # (b, s, 1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 def null_text_like(null: torch.Tensor, batch: int, seq_len: int = 1, device=None):
     """The null text (n_null, d) padded to max(seq_len, n_null): states (b, s, d), mask (b, s) bool."""
     n_null, d = null.shape

