@@ -81,6 +81,8 @@ class GeneratorTrainLoop(TrainConfig):
     grow_from_init: bool = False  # init_from may be smaller (fewer finest passes, fewer blocks): load_saved_weights
     contrast_weight: float = 0.0  # caption-contrastive term (generator.contrast); needs a cache with swapped captions
     contrast_tau: float = 0.01  # its temperature, in nats per bit of a clip's likelihood ratio
+    finest_edge_share: float = 0.0  # > 0: the finest level's loss weighs 1 on each clip's share of tokens where the
+    finest_flat_weight: float = 1.0  # coarser levels change most, this elsewhere (objective.finest_edge_weights)
 
     def __post_init__(self):
         super().__post_init__()
@@ -91,6 +93,10 @@ class GeneratorTrainLoop(TrainConfig):
             raise ValueError(f"train.contrast_weight must be a finite number >= 0, got {self.contrast_weight}")
         if not (math.isfinite(self.contrast_tau) and self.contrast_tau > 0):
             raise ValueError(f"train.contrast_tau must be a finite number > 0, got {self.contrast_tau}")
+        if not 0.0 <= self.finest_edge_share <= 1.0:
+            raise ValueError(f"train.finest_edge_share must be in [0, 1], got {self.finest_edge_share}")
+        if not 0.0 <= self.finest_flat_weight <= 1.0:
+            raise ValueError(f"train.finest_flat_weight must be in [0, 1], got {self.finest_flat_weight}")
 
 
 @dataclass

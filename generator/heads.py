@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from pyratok.nextscale import bitwise_loss
+from pyratok.nextscale.loss import check_token_weights, weighted_sum
 
 HEADS = ("bits", "group_codes", "group_codes_sequential")
 
@@ -97,41 +98,43 @@ class GroupCodeHead(nn.Module):
         return codes_to_bits(codes, self.group_bits)
 
 
-def group_code_loss(logits: list[torch.Tensor], bits: list[torch.Tensor]):
+def group_code_loss(logits: list[torch.Tensor], bits: list[torch.Tensor], token_weights=None):
     """Cross-entropy of code logits (b, t, h, w, g, v) against the codes of bits (b, t, h, w, k).
 
     Reported per bit (a code's nats over its group_bits bits), so it reads like `bitwise_loss`: every
-    token counts once. Returns (loss, stats): loss/level{l}, bit_acc/level{l} (the likeliest code's bits),
-    bit_acc, code_acc.
+    token counts once (or as its weight: token_weights, as in `bitwise_loss`). Returns (loss, stats):
+    loss/level{l}, bit_acc/level{l} (the likeliest code's bits), bit_acc, code_acc.
     """
     if len(logits) != len(bits):
         raise ValueError(f"got logits for {len(logits)} levels but bits for {len(bits)}")
+    token_weights = check_token_weights(token_weights, bits)
     sums, counts, stats, bit_hits, code_hits, n_codes = [], [], {}, 0.0, 0.0, 0
-    for level, (lg, b) in enumerate(zip(logits, bits)):
+    for level, (lg, b, w) in enumerate(zip(logits, bits, token_weights)):
         groups, v = lg.shape[-2:]
         group_bits = v.bit_length() - 1
         if lg.shape[:-2] != b.shape[:-1] or groups * group_bits != b.shape[-1]:
             raise ValueError(f"level {level}: code logits {tuple(lg.shape)} do not match bits {tuple(b.shape)}")
         codes = bits_to_codes(b, group_bits)  # (b, t, h, w, g)
-        loss_sum = F.cross_entropy(lg.flatten(0, -2).float(), codes.flatten(), reduction="sum")
+        per_code = F.cross_entropy(lg.flatten(0, -2).float(), codes.flatten(), reduction="none").view(codes.shape)
         best = lg.detach().argmax(-1)
         hits = (codes_to_bits(best, group_bits) == (b > 0).float() * 2 - 1).float().sum()
+        loss_sum, code_count = weighted_sum(per_code, w)
         sums.append(loss_sum)
-        counts.append(b.numel())
+        counts.append(code_count * group_bits)
         bit_hits, code_hits, n_codes = bit_hits + hits, code_hits + (best == codes).float().sum(), n_codes + codes.numel()
-        stats[f"loss/level{level}"] = loss_sum.detach() / b.numel()  # nats per bit
+        stats[f"loss/level{level}"] = per_code.detach().sum() / b.numel()  # nats per bit
         stats[f"bit_acc/level{level}"] = hits / b.numel()
-    stats["bit_acc"] = bit_hits / sum(counts)
+    stats["bit_acc"] = bit_hits / sum(b.numel() for b in bits)
     stats["code_acc"] = code_hits / n_codes
     return sum(sums) / sum(counts), stats
 
 
-def head_loss(logits: list[torch.Tensor], bits: list[torch.Tensor]):
+def head_loss(logits: list[torch.Tensor], bits: list[torch.Tensor], token_weights=None):
     """The loss of whichever head made `logits`: code logits (b, t, h, w, g, v) -> `group_code_loss`,
-    bit logits (b, t, h, w, k) -> `bitwise_loss` (every token counts once in both)."""
+    bit logits (b, t, h, w, k) -> `bitwise_loss` (every token counts once in both, or as its token weight)."""
     if logits and logits[0].dim() == bits[0].dim() + 1:
-        return group_code_loss(logits, bits)
-    return bitwise_loss(logits, bits)
+        return group_code_loss(logits, bits, token_weights)
+    return bitwise_loss(logits, bits, token_weights=token_weights)
 
 
 def clip_nats(logits: list[torch.Tensor], bits: list[torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,7 @@ Letters: b - batch, t/h/w - a level's grid, k - bits, c - latent channels.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .contrast import contrast_loss
 from .heads import clip_nats, head_loss
@@ -44,11 +45,34 @@ def teacher_forcing_inputs(quantizer, bits: list[torch.Tensor], latent_grid, fli
     return teacher_forcing_steps(quantizer, quantizer.level_inputs(bits, tuple(latent_grid)), bits[-1], passes)
 
 
+@torch.no_grad()
+def finest_edge_weights(z_hat: torch.Tensor, edge_share: float, flat_weight: float) -> torch.Tensor:
+    """Loss weights (b, t, h, w) of the finest level's tokens: 1 at each clip's `edge_share` of tokens where
+    the coarser levels change most, `flat_weight` elsewhere.
+
+    z_hat: z_hat_<L (b, c, t, h, w) on the finest grid. A token's change is the largest, over its 3x3
+    neighbourhood, of the summed absolute differences to the next token across and down: the coarse levels
+    blur an edge over a few tokens, and the finest level draws where inside them it runs. The share is a
+    per-clip quantile, so it needs no threshold in latent units and holds for any clip; tokens where nothing
+    changes are never edges.
+    """
+    if not 0.0 < edge_share <= 1.0:
+        raise ValueError(f"edge_share must be in (0, 1], got {edge_share}")
+    across = F.pad((z_hat[..., :, 1:] - z_hat[..., :, :-1]).abs(), (0, 1))  # (b, c, t, h, w)
+    down = F.pad((z_hat[..., 1:, :] - z_hat[..., :-1, :]).abs(), (0, 0, 0, 1))
+    change = F.max_pool3d((across + down).sum(1, keepdim=True), (1, 3, 3), 1, (0, 1, 1))[:, 0]  # (b, t, h, w)
+    cut = change.flatten(1).float().quantile(1.0 - edge_share, dim=1).view(-1, 1, 1, 1)
+    edge = (change >= cut) & (change > 0)  # a clip with fewer changing tokens than the share: just those
+    return torch.where(edge, 1.0, flat_weight).to(z_hat.dtype)
+
+
 def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cfg_dropout: float = 0.1,
                    self_correction_prob: float = 0.0, passes: int = 1, contrast_weight: float = 0.0,
-                   contrast_tau: float = 0.01):
+                   contrast_tau: float = 0.01, finest_edge_share: float = 0.0, finest_flat_weight: float = 1.0):
     """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate);
-    `passes`: the model's finest_passes.
+    `passes`: the model's finest_passes. finest_edge_share > 0: the finest level's tokens weigh 1 where the
+    clean coarser levels change most and finest_flat_weight elsewhere (`finest_edge_weights`); stats stay
+    unweighted.
 
     batch: bits (list of (b, t_l, h_l, w_l, k) in {-1, +1}), text_states (b, s, d) or None,
     text_mask (b, s) or None, latent_grid (t, h, w); with contrast_weight > 0 also negative_text_states /
@@ -60,7 +84,11 @@ def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cf
     inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator, passes)
     drop = torch.rand(b, generator=generator, device=generator.device).to(bits[0].device) < cfg_dropout
     logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits)
-    loss, stats = head_loss(logits, bits)
+    weights = None
+    if finest_edge_share > 0:
+        z_hat = quantizer.level_inputs(bits, tuple(batch["latent_grid"]))[-1]  # clean z_hat_<L, (b, c, t, h, w)
+        weights = [None] * (len(bits) - 1) + [finest_edge_weights(z_hat, finest_edge_share, finest_flat_weight)]
+    loss, stats = head_loss(logits, bits, weights)
     if contrast_weight > 0:
         if batch.get("negative_text_states") is None:
             raise ValueError("contrast_weight > 0 needs swapped captions in the batch (negative_text_states): "

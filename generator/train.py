@@ -105,7 +105,8 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
         if sp is not None:  # the group's batch, and the micro-batch generator of its data rank
             batch, rng = sp.share(batch), micro_batch_rng(tc.seed, trainer.micro - 1, sp.data_rank)
         loss, logs = generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob,
-                                    cfg.model.finest_passes, tc.contrast_weight, tc.contrast_tau)
+                                    cfg.model.finest_passes, tc.contrast_weight, tc.contrast_tau,
+                                    tc.finest_edge_share, tc.finest_flat_weight)
         return (loss, logs) if sp is None else (loss * sp.loss_scale, {**logs, "loss": loss.detach()})
 
     step = trainer.fit(loss_fn)
