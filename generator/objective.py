@@ -71,8 +71,8 @@ def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cf
                    contrast_tau: float = 0.01, finest_edge_share: float = 0.0, finest_flat_weight: float = 1.0):
     """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate);
     `passes`: the model's finest_passes. finest_edge_share > 0: the finest level's tokens weigh 1 where the
-    clean coarser levels change most and finest_flat_weight elsewhere (`finest_edge_weights`); stats stay
-    unweighted.
+    coarser levels its step reads (z_hat_<L) change most and finest_flat_weight elsewhere
+    (`finest_edge_weights`); stats stay unweighted.
 
     batch: bits (list of (b, t_l, h_l, w_l, k) in {-1, +1}), text_states (b, s, d) or None,
     text_mask (b, s) or None, latent_grid (t, h, w); with contrast_weight > 0 also negative_text_states /
@@ -86,7 +86,7 @@ def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cf
     logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits)
     weights = None
     if finest_edge_share > 0:
-        z_hat = quantizer.level_inputs(bits, tuple(batch["latent_grid"]))[-1]  # clean z_hat_<L, (b, c, t, h, w)
+        z_hat = inputs[len(bits) - 1][:, :quantizer.config.latent_channels]  # finest step z_hat_<L (b, c, t, h, w)
         weights = [None] * (len(bits) - 1) + [finest_edge_weights(z_hat, finest_edge_share, finest_flat_weight)]
     loss, stats = head_loss(logits, bits, weights)
     if contrast_weight > 0:
