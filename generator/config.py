@@ -27,7 +27,8 @@ class GeneratorConfig(NextScaleConfig):
 
     finest_head: "transformer" - the transformer draws every level; "conv" - it draws levels 0..L-2 and a
     3D CNN of `finest_conv_width` channels and `finest_conv_blocks` residual blocks draws the finest
-    level from z_hat_<L and the caption (generator.finest_conv; bitwise, one pass).
+    level from z_hat_<L and the caption (generator.finest_conv; bitwise, one pass); with
+    `finest_conv_features` it also reads the hidden states of the transformer's last step (level L-2).
     """
 
     num_null_tokens: int = 1
@@ -38,6 +39,7 @@ class GeneratorConfig(NextScaleConfig):
     finest_head: str = "transformer"
     finest_conv_width: int = 64  # finest_head "conv": channels (a multiple of 8: GroupNorm's groups)
     finest_conv_blocks: int = 4  # finest_head "conv": residual blocks of two 3x3x3 convolutions
+    finest_conv_features: bool = False  # finest_head "conv": it also reads the transformer's last-step features
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,6 +57,8 @@ class GeneratorConfig(NextScaleConfig):
                 raise ValueError(f"head_hidden must be >= 1, got {self.head_hidden}")
         if self.finest_head not in FINEST_HEADS:
             raise ValueError(f"finest_head must be one of {FINEST_HEADS}, got {self.finest_head!r}")
+        if self.finest_conv_features and self.finest_head != "conv":
+            raise ValueError(f"finest_conv_features=True needs finest_head='conv', got {self.finest_head!r}")
         if self.finest_head == "conv":
             if self.head != "bits" or self.finest_passes != 1 or self.num_levels < 2:
                 raise ValueError(f"finest_head='conv' needs head='bits', finest_passes=1 and num_levels >= 2, got "

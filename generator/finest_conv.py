@@ -12,7 +12,12 @@ learned null text included, so classifier-free guidance acts on this step as on 
 Trained as a generator's finest step on Shapes (README, "The finest level drawn by a convolution") it pays
 0.378 at the boundary but more than the transformer in the background, where the whole clip and the text
 in every block help: the coarse levels gain, the drawn shapes do not.
-Letters: b - batch, c - latent channels, t/h/w - the finest grid, d - width, s - text length, k - bits.
+With `features` (`GeneratorConfig.finest_conv_features`) it also reads the transformer's last step: the
+hidden states that drew level L-2, which attended to the whole clip and to every text token in every
+block, resampled to the finest grid and added to the first convolution's output through a 1x1
+convolution that starts at zero (a saved conv generator without it loads and computes what it did).
+Letters: b - batch, c - latent channels, t/h/w - the finest grid, d - width, s - text length, k - bits,
+e - the transformer's width, t2/h2/w2 - level L-2's grid.
 """
 from __future__ import annotations
 
@@ -21,14 +26,40 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pyratok.null_text import mean_text
+from pyratok.pyramid import resample
+
+
+class FeatureInput(nn.Module):
+    """(b, t2, h2, w2, e) transformer features -> (b, d, t, h, w) on the finest grid: resampled, then a 1x1
+    convolution, zero at the start."""
+
+    def __init__(self, feature_dim: int, width: int):
+        super().__init__()
+        self.proj = nn.Conv3d(feature_dim, width, 1)
+        self.start_as_identity()
+
+    def start_as_identity(self) -> None:
+        """Zero the projection: the conv computes what it did without the features until trained."""
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, features: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        if features.dim() != 5 or features.shape[-1] != self.proj.in_channels:
+            raise ValueError(f"the transformer features must be (b, t2, h2, w2, {self.proj.in_channels}), "
+                             f"got {tuple(features.shape)}")
+        x = features.permute(0, 4, 1, 2, 3).to(self.proj.weight.dtype)  # (b, e, t2, h2, w2)
+        return self.proj(resample(x, grid))  # (b, d, t, h, w)
 
 
 class FinestConv(nn.Module):
-    """(b, c, t, h, w) z_hat_<L and the text (b, s, d_text) + mask -> (b, t, h, w, k) bit logits."""
+    """(b, c, t, h, w) z_hat_<L and the text (b, s, d_text) + mask [+ the transformer's last-step features
+    (b, t2, h2, w2, e)] -> (b, t, h, w, k) bit logits."""
 
-    def __init__(self, channels: int, text_dim: int, num_bits: int, width: int = 64, blocks: int = 4):
+    def __init__(self, channels: int, text_dim: int, num_bits: int, width: int = 64, blocks: int = 4,
+                 feature_dim: int = 0):
         super().__init__()
         self.inp = nn.Conv3d(channels, width, 3, padding=1)
+        self.features = FeatureInput(feature_dim, width) if feature_dim else None
         self.film = nn.Linear(text_dim, 2 * width)  # the caption scales and shifts every channel
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.GroupNorm(8, width), nn.GELU(), nn.Conv3d(width, width, 3, padding=1), nn.GELU(),
@@ -36,13 +67,20 @@ class FinestConv(nn.Module):
             for _ in range(blocks))
         self.out = nn.Conv3d(width, num_bits, 1)
 
-    def forward(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None = None):
+    def forward(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None):
         if z_hat.dim() != 5 or z_hat.shape[1] != self.inp.in_channels:
             raise ValueError(f"the finest level's input must be (b, {self.inp.in_channels}, t, h, w), "
                              f"got {tuple(z_hat.shape)}")
+        if (features is None) != (self.features is None):
+            raise ValueError(f"this FinestConv {'reads' if self.features is not None else 'takes no'} transformer "
+                             f"features, got {None if features is None else tuple(features.shape)}")
         text = mean_text(text_states.to(self.film.weight.dtype), text_mask)  # (b, d_text)
         scale, shift = self.film(text)[:, :, None, None, None].chunk(2, dim=1)  # (b, d, 1, 1, 1) each
-        x = self.inp(z_hat.to(self.inp.weight.dtype)) * (1 + scale) + shift  # (b, d, t, h, w)
+        x = self.inp(z_hat.to(self.inp.weight.dtype))  # (b, d, t, h, w)
+        if features is not None:
+            x = x + self.features(features, tuple(z_hat.shape[-3:]))
+        x = x * (1 + scale) + shift
         for block in self.blocks:
             x = x + block(x)
         return self.out(F.gelu(x)).permute(0, 2, 3, 4, 1)  # (b, t, h, w, k)

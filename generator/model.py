@@ -51,7 +51,7 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
                  "latent_channels": input_channels(cfg.latent_channels, cfg.finest_passes)}
         self.transformer = NextScaleTransformer(NextScaleConfig(**{**{k: getattr(cfg, k) for k in names}, **steps}))
         self.finest_conv = FinestConv(cfg.latent_channels, cfg.text_dim, cfg.num_bits, cfg.finest_conv_width,
-                                      cfg.finest_conv_blocks) if conv else None
+                                      cfg.finest_conv_blocks, cfg.width if cfg.finest_conv_features else 0) if conv else None
         self.null_text = nn.Parameter(torch.randn(cfg.num_null_tokens, cfg.text_dim) * 0.02)  # (n_null, d)
         self.code_head = None
         if cfg.head != "bits":  # the transformer's last linear then gives each token's features, not bit logits
@@ -95,9 +95,13 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         finest = None
         if self.finest_conv is not None and len(level_inputs) == self.config.num_levels:
             *level_inputs, finest = level_inputs
-        out = self.transformer(level_inputs, text_states, text_mask, **kwargs)
+        features = None
+        if finest is not None and self.config.finest_conv_features:
+            out, features = self.transformer(level_inputs, text_states, text_mask, return_features=True, **kwargs)
+        else:
+            out = self.transformer(level_inputs, text_states, text_mask, **kwargs)
         if finest is not None:
-            out = out + [self.finest_conv(finest, text_states, text_mask)]
+            out = out + [self.finest_conv(finest, text_states, text_mask, features)]
         if per_level:
             out = merge_passes(out, self.config.num_levels)
         if self.code_head is None or target_bits is None:
@@ -110,11 +114,17 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
 
     def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache):
         """One step's output with the cache (a level's, or a pass of the finest level: generator.passes).
-        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no cache."""
-        if self.finest_conv is not None and step == self.config.num_levels - 1:
+        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no keys; with
+        finest_conv_features the cache keeps the transformer's last-step features for it."""
+        last = self.config.num_levels - 1
+        if self.finest_conv is not None and step == last:
             if cache.levels_done != step:
                 raise ValueError(f"cache holds {cache.levels_done} level(s); the finest level needs {step}")
-            return self.finest_conv(step_input, text_states, text_mask)
+            return self.finest_conv(step_input, text_states, text_mask, cache.features)
+        if self.finest_conv is not None and self.config.finest_conv_features and step == last - 1:
+            logits, cache.features = self.transformer.forward_level(step, step_input, text_states, text_mask, cache,
+                                                                    return_features=True)
+            return logits
         return self.transformer.forward_level(step, step_input, text_states, text_mask, cache)
 
     def generate(self, quantizer, prompt_embeds, prompt_mask, latent_grid, **kwargs):

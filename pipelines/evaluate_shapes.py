@@ -87,12 +87,17 @@ def _object_record(row: dict) -> dict:
 
 def _two_object_accuracies(records: list[dict]) -> dict:
     """both_right (SHAPES.md: both present, right shape and motion; also as all_acc), both_colour_shape_right,
-    per-object rates of colour (present), shape and motion, found_rate (both colours show at all)."""
+    per-object rates of colour (present), shape and motion, found_rate (both colours show at all), and
+    motion_of_other: of the objects whose motion differs from the other object's, the share drawn with the
+    other's (a binding error: the motion given to the wrong object)."""
     n, objects = len(records), [o for r in records for o in r["objects"]]
     acc = {f"{a}_acc": sum(bool(o[f"{a}_ok"]) for o in objects) / len(objects) for a in ATTRIBUTES}
     acc["both_right"] = acc["all_acc"] = sum(r["both_right"] for r in records) / n
     acc["both_colour_shape_right"] = sum(r["both_colour_shape_right"] for r in records) / n
     acc["found_rate"] = sum(all(o["judged"]["frames"] for o in r["objects"]) for r in records) / n
+    differ = [(mine, other) for r in records for mine, other in zip(r["objects"], r["objects"][::-1])
+              if None not in (mine["motion"], other["motion"]) and mine["motion"] != other["motion"]]
+    acc["motion_of_other"] = sum(mine["judged"]["motion"] == other["motion"] for mine, other in differ) / max(len(differ), 1)
     return {**acc, "num_videos": n, "num_prompts": len({r["prompt"] for r in records})}
 
 
@@ -110,7 +115,7 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
 
     Returns {"splits": {split: accuracies}, "chance": ..., "videos": [per-video records]}; with `out_dir`,
     writes `{split}_sheet.png` (one row per prompt, its first seed, at most 24 rows). The "two_object"
-    category reports both_right (= all_acc), both_colour_shape_right and per-object rates.
+    category reports both_right (= all_acc), both_colour_shape_right, per-object rates and motion_of_other.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")

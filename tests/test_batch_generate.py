@@ -285,10 +285,11 @@ def test_evaluate_shapes(model_dir, tmp_path, capsys):
 
 
 class ShapesOracle:
-    """A stand-in pipeline that renders the Shapes clip each prompt names, its objects' shapes swapped if asked."""
+    """A stand-in pipeline that renders the Shapes clip each prompt names, its objects' shapes swapped if asked,
+    or the two objects' motions traded (each drawn with the other's)."""
 
-    def __init__(self, swap_shapes: bool = False):
-        self.swap = swap_shapes
+    def __init__(self, swap_shapes: bool = False, trade_motions: bool = False):
+        self.swap, self.trade = swap_shapes, trade_motions
 
     def __call__(self, prompts, generator, output_type, num_frames=17, height=64, width=64):
         assert output_type == "np" and len(generator) == len(prompts)
@@ -297,6 +298,8 @@ class ShapesOracle:
         for text, g in zip(prompts, generator):
             rng = np.random.default_rng(g.initial_seed())
             named = [(c, nxt[s] if self.swap else s, m) for c, s, m in parse_objects(text)]
+            if self.trade:
+                named = [(c, s, m) for (c, s, _), (_, _, m) in zip(named, named[::-1])]
             objects = [sample_object(rng, *o, num_frames, height, width) for o in named]
             clips.append(pixels_to_frames(render_objects(objects, num_frames, height, width)["pixels"]) / 255.0)
         return SimpleNamespace(frames=np.stack(clips))  # (b, f, h, w, 3) in [0, 1]
@@ -319,6 +322,10 @@ def test_evaluate_shapes_two_object_prompts(tmp_path):
     right = evaluate_shapes.evaluate(ShapesOracle(), only_two, num_seeds=1, batch_size=6, out_dir=tmp_path)
     stats = right["splits"]["two_object"]
     assert stats["num_videos"] == 12 and stats["both_right"] >= 0.9 and stats["colour_acc"] >= 0.9
+    assert stats["motion_of_other"] <= 0.1
+    traded = evaluate_shapes.evaluate(ShapesOracle(trade_motions=True), only_two, num_seeds=1, batch_size=6)
+    stats = traded["splits"]["two_object"]  # colour and shape right, each motion the other object's
+    assert stats["both_colour_shape_right"] >= 0.9 and stats["motion_of_other"] >= 0.9 and stats["both_right"] <= 0.1
     assert (tmp_path / "two_object_sheet.png").stat().st_size > 0
     swapped = evaluate_shapes.evaluate(ShapesOracle(swap_shapes=True), only_two, num_seeds=1, batch_size=6)
     assert {v["seed"] for v in evaluate_shapes.evaluate(ShapesOracle(), {"two_object": two[:2]}, num_seeds=1,

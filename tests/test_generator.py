@@ -306,11 +306,60 @@ def test_finest_conv_save_load_and_memory_estimate(conv_model, quantizer, tmp_pa
                     generator=torch.Generator().manual_seed(0)).batch_size == 2
 
 
+def conv_with_features(seed=1) -> PyraTokGenerator:
+    model = seeded(seed, PyraTokGenerator, width=32, depth=2, heads=4, finest_head="conv", finest_conv_width=16,
+                   finest_conv_blocks=1, finest_conv_features=True).eval()
+    with torch.no_grad():  # the projection starts at zero; give it weights so that the features act
+        seeded(seed, torch.nn.init.normal_, model.finest_conv.features.proj.weight)
+    return model
+
+
+def test_finest_conv_features_carry_the_transformer_into_the_finest_logits(quantizer):
+    """finest_conv_features: the finest logits change when the transformer does, and the finest loss trains
+    the transformer; without the features neither holds. Cached sampling keeps the features (bit-identical
+    to the uncached pass) and its finest logits are the teacher-forced ones."""
+    latents = torch.randn(2, 8, *LATENT, generator=torch.Generator().manual_seed(3))
+    inputs = teacher_forcing_inputs(quantizer, quantizer(latents).pyramid.bits, LATENT)
+    states, mask = text(2)
+    for reads in (True, False):
+        model = conv_with_features() if reads else seeded(1, PyraTokGenerator, width=32, depth=2, heads=4,
+                                                          finest_head="conv", finest_conv_width=16, finest_conv_blocks=1)
+        finest = model(inputs, states, mask)[-1]
+        finest.square().mean().backward()
+        grads = [p.grad for p in model.transformer.blocks[-1].parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == reads
+        with torch.no_grad():
+            for p in model.transformer.blocks[-1].parameters():
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+            changed = not torch.allclose(model(inputs, states, mask)[-1], finest)
+        assert changed == reads
+    model = conv_with_features()
+    kwargs = dict(guidance_scale=3.0, negative_prompt_embeds=torch.randn(1, 3, 384))
+    cached = generate(model, quantizer, *text(), LATENT, generator=gens([4, 5, 6]), **kwargs)
+    uncached = generate(model, quantizer, *text(), LATENT, use_cache=False, generator=gens([4, 5, 6]), **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(cached.bits, uncached.bits))
+    cache, steps = model.new_cache(), []
+    with torch.no_grad():
+        for step, x in enumerate(inputs):
+            steps.append(model.forward_level(step, x, states, mask, cache))
+        torch.testing.assert_close(steps[-1], model(inputs, states, mask)[-1])
+
+
+def test_finest_conv_features_grow_from_a_saved_conv_generator(conv_model, quantizer, tmp_path):
+    """train.init_from + grow_from_init: the features' projection starts at zero, so the grown model computes
+    the saved conv generator's logits, and the projection gets a gradient (it learns)."""
+    grown = conv_with_features(seed=2)
+    after = grown_logits(conv_model, grown, quantizer, tmp_path / "conv")
+    after[-1].square().mean().backward()
+    assert grown.finest_conv.features.proj.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(finest_head="cnn"), "finest_head must be one of"),
     (dict(finest_head="conv", head="group_codes"), "head='group_codes'"),
     (dict(finest_head="conv", finest_passes=2), "finest_passes=2"),
     (dict(finest_head="conv", finest_conv_width=12), "got 12"),
+    (dict(finest_conv_features=True), "needs finest_head='conv', got 'transformer'"),
 ])
 def test_finest_conv_config_errors_name_the_value(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -20,3 +20,4 @@ class KVCache:
     text_mask: torch.Tensor | None = None  # cross mode: (b, 1, 1, s) bool
     batch: int | None = None
     levels_done: int = 0
+    features: torch.Tensor | None = None  # the last level's hidden states, for a head that reads them (generator)

@@ -90,9 +90,10 @@ class NextScaleTransformer(nn.Module):
             x = x + start
         return x
 
-    def _logits(self, x: torch.Tensor, grid) -> torch.Tensor:
-        logits = self.head(self.norm_out(x))  # (b, n, k)
-        return rearrange(logits, "b (t h w) k -> b t h w k", t=grid[0], h=grid[1], w=grid[2])
+    def _logits(self, x: torch.Tensor, grid, return_features: bool = False):
+        features = self.norm_out(x)  # (b, n, d)
+        logits = _on_grid(self.head(features), grid)  # (b, t, h, w, k)
+        return (logits, _on_grid(features, grid)) if return_features else logits
 
     def _run_blocks(self, x, layout: LevelAttention, text_kv_fn, text_mask, past_fn=None, text=None):
         new_kv = []
@@ -110,11 +111,13 @@ class NextScaleTransformer(nn.Module):
 
     # --- teacher forcing: all levels in one pass ---------------------------------------------
     def forward(self, level_inputs: list[torch.Tensor], text_states=None, text_mask=None,
-                layout: type[LevelAttention] = LevelAttention) -> list[torch.Tensor]:
+                layout: type[LevelAttention] = LevelAttention, return_features: bool = False):
         """level_inputs[l]: (b, c, t_l, h_l, w_l) = z_hat_<l on grid l (l = 0..L'-1, L' <= num_levels).
 
         Returns per level logits (b, t_l, h_l, w_l, k) from ONE block-causal pass. `layout`: the
         attention's visibility rule (`reference.DenseBlockCausal` is the dense-mask reference).
+        With `return_features`, also the last level's normalised hidden states (b, t, h, w, d), what the
+        head reads (for a head of the generator's own, generator.finest_conv).
         """
         if not level_inputs:
             raise ValueError("level_inputs is empty; pass at least level 0")
@@ -134,19 +137,25 @@ class NextScaleTransformer(nn.Module):
             x, attn = self.sequence_parallel.shard(x, attn)
         # each block projects the text itself, inside its forward (where FSDP has gathered its weights)
         x, _ = self._run_blocks(x, attn, lambda i: None, cross_mask, text=text if self._uses_cross(text) else None)
-        logits = self.head(self.norm_out(x))  # (b, s + n, k)
+        features = self.norm_out(x)  # (b, s + n, d)
+        logits = self.head(features)  # (b, s + n, k)
         if self.sequence_parallel is not None:
             logits = self.sequence_parallel.gather(logits, prefix + sum(sizes))
-        logits = logits[:, prefix:]
-        return [rearrange(chunk, "b (t h w) k -> b t h w k", t=g[0], h=g[1], w=g[2])
-                for chunk, g in zip(logits.split(sizes, dim=1), grids)]
+        logits = [_on_grid(chunk, g) for chunk, g in zip(logits[:, prefix:].split(sizes, dim=1), grids)]
+        if not return_features:
+            return logits
+        if self.sequence_parallel is not None:
+            features = self.sequence_parallel.gather(features, prefix + sum(sizes))
+        return logits, _on_grid(features[:, prefix + sum(sizes[:-1]):], grids[-1])  # (b, t, h, w, d)
 
     # --- incremental decoding: one pass per level, attending to cached keys/values -----------
     def new_cache(self, batch: int | None = None) -> KVCache:
         return KVCache(batch=batch)
 
-    def forward_level(self, level: int, level_input: torch.Tensor, text_states, text_mask, cache: KVCache):
-        """Logits (b, t, h, w, k) of `level`; the cache must hold levels 0..level-1 (level 0: empty)."""
+    def forward_level(self, level: int, level_input: torch.Tensor, text_states, text_mask, cache: KVCache,
+                      return_features: bool = False):
+        """Logits (b, t, h, w, k) of `level`; the cache must hold levels 0..level-1 (level 0: empty).
+        With `return_features`, (logits, the level's normalised hidden states (b, t, h, w, d))."""
         if level != cache.levels_done:
             done = cache.levels_done
             raise ValueError(f"cache holds {done} level(s); the next level must be {done}, got {level}")
@@ -168,7 +177,7 @@ class NextScaleTransformer(nn.Module):
         cache.values = [v for _, v in new_kv]
         cache.key_mask = key_valid
         cache.levels_done += 1
-        return self._logits(x, tuple(level_input.shape[-3:]))
+        return self._logits(x, tuple(level_input.shape[-3:]), return_features)
 
     def _prefill_text(self, text, text_mask, cache: KVCache, b: int, device) -> None:
         cache.key_mask = torch.zeros(b, 0, dtype=torch.bool, device=device)
@@ -181,3 +190,8 @@ class NextScaleTransformer(nn.Module):
             _, kv = self._run_blocks(text + self.text_pos[:s], attn, lambda i: None, None)
             cache.keys, cache.values = [k for k, _ in kv], [v for _, v in kv]
             cache.key_mask = text_mask
+
+
+def _on_grid(x: torch.Tensor, grid) -> torch.Tensor:
+    """(b, t*h*w, c) in raster order -> (b, t, h, w, c)."""
+    return rearrange(x, "b (t h w) c -> b t h w c", t=grid[0], h=grid[1], w=grid[2])
