@@ -8,6 +8,9 @@ word swapped for the next one in the palette / shape list, and with no text; and
 per 8-bit group. A word the generator follows raises the loss when swapped; a word it ignores does not.
 Last, the finest level's per-group loss with the true caption at background, boundary and interior
 tokens (`token_regions`: where a shape's edge runs is decided at the boundary tokens).
+With `--two-objects N`, also the first N two-object clips whose objects move differently, each caption
+written canonically, with the two objects' motions traded, and with no text: a generator that binds each
+motion to its object pays for the trade; one that reads the motions as a bag of words does not.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ from generator.contrast import swap_word  # noqa: E402
 from generator.heads import nats_per_bit  # noqa: E402
 from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
-from pyratok.data.shapes import COLOURS, SHAPES  # noqa: E402
-from pyratok.data.shapes_judge import OBJECT_THRESHOLD  # noqa: E402
+from pyratok.data.shapes import COLOURS, SHAPES, caption_for  # noqa: E402
+from pyratok.data.shapes_judge import OBJECT_THRESHOLD, parse_objects  # noqa: E402
 from pyratok.text_encoder import TextEncoder  # noqa: E402
 
 
@@ -61,18 +64,32 @@ def token_regions(cache_dir: Path, rows: list[int], grid) -> torch.Tensor:
     return (share > 0).long() + (share == 1).long()
 
 
-def shapes_captions(cache_dir: Path, n: int) -> tuple[list[int], list[str]]:
-    """Rows and captions of the first `n` single-object clips, from the Shapes settings the cache records."""
+def shapes_captions(cache_dir: Path, n: int, two_objects: bool = False) -> tuple[list[int], list[str]]:
+    """Rows and captions of the first `n` single-object clips (or two-object ones whose objects move
+    differently), from the Shapes settings the cache records."""
     data = cache_clips(cache_dir)
     rows, captions = [], []
     for i in range(len(data)):
         caption = data[i]["caption"]
-        if " and " not in caption:
+        objects = parse_objects(caption)
+        if (len(objects) == 2 and objects[0][2] != objects[1][2]) if two_objects else len(objects) == 1:
             rows.append(i)
             captions.append(caption)
         if len(rows) == n:
             break
     return rows, captions
+
+
+def canonical(caption: str, trade_motions: bool = False) -> str:
+    """A Shapes caption in the canonical template; with `trade_motions`, each of its two objects moving as
+    the other does: "a red circle moving left and a blue square growing" -> "a red circle growing and a
+    blue square moving left"."""
+    objects = parse_objects(caption)
+    if trade_motions:
+        if len(objects) != 2 or objects[0][2] == objects[1][2]:
+            raise ValueError(f"trading motions needs two objects that move differently, got {caption!r}")
+        objects = [(c, s, m) for (c, s, _), (_, _, m) in zip(objects, objects[::-1])]
+    return " and ".join(caption_for(*o) for o in objects)
 
 
 @torch.no_grad()
@@ -113,9 +130,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, required=True, help="token cache built from Shapes")
     parser.add_argument("--generator", type=Path, required=True, help="generator folder trained on that cache")
     parser.add_argument("--n", type=int, default=64, help="single-object clips")
+    parser.add_argument("--two-objects", type=int, default=0, help="two-object clips whose motions are traded")
     args = parser.parse_args(argv)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.two_objects < 0:
+        raise ValueError(f"--two-objects must be >= 0, got {args.two_objects}")
     data = TokenCacheDataset(args.cache)
     rows, captions = shapes_captions(args.cache, args.n)
     batch = data.collate([data[i] for i in rows])
@@ -130,20 +150,32 @@ def main(argv=None) -> int:
     finest = teacher_forced_logits(model, quantizer, batch, text_encoder, captions)[-1]
     regions = token_regions(args.cache, rows, batch["bits"][-1].shape[1:4])
     by_region = region_losses(finest, batch["bits"][-1], regions)
-    base = [float(l.mean()) for l in losses["true caption"]]
 
     def per_group(nats: torch.Tensor) -> str:  # (k,) -> the mean of each bit group
         return " / ".join(f"{float(g.mean()):.3f}" for g in nats.split(quantizer.config.bits_per_group))
 
+    def report(losses: dict[str, list[torch.Tensor]]) -> None:  # the first variant is the baseline
+        base = [float(l.mean()) for l in next(iter(losses.values()))]
+        for i, (name, per_level) in enumerate(losses.items()):
+            means = [float(l.mean()) for l in per_level]
+            rise = "   rise " + " / ".join(f"{m - b:+.3f}" for m, b in zip(means, base)) if i else ""
+            finest_groups = per_group(per_level[-1])
+            print(f"{name:15s} " + " / ".join(f"{m:.3f}" for m in means) + rise + f"   finest, per group {finest_groups}")
+
     print(f"{args.generator} on {len(rows)} clips of {args.cache}: nats per bit, levels coarse to fine")
-    for name, per_level in losses.items():
-        means = [float(l.mean()) for l in per_level]
-        rise = "" if name == "true caption" else "   rise " + " / ".join(f"{m - b:+.3f}" for m, b in zip(means, base))
-        finest_groups = per_group(per_level[-1])
-        print(f"{name:15s} " + " / ".join(f"{m:.3f}" for m in means) + rise + f"   finest, per group {finest_groups}")
+    report(losses)
     print("finest level with the true caption, per group, by token:")
     for name, nats in by_region.items():
         print(f"  {name:10s} {int((regions == REGIONS.index(name)).sum()):7d} tokens   {per_group(nats)}")
+    if args.two_objects:
+        rows, captions = shapes_captions(args.cache, args.two_objects, two_objects=True)
+        if not rows:
+            raise ValueError(f"{args.cache} holds no two-object clips whose objects move differently")
+        batch = data.collate([data[i] for i in rows])
+        variants = {"canonical": [canonical(c) for c in captions],
+                    "motions traded": [canonical(c, trade_motions=True) for c in captions], "no text": [""] * len(rows)}
+        print(f"{len(rows)} two-object clips whose objects move differently:")
+        report({name: bit_losses(model, quantizer, batch, text_encoder, caps) for name, caps in variants.items()})
     return 0
 
 

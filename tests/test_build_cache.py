@@ -224,6 +224,36 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     assert "boundary" in printed and "background" in printed
 
 
+def test_word_reliance_trades_the_two_objects_motions(tokenizer_dir, one_process, tmp_path, capsys):
+    from generator import PyraTokGenerator
+    from pyratok.data.shapes_judge import parse_objects
+
+    bench = _word_reliance()
+    two = "a red circle moving left and a blue square growing"
+    assert bench.canonical(two, trade_motions=True) == "a red circle growing and a blue square moving left"
+    assert bench.canonical("a red circle moves to the left") == "a red circle moving left"
+    with pytest.raises(ValueError, match="move differently"):
+        bench.canonical("a red circle moving left and a blue square moving left", trade_motions=True)
+    out = tmp_path / "pairs"
+    small = list(SMALL)
+    small[small.index("--n") + 1] = "3"
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *small, "--two-objects", "6"]) == 0
+    rows, captions = bench.shapes_captions(out, 2, two_objects=True)
+    assert len(rows) == 2 and min(rows) >= 3  # after the single-object clips
+    assert all(len(o) == 2 and o[0][2] != o[1][2] for o in map(parse_objects, captions))
+    torch.manual_seed(0)
+    model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1, heads=2)
+    model.save_pretrained(tmp_path / "generator")
+    assert bench.main(["--cache", str(out), "--generator", str(tmp_path / "generator"), "--n", "2",
+                       "--two-objects", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 two-object clips whose objects move differently" in printed and "motions traded" in printed
+    with pytest.raises(ValueError, match="holds no two-object clips"):
+        bench.main(["--cache", str(one_process), "--generator", str(tmp_path / "generator"), "--two-objects", "1"])
+    with pytest.raises(ValueError, match="got -1"):
+        bench.main(["--cache", str(out), "--generator", str(tmp_path / "generator"), "--two-objects", "-1"])
+
+
 def test_edge_probe_learns_the_finest_first_group_and_reports_on_clips_it_never_saw(one_process, capsys):
     spec = importlib.util.spec_from_file_location("edge_probe", ROOT / "bench" / "edge_probe.py")
     bench = importlib.util.module_from_spec(spec)
