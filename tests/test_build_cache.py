@@ -266,6 +266,10 @@ def test_edge_probe_learns_the_finest_first_group_and_reports_on_clips_it_never_
     after = bench.heldout_nats(bench.train_probe(one_process, steps=40), one_process, 5)
     assert set(before) == set(after) and "background" in after
     assert sum(after.values()) < sum(before.values()) - 0.05, (before, after)  # it learns (here on its own clips)
+    whole = bench.train_probe(one_process, steps=0, bits=16)  # every finest bit learned, the first group reported
+    assert whole.out.out_channels == 16 and set(bench.heldout_nats(whole, one_process, 5)) == set(before)
+    with pytest.raises(ValueError, match=r"--bits must be in \[8, 16\].*got 17"):
+        bench.train_probe(one_process, steps=0, bits=17)
     twin = one_process.parent / "twin"  # the same clips under another name: main runs end to end
     shutil.copytree(one_process, twin)
     assert bench.main(["--cache", str(one_process), "--heldout", str(twin), "--steps", "2", "--n", "3"]) == 0
