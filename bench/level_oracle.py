@@ -54,6 +54,8 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
         video = torch.stack([x["video"] for x in chunk])
         text = text_encoder([x["caption"] for x in chunk])
         pyramid = tokenizer.encode(video, text.hidden_states, text.attention_mask)
+        if model.config.get("phrase_tokens", False):  # the generator reads the phrase vectors too
+            text = text_encoder([x["caption"] for x in chunk], phrases=True)
         for keep in range(num_levels + 1):
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, text.hidden_states, text.attention_mask,

@@ -10,7 +10,9 @@ Last, the finest level's per-group loss with the true caption at background, bou
 tokens (`token_regions`: where a shape's edge runs is decided at the boundary tokens).
 With `--two-objects N`, also the first N two-object clips whose objects move differently, each caption
 written canonically, with the two objects' motions traded, and with no text: a generator that binds each
-motion to its object pays for the trade; one that reads the motions as a bag of words does not.
+motion to its object pays for the trade; one that reads the motions as a bag of words does not. A generator
+with `model.phrase_tokens` is also given the canonical captions with its phrase vectors masked out: one that
+reads them pays for that.
 """
 from __future__ import annotations
 
@@ -105,17 +107,22 @@ def check_captions(batch: dict, text_encoder, captions: list[str]) -> None:
 
 
 @torch.no_grad()
-def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[str]) -> list[torch.Tensor]:
-    """Per level, the head's logits (bits or codes) given the true coarser levels and `captions` ("" for none)."""
-    text = text_encoder(captions)
+def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[str],
+                          hide_phrases: bool = False) -> list[torch.Tensor]:
+    """Per level, the head's logits (bits or codes) given the true coarser levels and `captions` ("" for none);
+    a generator with `phrase_tokens` reads the phrase vectors too, unless `hide_phrases` masks them out."""
+    text = text_encoder(captions, phrases=model.config.get("phrase_tokens", False))
+    mask = text.attention_mask.clone()
+    if hide_phrases:
+        mask[:, text_encoder(captions).attention_mask.shape[1]:] = False  # the caption's tokens come first
     inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"], passes=model.config.finest_passes)
     keep = torch.zeros(len(captions), dtype=torch.bool)
-    return model(inputs, text.hidden_states.float(), text.attention_mask, drop_text=keep, target_bits=batch["bits"])
+    return model(inputs, text.hidden_states.float(), mask, drop_text=keep, target_bits=batch["bits"])
 
 
-def bit_losses(model, quantizer, batch, text_encoder, captions: list[str]) -> list[torch.Tensor]:
+def bit_losses(model, quantizer, batch, text_encoder, captions: list[str], hide_phrases: bool = False):
     """Per level, the mean cross-entropy of each bit (k,) given `captions` ("" for none)."""
-    logits = teacher_forced_logits(model, quantizer, batch, text_encoder, captions)
+    logits = teacher_forced_logits(model, quantizer, batch, text_encoder, captions, hide_phrases)
     return [nats_per_bit(lg, b) for lg, b in zip(logits, batch["bits"])]
 
 
@@ -175,7 +182,10 @@ def main(argv=None) -> int:
         variants = {"canonical": [canonical(c) for c in captions],
                     "motions traded": [canonical(c, trade_motions=True) for c in captions], "no text": [""] * len(rows)}
         print(f"{len(rows)} two-object clips whose objects move differently:")
-        report({name: bit_losses(model, quantizer, batch, text_encoder, caps) for name, caps in variants.items()})
+        losses = {name: bit_losses(model, quantizer, batch, text_encoder, caps) for name, caps in variants.items()}
+        if model.config.get("phrase_tokens", False):  # the same captions with the phrase vectors masked out
+            losses["phrases hidden"] = bit_losses(model, quantizer, batch, text_encoder, variants["canonical"], True)
+        report(losses)
     return 0
 
 

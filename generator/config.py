@@ -29,6 +29,10 @@ class GeneratorConfig(NextScaleConfig):
     3D CNN of `finest_conv_width` channels and `finest_conv_blocks` residual blocks draws the finest
     level from z_hat_<L and the caption (generator.finest_conv; bitwise, one pass); with
     `finest_conv_features` it also reads the hidden states of the transformer's last step (level L-2).
+
+    phrase_tokens: each phrase of the caption ("a red circle moving left", "a blue square moving up": split
+    at "and") encoded on its own and appended as one more text token (`TextEncoder.phrases`), so that an
+    object's colour, shape and motion reach the generator bound in one vector; needs text_mode "cross".
     """
 
     num_null_tokens: int = 1
@@ -40,6 +44,7 @@ class GeneratorConfig(NextScaleConfig):
     finest_conv_width: int = 64  # finest_head "conv": channels (a multiple of 8: GroupNorm's groups)
     finest_conv_blocks: int = 4  # finest_head "conv": residual blocks of two 3x3x3 convolutions
     finest_conv_features: bool = False  # finest_head "conv": it also reads the transformer's last-step features
+    phrase_tokens: bool = False  # the text is the caption's token states, then one vector per phrase (see below)
 
     def __post_init__(self):
         super().__post_init__()
@@ -57,6 +62,9 @@ class GeneratorConfig(NextScaleConfig):
                 raise ValueError(f"head_hidden must be >= 1, got {self.head_hidden}")
         if self.finest_head not in FINEST_HEADS:
             raise ValueError(f"finest_head must be one of {FINEST_HEADS}, got {self.finest_head!r}")
+        if self.phrase_tokens and self.text_mode != "cross":
+            raise ValueError(f"phrase_tokens=True needs text_mode='cross' (the phrases are keys, not positions), "
+                             f"got {self.text_mode!r}")
         if self.finest_conv_features and self.finest_head != "conv":
             raise ValueError(f"finest_conv_features=True needs finest_head='conv', got {self.finest_head!r}")
         if self.finest_head == "conv":

@@ -3,8 +3,10 @@
 Feeds PyraTok's generator training (next-scale prediction over LaPQ tokens) without running the
 VAE per step; the cache also keeps the LaPQ dequantizer the generator's inputs are built with.
 Layout: index.json, shard_00000.safetensors ... (one clip size per shard; level{l}: (n, t_l, h_l, w_l)
-codebook indices, text_states: (n, s, d), text_mask: (n, s) bool, and in a cache made with swapped captions
-(generator.contrast) negative_text_states / negative_text_mask), quantizer.safetensors + quantizer_config.json.
+codebook indices, text_states: (n, s, d), text_mask: (n, s) bool, the caption's phrase vectors
+phrase_text_states: (n, p, d) / phrase_text_mask: (n, p) (`TextEncoder.phrases`), and in a cache made with
+swapped captions (generator.contrast) negative_text_states / negative_text_mask), quantizer.safetensors +
+quantizer_config.json.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pyratok.config import load_config, save_config
 from pyratok.lapq import LaPQ, LaPQConfig
 from pyratok.null_text import pad_text
 from pyratok.pyramid import TokenPyramid, indices_to_bits
+from pyratok.text_encoder import join_phrases
 
 INDEX, Q_WEIGHTS, Q_CONFIG = "index.json", "quantizer.safetensors", "quantizer_config.json"
 FORMAT_VERSION = 2  # 2: each shard records its latent grid and level grids (caches of several sizes)
@@ -40,15 +43,19 @@ class TokenCacheWriter:
         self.meta: dict | None = None
 
     def add(self, pyramid: TokenPyramid, text_states: torch.Tensor | None = None, text_mask=None,
-            negative_states: torch.Tensor | None = None, negative_mask=None):
+            negative_states: torch.Tensor | None = None, negative_mask=None,
+            phrase_states: torch.Tensor | None = None, phrase_mask=None):
         """pyramid of batch b; text_states (b, s, d), text_mask (b, s) bool or both None; negative_states /
-        negative_mask: the same for the swapped captions (generator.contrast), or None."""
+        negative_mask: the same for the swapped captions (generator.contrast), or None; phrase_states (b, p, d)
+        / phrase_mask (b, p): the captions' phrase vectors, or None."""
         meta = {"num_bits": pyramid.num_bits, "num_levels": len(pyramid.grids), "has_text": text_states is not None,
                 "text_dim": None if text_states is None else int(text_states.shape[-1])}
-        if negative_states is not None:
-            if text_states is None:
-                raise ValueError("swapped captions (negative_states) need the true captions' text_states too")
-            meta["has_negatives"] = True
+        for name, extra in (("has_negatives", negative_states), ("has_phrases", phrase_states)):
+            if extra is not None:
+                if text_states is None:
+                    raise ValueError(f"{name[4:]} (swapped captions or phrase vectors) need the captions' "
+                                     "text_states too")
+                meta[name] = True
         if self.meta is None:
             self.meta = meta
         elif meta != self.meta:
@@ -58,7 +65,8 @@ class TokenCacheWriter:
         indices = [i.cpu() for i in pyramid.indices]  # per level (b, t_l, h_l, w_l)
         for j in range(pyramid.batch_size):
             sample = {f"level{l}": idx[j] for l, idx in enumerate(indices)}
-            for prefix, states, masks in (("", text_states, text_mask), ("negative_", negative_states, negative_mask)):
+            for prefix, states, masks in (("", text_states, text_mask), ("negative_", negative_states, negative_mask),
+                                          ("phrase_", phrase_states, phrase_mask)):
                 if states is not None:
                     mask = torch.ones(states.shape[1], dtype=torch.bool) if masks is None else masks[j].cpu().bool()
                     sample[f"{prefix}text_states"] = states[j].detach().cpu().to(self.text_dtype)
@@ -137,17 +145,19 @@ def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int
         if device is not None:
             videos = videos.to(device)
         prompts, negatives = [p for _, p, _ in batch], [n for _, _, n in batch]
-        states = mask = neg_states = neg_mask = None
+        states = mask = neg_states = neg_mask = phrase_states = phrase_mask = None
         if text_encoder is not None and all(p is not None for p in prompts):
             out = text_encoder(prompts)
             states, mask = out.hidden_states, out.attention_mask
+            if hasattr(text_encoder, "phrases"):
+                phrase_states, phrase_mask = text_encoder.phrases(prompts)
             if any(n is not None for n in negatives):
                 if not all(n is not None for n in negatives):
                     raise ValueError("some samples have a negative_prompt and some do not: give every sample one")
                 neg = text_encoder(negatives)
                 neg_states, neg_mask = neg.hidden_states, neg.attention_mask
         pyramid = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask)
-        writer.add(pyramid.to("cpu"), states, mask, neg_states, neg_mask)
+        writer.add(pyramid.to("cpu"), states, mask, neg_states, neg_mask, phrase_states, phrase_mask)
         bar.update(len(batch))
         batch.clear()
 
@@ -184,9 +194,12 @@ def random_latents(num: int, channels: int, latent_grid, generator: torch.Genera
 
 
 class TokenCacheDataset(Dataset):
-    """Reads a token cache; items are {indices: list of (t_l, h_l, w_l), text_states, text_mask}."""
+    """Reads a token cache; items are {indices: list of (t_l, h_l, w_l), text_states, text_mask}.
 
-    def __init__(self, cache_dir):
+    `phrase_tokens=True` (a generator with `model.phrase_tokens`): each batch's text_states / text_mask are
+    the caption's token states followed by its phrase vectors (`pyratok.text_encoder.join_phrases`)."""
+
+    def __init__(self, cache_dir, phrase_tokens: bool = False):
         self.cache_dir = Path(cache_dir)
         path = self.cache_dir / INDEX
         if not path.is_file():
@@ -197,7 +210,13 @@ class TokenCacheDataset(Dataset):
         self.num_bits, self.num_levels = self.index["num_bits"], self.index["num_levels"]
         self.has_text = self.index["has_text"]
         self.has_negatives = self.index.get("has_negatives", False)  # swapped captions (generator.contrast)
-        self.text_prefixes = ("", "negative_")[:1 + self.has_negatives] if self.has_text else ()  # text_states, ...
+        self.has_phrases = self.index.get("has_phrases", False)  # the captions' phrase vectors
+        prefixes = ("",) + ("negative_",) * self.has_negatives + ("phrase_",) * self.has_phrases
+        self.text_prefixes = prefixes if self.has_text else ()  # text_states, negative_text_states, ...
+        if phrase_tokens and not (self.has_text and self.has_phrases):
+            raise ValueError(f"phrase_tokens=True needs the captions' phrase vectors, but the token cache {path} has "
+                             "none: build it again with generator.build_cache")
+        self.phrase_tokens = phrase_tokens
         self.shard_grids = {s["file"]: (tuple(s.get("latent_grid", self.index.get("latent_grid"))),
                                         [tuple(g) for g in s.get("grids", self.index.get("grids"))])
                             for s in self.index["shards"]}
@@ -232,7 +251,8 @@ class TokenCacheDataset(Dataset):
 
     def collate(self, samples: list[dict]) -> dict:
         """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s)
-        (and the swapped captions' negative_text_states / negative_text_mask when the cache has them).
+        (and the swapped captions' negative_text_states / negative_text_mask, the phrase vectors
+        phrase_text_states / phrase_text_mask, when the cache has them).
         Every sample must have one latent grid (batch with `generator.buckets.GridBucketSampler`)."""
         sizes = sorted({x["latent_grid"] for x in samples})
         if len(sizes) != 1:
@@ -246,6 +266,9 @@ class TokenCacheDataset(Dataset):
             padded = [pad_text(x[states_key][None], x[mask_key][None].bool(), s) for x in samples]
             batch[states_key] = torch.cat([states for states, _ in padded]).float()  # (b, s, d)
             batch[mask_key] = torch.cat([mask for _, mask in padded])  # (b, s)
+        if self.phrase_tokens:  # (b, s + p, d): the tokens, then one vector per phrase
+            phrases = batch.pop("phrase_text_states"), batch.pop("phrase_text_mask")
+            batch["text_states"], batch["text_mask"] = join_phrases(batch["text_states"], batch["text_mask"], *phrases)
         return batch
 
     def load_quantizer(self, device=None) -> LaPQ:

@@ -84,7 +84,10 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
     tc = cfg.train
     trainer = Trainer(tc, "generator", cfg)
     acc = trainer.accelerator
-    dataset = TokenCacheDataset(cfg.data.token_cache_dir)
+    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=cfg.model.phrase_tokens)
+    if tc.contrast_weight > 0 and cfg.model.phrase_tokens:
+        raise ValueError(f"train.contrast_weight={tc.contrast_weight} with model.phrase_tokens: the swapped captions "
+                         "have no phrase vectors in the cache; use one or the other")
     if tc.contrast_weight > 0 and not dataset.has_negatives:
         raise ValueError(f"train.contrast_weight={tc.contrast_weight} needs swapped captions, but the token cache "
                          f"{cfg.data.token_cache_dir} has none: build it with --contrast-words")

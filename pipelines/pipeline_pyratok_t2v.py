@@ -163,20 +163,22 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         device=None,
     ):
         """(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask):
-        text states (b * n, s, d) and bool masks (b * n, s), each prompt's rows repeated n times. Given
+        text states (b * n, s, d) and bool masks (b * n, s), each prompt's rows repeated n times (a transformer
+        with `phrase_tokens`: its token states, then its phrase vectors, `TextEncoder.phrases`). Given
         embeddings are kept (mask: all ones when None); no negative -> None (the transformer's null text)."""
         device = device if device is not None else self._execution_device
         text = None
         if prompt_embeds is None or (negative_prompt is not None and negative_prompt_embeds is None):
             _onload(self.text_encoder)
             text = self.text_encoder_wrapper(max_sequence_length)
+        phrases = bool(self.transformer.config.get("phrase_tokens", False))  # the generator reads phrase vectors
         if prompt_embeds is None:
-            out = text([prompt] if isinstance(prompt, str) else list(prompt))
+            out = text([prompt] if isinstance(prompt, str) else list(prompt), phrases=phrases)
             prompt_embeds, prompt_attention_mask = out.hidden_states, out.attention_mask  # (b, s, d), (b, s)
         count = prompt_embeds.shape[0]
         if negative_prompt is not None and negative_prompt_embeds is None:
             negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
-            out = text(negatives)
+            out = text(negatives, phrases=phrases)
             negative_prompt_embeds, negative_prompt_attention_mask = out.hidden_states, out.attention_mask
         if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] == 1 and count > 1:
             negative_prompt_embeds = negative_prompt_embeds.expand(count, -1, -1)

@@ -139,14 +139,6 @@ def check_levels(levels: Sequence[int] | None, num_levels: int) -> list[int]:
     return chosen
 
 
-def split_phrases(caption: str) -> list[str]:
-    """'a red circle moving left and a blue square growing' -> one phrase per object."""
-    phrases = [p.strip() for p in caption.split(" and ") if p.strip()]
-    if not phrases:
-        raise ValueError(f"caption has no phrase: {caption!r}")
-    return phrases
-
-
 def top_fraction_mean(volume: torch.Tensor, fraction: float) -> torch.Tensor:
     """(..., t, h, w) -> (...): mean of the highest ceil(fraction * h * w) values over all tokens.
 

@@ -30,6 +30,24 @@ _CLIP_TYPES = ("clip", "clip_text_model")
 _PADDINGS = ("longest", "max_length")
 
 
+def split_phrases(caption: str) -> list[str]:
+    """'a red circle moving left and a blue square growing' -> one phrase per object (split at " and ")."""
+    phrases = [p.strip() for p in caption.split(" and ") if p.strip()]
+    if not phrases:
+        raise ValueError(f"caption has no phrase: {caption!r}")
+    return phrases
+
+
+def join_phrases(states, mask, phrase_states, phrase_mask):
+    """A prompt's token states (b, s, d) / mask (b, s) followed by its phrase vectors (b, p, d) / (b, p):
+    (b, s + p, d), (b, s + p). The order carries nothing for a cross-attending reader (a set of keys)."""
+    if phrase_states is None:
+        raise ValueError("phrase vectors are missing: encode the prompts with phrases=True, or build the token "
+                         "cache again (it stores phrase_text_states since the phrase tokens were added)")
+    return (torch.cat([states, phrase_states.to(states.dtype)], dim=1),
+            torch.cat([mask.bool(), phrase_mask.to(mask.device).bool()], dim=1))
+
+
 @dataclass
 class TextEncoderOutput:
     hidden_states: torch.Tensor  # (b, s, d) last hidden states, model dtype
@@ -214,8 +232,29 @@ class TextEncoder:
         mask[:, 0] |= ~mask.any(dim=1)  # a prompt with no tokens still attends to its first position
         return input_ids, mask
 
+    @torch.no_grad()
+    def phrases(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One vector per phrase (`split_phrases`; a blank prompt is one phrase), each phrase encoded on its
+        own: the mean of its tokens' last hidden states, (b, p, d), and a bool mask (b, p), p the most phrases
+        of a prompt. A phrase's vector binds its words ("red", "circle", "left"); the prompt's token states
+        carry which object a word belongs to by word order alone."""
+        parts = [split_phrases(prompt) if prompt.strip() else [prompt] for prompt in self._check_prompts(prompts)]
+        out = self([phrase for phrase_list in parts for phrase in phrase_list])
+        vectors = mean_text(out.hidden_states.float(), out.attention_mask).to(out.hidden_states.dtype)  # (sum p, d)
+        b, p = len(parts), max(len(phrase_list) for phrase_list in parts)
+        states = vectors.new_zeros(b, p, vectors.shape[-1])
+        mask = torch.zeros(b, p, dtype=torch.bool, device=vectors.device)
+        start = 0
+        for i, phrase_list in enumerate(parts):
+            states[i, :len(phrase_list)] = vectors[start:start + len(phrase_list)]
+            mask[i, :len(phrase_list)] = True
+            start += len(phrase_list)
+        return states, mask
+
     @torch.no_grad()  # not inference_mode: outputs may feed trainable layers that save them for backward
-    def __call__(self, prompts: str | list[str]) -> TextEncoderOutput:
+    def __call__(self, prompts: str | list[str], phrases: bool = False) -> TextEncoderOutput:
+        """`phrases=True`: the prompts' phrase vectors (`phrases`) follow their token states, in
+        hidden_states and attention_mask (input_ids and pooled stay the prompts' own)."""
         input_ids, mask = self._tokenize(prompts, stacklevel=5)  # warn -> _tokenize -> here -> no_grad -> user
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         out = self.model(input_ids=input_ids, attention_mask=mask.long())
@@ -226,6 +265,8 @@ class TextEncoder:
             pooled = mean_text(hidden_bsd.float(), mask)
             if self.pooling == "mean_l2":
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        if phrases:
+            hidden_bsd, mask = join_phrases(hidden_bsd, mask, *self.phrases(prompts))
         return TextEncoderOutput(
             hidden_states=hidden_bsd, attention_mask=mask, pooled=pooled.to(hidden_bsd.dtype), input_ids=input_ids
         )

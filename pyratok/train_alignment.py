@@ -36,10 +36,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .alignment import PHRASE_WEIGHT, TOP_FRACTION, multi_positive_nce, split_phrases, top_fraction_mean
+from .alignment import PHRASE_WEIGHT, TOP_FRACTION, multi_positive_nce, top_fraction_mean
 from .config import cli_overrides, config_to_dict, load_config
 from .data.shapes import ShapesDataset
-from .text_encoder import TextEncoder
+from .text_encoder import TextEncoder, split_phrases
 from .tokenizer import PyraTokTokenizer
 from .training import TrainConfig
 from .training.loop import Trainer

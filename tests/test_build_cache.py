@@ -248,6 +248,14 @@ def test_word_reliance_trades_the_two_objects_motions(tokenizer_dir, one_process
                        "--two-objects", "2"]) == 0
     printed = capsys.readouterr().out
     assert "2 two-object clips whose objects move differently" in printed and "motions traded" in printed
+    assert "phrases hidden" not in printed  # a generator without phrase tokens has none to hide
+    torch.manual_seed(0)
+    PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1, heads=2,
+                     phrase_tokens=True).save_pretrained(tmp_path / "phrases")
+    assert bench.main(["--cache", str(out), "--generator", str(tmp_path / "phrases"), "--n", "2",
+                       "--two-objects", "2"]) == 0
+    rows = {line[:15].strip(): line[15:].split("rise")[0] for line in capsys.readouterr().out.splitlines()}
+    assert rows["phrases hidden"] != rows["canonical"], rows  # it reads the phrase vectors
     with pytest.raises(ValueError, match="holds no two-object clips"):
         bench.main(["--cache", str(one_process), "--generator", str(tmp_path / "generator"), "--two-objects", "1"])
     with pytest.raises(ValueError, match="got -1"):

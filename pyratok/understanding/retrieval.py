@@ -17,8 +17,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..alignment import PHRASE_WEIGHT, split_phrases
+from ..alignment import PHRASE_WEIGHT
 from ..pyramid import TokenPyramid
+from ..text_encoder import split_phrases
 from .common import as_video_batch, check_texts, encode_texts, encode_videos
 
 
