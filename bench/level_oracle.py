@@ -27,7 +27,7 @@ from generator import PyraTokGenerator  # noqa: E402
 from generator.sampling import FINEST_DECODES, temperature_per_level  # noqa: E402
 from pyratok.data.shapes import ShapesDataset  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
-from pyratok.text_encoder import TextEncoder  # noqa: E402
+from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -52,13 +52,15 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         video = torch.stack([x["video"] for x in chunk])
-        text = text_encoder([x["caption"] for x in chunk])
+        captions = [x["caption"] for x in chunk]
+        text = text_encoder(captions)
         pyramid = tokenizer.encode(video, text.hidden_states, text.attention_mask)
+        states, mask = text.hidden_states, text.attention_mask
         if model.config.get("phrase_tokens", False):  # the generator reads the phrase vectors too
-            text = text_encoder([x["caption"] for x in chunk], phrases=True)
+            states, mask = join_phrases(states, mask, *text_encoder.phrases(captions))
         for keep in range(num_levels + 1):
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-            sampled = model.generate(tokenizer.quantizer, text.hidden_states, text.attention_mask,
+            sampled = model.generate(tokenizer.quantizer, states, mask,
                                      pyramid.latent_grid, guidance_scale=guidance_scale, generator=gens,
                                      temperature=temperature, finest_decode=finest_decode,
                                      prefix_bits=pyramid.bits[:keep])

@@ -34,7 +34,7 @@ from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
 from pyratok.data.shapes import COLOURS, SHAPES, caption_for  # noqa: E402
 from pyratok.data.shapes_judge import OBJECT_THRESHOLD, parse_objects  # noqa: E402
-from pyratok.text_encoder import TextEncoder  # noqa: E402
+from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
 
 
 REGIONS = ("background", "boundary", "interior")
@@ -111,13 +111,14 @@ def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[
                           hide_phrases: bool = False) -> list[torch.Tensor]:
     """Per level, the head's logits (bits or codes) given the true coarser levels and `captions` ("" for none);
     a generator with `phrase_tokens` reads the phrase vectors too, unless `hide_phrases` masks them out."""
-    text = text_encoder(captions, phrases=model.config.get("phrase_tokens", False))
-    mask = text.attention_mask.clone()
-    if hide_phrases:
-        mask[:, text_encoder(captions).attention_mask.shape[1]:] = False  # the caption's tokens come first
+    text = text_encoder(captions)
+    states, mask = text.hidden_states, text.attention_mask
+    if model.config.get("phrase_tokens", False):
+        phrase_states, phrase_mask = text_encoder.phrases(captions)
+        states, mask = join_phrases(states, mask, phrase_states, phrase_mask & (not hide_phrases))
     inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"], passes=model.config.finest_passes)
     keep = torch.zeros(len(captions), dtype=torch.bool)
-    return model(inputs, text.hidden_states.float(), mask, drop_text=keep, target_bits=batch["bits"])
+    return model(inputs, states.float(), mask, drop_text=keep, target_bits=batch["bits"])
 
 
 def bit_losses(model, quantizer, batch, text_encoder, captions: list[str], hide_phrases: bool = False):

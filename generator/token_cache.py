@@ -50,11 +50,11 @@ class TokenCacheWriter:
         / phrase_mask (b, p): the captions' phrase vectors, or None."""
         meta = {"num_bits": pyramid.num_bits, "num_levels": len(pyramid.grids), "has_text": text_states is not None,
                 "text_dim": None if text_states is None else int(text_states.shape[-1])}
-        for name, extra in (("has_negatives", negative_states), ("has_phrases", phrase_states)):
+        for name, what, extra in (("has_negatives", "swapped captions", negative_states),
+                                  ("has_phrases", "phrase vectors", phrase_states)):
             if extra is not None:
                 if text_states is None:
-                    raise ValueError(f"{name[4:]} (swapped captions or phrase vectors) need the captions' "
-                                     "text_states too")
+                    raise ValueError(f"{what} need the true captions' text_states too")
                 meta[name] = True
         if self.meta is None:
             self.meta = meta
