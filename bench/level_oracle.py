@@ -37,7 +37,8 @@ from finest_bits import decode_keeping  # noqa: E402
 @torch.no_grad()
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
                    seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
-                   finest_decode: str = "sample", finest_bits: int | None = None) -> dict[int, dict[str, float]]:
+                   finest_decode: str = "sample", finest_bits: int | None = None,
+                   finest_conv_passes: int | None = None) -> dict[int, dict[str, float]]:
     """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
     sampled levels are drawn at `temperature`, the finest one decoded as `finest_decode` says
     (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits)."""
@@ -63,6 +64,7 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
             sampled = model.generate(tokenizer.quantizer, states, mask,
                                      pyramid.latent_grid, guidance_scale=guidance_scale, generator=gens,
                                      temperature=temperature, finest_decode=finest_decode,
+                                     finest_conv_passes=finest_conv_passes,
                                      prefix_bits=pyramid.bits[:keep])
             if finest_bits is None:
                 recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
@@ -86,6 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     parser.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                         help="decode the finest level's drawn bits, or each bit's expected value")
+    parser.add_argument("--finest-conv-passes", type=int, default=None,
+                        help="passes of a FinestConv that draws in passes (default: the generator's; 1: one pass)")
     parser.add_argument("--finest-bits", type=int, default=None,
                         help="decode from the first N bits of each finest token only (drawn bits)")
     args = parser.parse_args(argv)
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
     items = [data[i] for i in range(len(data))]
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale,
                             temperature=args.temperature, finest_decode=args.finest_decode,
-                            finest_bits=args.finest_bits)
+                            finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes)
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_scale}, temperature {args.temperature}, "
           f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"

@@ -7,7 +7,9 @@ cross-entropy per level (nats per bit) with the true caption, with the shape wor
 word swapped for the next one in the palette / shape list, and with no text; and at the finest level,
 per 8-bit group. A word the generator follows raises the loss when swapped; a word it ignores does not.
 Last, the finest level's per-group loss with the true caption at background, boundary and interior
-tokens (`token_regions`: where a shape's edge runs is decided at the boundary tokens).
+tokens (`token_regions`: where a shape's edge runs is decided at the boundary tokens). For a generator
+whose FinestConv draws in passes (`model.finest_conv_passes`), the same with a random share of the finest
+bits given (GIVEN_SHARES), over the bits not given: how much the bits drawn first tell the rest.
 With `--two-objects N`, also the first N two-object clips whose objects move differently, each caption
 written canonically, with the two objects' motions traded, and with no text: a generator that binds each
 motion to its object pays for the trade; one that reads the motions as a bag of words does not. A generator
@@ -38,6 +40,7 @@ from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
 
 
 REGIONS = ("background", "boundary", "interior")
+GIVEN_SHARES = (0.25, 0.5, 0.75)
 
 
 def cache_clips(cache_dir: Path):
@@ -108,9 +111,10 @@ def check_captions(batch: dict, text_encoder, captions: list[str]) -> None:
 
 @torch.no_grad()
 def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[str],
-                          hide_phrases: bool = False) -> list[torch.Tensor]:
+                          hide_phrases: bool = False, finest_given=None) -> list[torch.Tensor]:
     """Per level, the head's logits (bits or codes) given the true coarser levels and `captions` ("" for none);
-    a generator with `phrase_tokens` reads the phrase vectors too, unless `hide_phrases` masks them out."""
+    a generator with `phrase_tokens` reads the phrase vectors too, unless `hide_phrases` masks them out.
+    finest_given: (bits, flags), finest bits given to a FinestConv that draws in passes."""
     text = text_encoder(captions)
     states, mask = text.hidden_states, text.attention_mask
     if model.config.get("phrase_tokens", False):
@@ -118,7 +122,7 @@ def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[
         states, mask = join_phrases(states, mask, phrase_states, phrase_mask & (not hide_phrases))
     inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"], passes=model.config.finest_passes)
     keep = torch.zeros(len(captions), dtype=torch.bool)
-    return model(inputs, states.float(), mask, drop_text=keep, target_bits=batch["bits"])
+    return model(inputs, states.float(), mask, drop_text=keep, target_bits=batch["bits"], finest_given=finest_given)
 
 
 def bit_losses(model, quantizer, batch, text_encoder, captions: list[str], hide_phrases: bool = False):
@@ -131,6 +135,22 @@ def region_losses(logits: torch.Tensor, bits: torch.Tensor, regions: torch.Tenso
     """One level's mean cross-entropy of each bit (k,) over the tokens of each region present."""
     return {name: nats_per_bit(logits[regions == r], bits[regions == r])
             for r, name in enumerate(REGIONS) if (regions == r).any()}
+
+
+def given_region_losses(model, quantizer, batch, text_encoder, captions: list[str], regions: torch.Tensor,
+                        share: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The finest level's mean cross-entropy of each bit (k,) per region, over the bits not given, when each
+    finest bit is given with probability `share` (seeded) to a FinestConv that draws in passes."""
+    bits = batch["bits"][-1]  # (b, t, h, w, k)
+    given = torch.rand(bits.shape, generator=torch.Generator().manual_seed(seed)) < share
+    logits = teacher_forced_logits(model, quantizer, batch, text_encoder, captions, finest_given=(bits, given))[-1]
+    per_bit = F.binary_cross_entropy_with_logits(logits.float(), (bits.float() + 1) / 2, reduction="none")
+    out = {}
+    for r, name in enumerate(REGIONS):
+        left = (~given & (regions == r)[..., None]).float()  # (b, t, h, w, k)
+        if left.sum() > 0:
+            out[name] = (per_bit * left).flatten(0, -2).sum(0) / left.flatten(0, -2).sum(0).clamp_min(1.0)
+    return out
 
 
 def main(argv=None) -> int:
@@ -175,6 +195,12 @@ def main(argv=None) -> int:
     print("finest level with the true caption, per group, by token:")
     for name, nats in by_region.items():
         print(f"  {name:10s} {int((regions == REGIONS.index(name)).sum()):7d} tokens   {per_group(nats)}")
+    if model.config.get("finest_conv_passes", 1) > 1:
+        for share in GIVEN_SHARES:
+            print(f"finest level, {share:.0%} of its bits given, the others, per group, by token:")
+            for name, nats in given_region_losses(model, quantizer, batch, text_encoder, captions, regions,
+                                                  share).items():
+                print(f"  {name:10s} {per_group(nats)}")
     if args.two_objects:
         rows, captions = shapes_captions(args.cache, args.two_objects, two_objects=True)
         if not rows:

@@ -27,8 +27,11 @@ class GeneratorConfig(NextScaleConfig):
 
     finest_head: "transformer" - the transformer draws every level; "conv" - it draws levels 0..L-2 and a
     3D CNN of `finest_conv_width` channels and `finest_conv_blocks` residual blocks draws the finest
-    level from z_hat_<L and the caption (generator.finest_conv; bitwise, one pass); with
+    level from z_hat_<L and the caption (generator.finest_conv; bitwise); with
     `finest_conv_features` it also reads the hidden states of the transformer's last step (level L-2).
+    With `finest_conv_passes` P > 1 it draws the finest level's bits in P passes, a cosine-scheduled random
+    share each, every pass seeing the bits drawn before it, in its token and around it; it is then trained
+    with a random share of each clip's finest bits given (generator.finest_conv.given_bits).
 
     phrase_tokens: each phrase of the caption ("a red circle moving left", "a blue square moving up": split
     at "and") encoded on its own and appended as one more text token (`TextEncoder.phrases`), so that an
@@ -44,6 +47,7 @@ class GeneratorConfig(NextScaleConfig):
     finest_conv_width: int = 64  # finest_head "conv": channels (a multiple of 8: GroupNorm's groups)
     finest_conv_blocks: int = 4  # finest_head "conv": residual blocks of two 3x3x3 convolutions
     finest_conv_features: bool = False  # finest_head "conv": it also reads the transformer's last-step features
+    finest_conv_passes: int = 1  # finest_head "conv": > 1 draws the finest bits in that many passes (see above)
     phrase_tokens: bool = False  # the text is the caption's token states, then one vector per phrase (see below)
 
     def __post_init__(self):
@@ -67,6 +71,9 @@ class GeneratorConfig(NextScaleConfig):
                              f"got {self.text_mode!r}")
         if self.finest_conv_features and self.finest_head != "conv":
             raise ValueError(f"finest_conv_features=True needs finest_head='conv', got {self.finest_head!r}")
+        if self.finest_conv_passes < 1 or (self.finest_conv_passes > 1 and self.finest_head != "conv"):
+            raise ValueError(f"finest_conv_passes must be >= 1, and > 1 needs finest_head='conv'; got "
+                             f"{self.finest_conv_passes} with finest_head={self.finest_head!r}")
         if self.finest_head == "conv":
             if self.head != "bits" or self.finest_passes != 1 or self.num_levels < 2:
                 raise ValueError(f"finest_head='conv' needs head='bits', finest_passes=1 and num_levels >= 2, got "

@@ -51,7 +51,8 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
                  "latent_channels": input_channels(cfg.latent_channels, cfg.finest_passes)}
         self.transformer = NextScaleTransformer(NextScaleConfig(**{**{k: getattr(cfg, k) for k in names}, **steps}))
         self.finest_conv = FinestConv(cfg.latent_channels, cfg.text_dim, cfg.num_bits, cfg.finest_conv_width,
-                                      cfg.finest_conv_blocks, cfg.width if cfg.finest_conv_features else 0) if conv else None
+                                      cfg.finest_conv_blocks, cfg.width if cfg.finest_conv_features else 0,
+                                      reads_given=cfg.finest_conv_passes > 1) if conv else None
         self.null_text = nn.Parameter(torch.randn(cfg.num_null_tokens, cfg.text_dim) * 0.02)  # (n_null, d)
         self.code_head = None
         if cfg.head != "bits":  # the transformer's last linear then gives each token's features, not bit logits
@@ -80,10 +81,11 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
 
     # --- model calls ------------------------------------------------------------------------------
     def forward(self, level_inputs, text_states=None, text_mask=None, drop_text: torch.Tensor | None = None,
-                target_bits=None, per_level: bool = True, **kwargs):
+                target_bits=None, per_level: bool = True, finest_given=None, **kwargs):
         """Teacher-forced logits per level; drop_text (b,) bool -> null text. kwargs go to
         `NextScaleTransformer.forward` (e.g. layout). level_inputs: one per step (generator.passes: the
         levels', then the finest level's later passes); per_level=False returns the steps' outputs unmerged.
+        finest_given: (bits, flags) (b, t, h, w, k) each, the finest bits a FinestConv drawing in passes is given.
 
         head "bits": bit logits (b, t_l, h_l, w_l, k). A group-code head: with target_bits (the levels'
         true bits) code logits (b, t_l, h_l, w_l, g, v), else the features (b, t_l, h_l, w_l, d) that
@@ -101,7 +103,7 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
         else:
             out = self.transformer(level_inputs, text_states, text_mask, **kwargs)
         if finest is not None:
-            out = out + [self.finest_conv(finest, text_states, text_mask, features)]
+            out = out + [self.finest_conv(finest, text_states, text_mask, features, finest_given)]
         if per_level:
             out = merge_passes(out, self.config.num_levels)
         if self.code_head is None or target_bits is None:
@@ -112,15 +114,16 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
     def new_cache(self, batch: int | None = None) -> KVCache:
         return self.transformer.new_cache(batch)
 
-    def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache):
+    def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache, given=None):
         """One step's output with the cache (a level's, or a pass of the finest level: generator.passes).
-        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no keys; with
+        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no keys (given:
+        the finest bits drawn so far and their flags, for one that draws in passes); with
         finest_conv_features the cache keeps the transformer's last-step features for it."""
         last = self.config.num_levels - 1
         if self.finest_conv is not None and step == last:
             if cache.levels_done != step:
                 raise ValueError(f"cache holds {cache.levels_done} level(s); the finest level needs {step}")
-            return self.finest_conv(step_input, text_states, text_mask, cache.features)
+            return self.finest_conv(step_input, text_states, text_mask, cache.features, given)
         if self.finest_conv is not None and self.config.finest_conv_features and step == last - 1:
             logits, cache.features = self.transformer.forward_level(step, step_input, text_states, text_mask, cache,
                                                                     return_features=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .contrast import contrast_loss
+from .finest_conv import given_bits
 from .heads import clip_nats, head_loss
 from .passes import teacher_forcing_steps
 
@@ -68,11 +69,14 @@ def finest_edge_weights(z_hat: torch.Tensor, edge_share: float, flat_weight: flo
 
 def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cfg_dropout: float = 0.1,
                    self_correction_prob: float = 0.0, passes: int = 1, contrast_weight: float = 0.0,
-                   contrast_tau: float = 0.01, finest_edge_share: float = 0.0, finest_flat_weight: float = 1.0):
+                   contrast_tau: float = 0.01, finest_edge_share: float = 0.0, finest_flat_weight: float = 1.0,
+                   finest_conv_passes: int = 1):
     """Loss and detached stats for one batch of the token cache (see TokenCacheDataset.collate);
     `passes`: the model's finest_passes. finest_edge_share > 0: the finest level's tokens weigh 1 where the
     coarser levels its step reads (z_hat_<L) change most and finest_flat_weight elsewhere
-    (`finest_edge_weights`); stats stay unweighted.
+    (`finest_edge_weights`); stats stay unweighted. finest_conv_passes > 1 (the model's; its FinestConv
+    draws in passes): each clip is given a random share of its finest bits (`given_bits`) and the finest
+    level's loss and stats count the others only.
 
     batch: bits (list of (b, t_l, h_l, w_l, k) in {-1, +1}), text_states (b, s, d) or None,
     text_mask (b, s) or None, latent_grid (t, h, w); with contrast_weight > 0 also negative_text_states /
@@ -83,17 +87,30 @@ def generator_loss(model, quantizer, batch: dict, generator: torch.Generator, cf
     b = bits[0].shape[0]
     inputs = teacher_forcing_inputs(quantizer, bits, batch["latent_grid"], self_correction_prob, generator, passes)
     drop = torch.rand(b, generator=generator, device=generator.device).to(bits[0].device) < cfg_dropout
-    logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits)
+    finest = len(bits) - 1
+    given = given_bits(bits[finest], generator) if finest_conv_passes > 1 else None  # (b, t, h, w, k)
+    finest_given = None if given is None else (bits[finest], given)
+    logits = model(inputs, batch.get("text_states"), batch.get("text_mask"), drop_text=drop, target_bits=bits,
+                   finest_given=finest_given)
     weights = None
     if finest_edge_share > 0:
-        z_hat = inputs[len(bits) - 1][:, :quantizer.config.latent_channels]  # finest step z_hat_<L (b, c, t, h, w)
-        weights = [None] * (len(bits) - 1) + [finest_edge_weights(z_hat, finest_edge_share, finest_flat_weight)]
+        z_hat = inputs[finest][:, :quantizer.config.latent_channels]  # finest step z_hat_<L (b, c, t, h, w)
+        weights = [None] * finest + [finest_edge_weights(z_hat, finest_edge_share, finest_flat_weight)]
+    if given is not None:
+        to_draw = (~given).float()  # (b, t, h, w, k)
+        edge = 1.0 if weights is None else weights[finest][..., None]
+        weights = [None] * finest + [to_draw * edge]
     loss, stats = head_loss(logits, bits, weights)
+    if given is not None:
+        per_bit = F.binary_cross_entropy_with_logits(logits[finest].detach().float(), (bits[finest] + 1) / 2,
+                                                     reduction="none")
+        stats[f"loss/level{finest}"] = (per_bit * to_draw).sum() / to_draw.sum().clamp_min(1.0)
     if contrast_weight > 0:
         if batch.get("negative_text_states") is None:
             raise ValueError("contrast_weight > 0 needs swapped captions in the batch (negative_text_states): "
                              "build the token cache with --contrast-words")
-        swapped = model(inputs, batch["negative_text_states"], batch["negative_text_mask"], target_bits=bits)
+        swapped = model(inputs, batch["negative_text_states"], batch["negative_text_mask"], target_bits=bits,
+                        finest_given=finest_given)
         contrast, contrast_stats = contrast_loss(clip_nats(logits, bits), clip_nats(swapped, bits), ~drop, contrast_tau)
         loss, stats = loss + contrast_weight * contrast, {**stats, **contrast_stats}
     return loss, stats

@@ -14,6 +14,7 @@ import torch
 from pyratok.null_text import cfg_text_batch
 from pyratok.pyramid import Grid, TokenPyramid, resample
 
+from .finest_conv import pass_of_bits
 from .passes import pass_masks, step_input
 
 # How the finest level becomes the latent: its sampled bits, or each bit's expected value (`expected_bits`).
@@ -181,6 +182,43 @@ def expected_bits(out: torch.Tensor, guidance: float | None, temperature: float,
     return 2 * bit_probabilities(_guided(out, guidance), temperature, top_k, top_p) - 1
 
 
+def draw_finest_in_passes(logits_of: Callable, shape: Sequence[int], passes: int, guidance: float | None, gens,
+                          device, temperature: float, top_k, top_p, expected: bool = False):
+    """The finest level's bits (b, t, h, w, k) drawn in `passes` passes (`GeneratorConfig.finest_conv_passes`),
+    and the values it is decoded from: the bits, or with `expected` each bit's mean when it was drawn.
+
+    logits_of((bits, flags)) -> the FinestConv's bit logits given the bits drawn so far, (2b, ...) cond rows
+    then uncond when `guidance` is a scale. Each video draws its own random order of its bits
+    (`pass_of_bits`), then one uniform per bit per pass, all from its generator."""
+    drawn_in = pass_of_bits(draw_uniform(shape, gens, device), passes)  # (b, t, h, w, k)
+    bits = torch.zeros(tuple(shape), device=device)
+    given = torch.zeros(tuple(shape), dtype=torch.bool, device=device)
+    values = bits
+    double = (lambda x: torch.cat([x, x])) if guidance is not None else (lambda x: x)
+    for p in range(passes):
+        logits = _guided(logits_of((double(bits), double(given))), guidance)
+        now = drawn_in == p
+        bits = torch.where(now, sample_bits(logits, draw_uniform(shape, gens, device), temperature, top_k, top_p), bits)
+        if expected:
+            values = torch.where(now, 2 * bit_probabilities(logits, temperature, top_k, top_p) - 1, values)
+        given = given | now
+    return bits, (values if expected else bits)
+
+
+def check_conv_passes(finest_conv_passes, model) -> int:
+    """The passes to draw the finest level in: the model's own (None) or a count >= 1, more than one only for
+    a model whose FinestConv was trained to read given bits; ValueError naming the value otherwise."""
+    trained = model.config.get("finest_conv_passes", 1)
+    if finest_conv_passes is None:
+        return trained
+    if isinstance(finest_conv_passes, bool) or not isinstance(finest_conv_passes, int) or finest_conv_passes < 1:
+        raise ValueError(f"finest_conv_passes must be an int >= 1, got {finest_conv_passes!r}")
+    if finest_conv_passes > 1 and trained == 1:
+        raise ValueError(f"finest_conv_passes={finest_conv_passes} needs a generator trained to draw its finest level "
+                         f"in passes (config finest_conv_passes > 1); this one draws it in one")
+    return finest_conv_passes
+
+
 def check_memory(model, quantizer, latent_grid, batch: int, prompt_embeds, use_cfg: bool, limit: int) -> None:
     """ValueError with the estimate when sampling `latent_grid` would need more than `limit` bytes."""
     from .memory import GB, sampling_memory  # memory runs `generate` on the meta device: imported when asked for
@@ -219,6 +257,7 @@ def generate(
     interrupt: Callable[[], bool] | None = None,
     memory_limit: int | None = None,
     finest_decode: str = "sample",
+    finest_conv_passes: int | None = None,
 ) -> TokenPyramid:
     """Sample a TokenPyramid for text (b, s, d) + mask (b, s) on the quantizer's grids of latent_grid.
 
@@ -235,6 +274,8 @@ def generate(
     finest_decode: "sample" decodes the finest level's drawn bits; "expected" decodes each of its bits'
     expected value (`expected_bits`; bitwise head only). The finest level feeds no later level, so only the
     returned latent changes: the bits are drawn either way and the pyramid keeps them.
+    finest_conv_passes: how many passes a FinestConv trained to draw in passes draws the finest level in
+    (`draw_finest_in_passes`; None: its config's `finest_conv_passes`; 1: one pass, nothing given).
     """
     if prompt_embeds is None and batch_size is None:
         raise ValueError("pass prompt_embeds (b, s, d) or, for unconditional sampling, batch_size")
@@ -252,6 +293,7 @@ def generate(
     temps = temperature_per_level(temperature, num_levels)
     check_top_k_top_p(top_k, top_p)
     check_finest_decode(finest_decode, model)
+    conv_passes = check_conv_passes(finest_conv_passes, model)  # a FinestConv drawing the finest level in passes
     prefix_bits = list(prefix_bits or [])
     if len(prefix_bits) > num_levels:
         raise ValueError(f"prefix_bits has {len(prefix_bits)} levels but the model samples {num_levels}")
@@ -274,12 +316,21 @@ def generate(
         the values the latent is decoded from: the bits, or at the finest level their expected values."""
         step = len(inputs)
         inputs.append(torch.cat([x, x]) if use_cfg else x)
-        if use_cache:
-            out = model.forward_level(step, inputs[-1], text, text_mask, cache)  # bit logits or code features
-        else:
-            out = model(inputs, text, text_mask, per_level=False)[step]
+
+        def logits_of(given=None):  # bit logits or code features; given: the finest bits drawn so far
+            if use_cache:
+                return model.forward_level(step, inputs[-1], text, text_mask, cache,
+                                           **({} if given is None else {"given": given}))
+            return model(inputs, text, text_mask, per_level=False,
+                         **({} if given is None else {"finest_given": given}))[step]
+
         guidance = scales[level] if use_cfg else None
         prefix = prefix_bits[level] if level < len(prefix_bits) else None
+        if level == num_levels - 1 and prefix is None and conv_passes > 1:
+            shape = (batch, *x.shape[2:], model.config.num_bits)  # (b, t, h, w, k)
+            return draw_finest_in_passes(logits_of, shape, conv_passes, guidance, gens, param.device, temps[level],
+                                         top_k, top_p, expected=finest_decode == "expected")
+        out = logits_of()
         drawn = sample_level(model, out, guidance, gens, temps[level], top_k, top_p, prefix)
         if finest_decode == "expected" and level == num_levels - 1 and prefix is None:
             return drawn, expected_bits(out, guidance, temps[level], top_k, top_p)

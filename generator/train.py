@@ -109,7 +109,7 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
             batch, rng = sp.share(batch), micro_batch_rng(tc.seed, trainer.micro - 1, sp.data_rank)
         loss, logs = generator_loss(model, quantizer, batch, rng, tc.text_dropout, tc.self_correction_prob,
                                     cfg.model.finest_passes, tc.contrast_weight, tc.contrast_tau,
-                                    tc.finest_edge_share, tc.finest_flat_weight)
+                                    tc.finest_edge_share, tc.finest_flat_weight, cfg.model.finest_conv_passes)
         return (loss, logs) if sp is None else (loss * sp.loss_scale, {**logs, "loss": loss.detach()})
 
     step = trainer.fit(loss_fn)

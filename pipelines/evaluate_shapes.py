@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     p.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                    help="the finest level's drawn bits, or each bit's expected value (bitwise head)")
+    p.add_argument("--finest-conv-passes", type=int, default=None,
+                   help="passes of a FinestConv that draws in passes (default: the model's; 1: one pass)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     add_debug_flag(p)
     return p
@@ -189,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
                       height=args.height, width=args.width, guidance_scale=args.guidance_scale,
-                      temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base)
+                      temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base,
+                      finest_conv_passes=args.finest_conv_passes)
     result["model"] = str(model)
     result["prompt_seed"] = args.prompt_seed
     (args.out / "results.json").write_text(json.dumps(result, indent=1))

@@ -11,7 +11,7 @@ import os
 import torch
 
 from generator.memory import GB, SamplingMemory, sampling_memory
-from generator.sampling import check_finest_decode, check_generators, check_sampling_values
+from generator.sampling import check_conv_passes, check_finest_decode, check_generators, check_sampling_values
 from pyratok.pyramid import TokenPyramid
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -123,7 +123,7 @@ def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use
 
 def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_frames, height, width,
                output_type, num_videos_per_prompt, generator, guidance_scale, guidance_schedule, temperature,
-               top_k, top_p, finest_decode, max_sequence_length, latents, attention_kwargs,
+               top_k, top_p, finest_decode, finest_conv_passes, max_sequence_length, latents, attention_kwargs,
                callback_tensor_inputs) -> int:
     """Raise ValueError naming the first bad value; returns the number of videos."""
     prompts = check_texts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
@@ -142,6 +142,7 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     num_levels = pipe.transformer.config.num_levels
     scales = check_sampling_values(guidance_scale, guidance_schedule, temperature, top_k, top_p, num_levels)
     check_finest_decode(finest_decode, pipe.transformer)
+    check_conv_passes(finest_conv_passes, pipe.transformer)
     batch = prompts * num_videos_per_prompt
     check_generators(generator, batch)
     unknown = [n for n in callback_tensor_inputs or [] if n not in pipe._callback_tensor_inputs]

@@ -227,7 +227,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
             else call["callback_on_step_end_tensor_inputs"]
         names = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_frames", "output_type",
                  "num_videos_per_prompt", "generator", "guidance_scale", "guidance_schedule", "temperature", "top_k",
-                 "top_p", "finest_decode", "max_sequence_length", "latents", "attention_kwargs")
+                 "top_p", "finest_decode", "finest_conv_passes", "max_sequence_length", "latents", "attention_kwargs")
         check_call(self, **{name: call[name] for name in names}, height=height, width=width,
                    callback_tensor_inputs=tensor_inputs)
         return height, width
@@ -247,6 +247,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         top_k: int | None = None,
         top_p: float | None = None,
         finest_decode: str = "sample",
+        finest_conv_passes: int | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: TokenPyramid | None = None,
@@ -265,7 +266,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
 
         guidance_scale / guidance_schedule (None, "constant", "linear" or one scale per level), temperature
         (a float or one per level), top_k / top_p (per bit), finest_decode ("sample": the finest level's drawn
-        bits; "expected": each bit's expected value, which draws no speckle): see `generator.sampling.generate`.
+        bits; "expected": each bit's expected value, which draws no speckle), finest_conv_passes (None: the
+        transformer's config; see `GeneratorConfig.finest_conv_passes`): see `generator.sampling.generate`.
         generator:
         one `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
         k alone, so a video generated alone equals the same video in a batch). latents: a `TokenPyramid`
@@ -312,7 +314,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                 pyramid = self.transformer.generate(
                     self.vae.quantizer, embeds, mask, latent_grid, guidance_scale=guidance_scale,
                     guidance_schedule=guidance_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-                    finest_decode=finest_decode, negative_prompt_embeds=neg_embeds, negative_prompt_mask=neg_mask,
+                    finest_decode=finest_decode, finest_conv_passes=finest_conv_passes, negative_prompt_embeds=neg_embeds, negative_prompt_mask=neg_mask,
                     generator=generator,
                     use_cache=True, callback=on_level, prefix_bits=None if latents is None else latents.bits,
                     interrupt=lambda: self.interrupt,

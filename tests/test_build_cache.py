@@ -221,7 +221,20 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     assert bench.main(["--cache", str(one_process), "--generator", str(folder), "--n", "3"]) == 0
     printed = capsys.readouterr().out
     assert "shape swapped" in printed and "colour swapped" in printed and "rise +0.000" in printed
-    assert "boundary" in printed and "background" in printed
+    assert "boundary" in printed and "background" in printed and "bits given" not in printed
+    # a FinestConv that draws in passes: the finest level's loss with a share of its bits given reads them
+    torch.manual_seed(0)
+    passes = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1,
+                              heads=2, finest_head="conv", finest_conv_width=16, finest_conv_blocks=1,
+                              finest_conv_passes=8).eval()
+    blind = bench.given_region_losses(passes, quantizer, batch, encoder, captions, regions, 0.75)
+    with torch.no_grad():
+        torch.nn.init.normal_(passes.finest_conv.given.conv.weight)
+    reads = bench.given_region_losses(passes, quantizer, batch, encoder, captions, regions, 0.75)
+    assert all(not torch.allclose(blind[name], reads[name]) for name in blind)
+    passes.save_pretrained(one_process.parent / "passes")
+    assert bench.main(["--cache", str(one_process), "--generator", str(one_process.parent / "passes"), "--n", "3"]) == 0
+    assert "75% of its bits given" in capsys.readouterr().out
 
 
 def test_word_reliance_trades_the_two_objects_motions(tokenizer_dir, one_process, tmp_path, capsys):

@@ -75,7 +75,13 @@ def test_token_weights_set_each_tokens_share_of_the_loss_and_leave_the_stats_alo
     assert (codes.grad[:, :, 2:] == 0).all() and (codes.grad[:, :, :2] != 0).any()
     unweighted, _ = group_code_loss([codes], [bits[1]])
     torch.testing.assert_close(group_code_loss([codes], [bits[1]], [torch.ones(2, 2, 4, 4)])[0], unweighted)
-    with pytest.raises(ValueError, match=r"level 1: token weights \(2, 4, 4\) do not match the grid \(2, 2, 4, 4\)"):
+    # per-bit weights (b, t, h, w, k): a token's weight on each of its bits is the token's weight; 0 bits drop out
+    torch.testing.assert_close(bitwise_loss(logits, bits, token_weights=[None, w[..., None].expand(-1, -1, -1, -1, 8)])[0], half)
+    first = torch.zeros(2, 2, 4, 4, 8)
+    first[..., 0] = 1.0  # each token's first bit only
+    torch.testing.assert_close(bitwise_loss([logits[1][..., :1]], [bits[1][..., :1]])[0],
+                               bitwise_loss([logits[1]], [bits[1]], token_weights=[first])[0])
+    with pytest.raises(ValueError, match=r"level 1: token weights \(2, 4, 4\) match neither the grid \(2, 2, 4, 4\)"):
         bitwise_loss(logits, bits, token_weights=[None, torch.ones(2, 4, 4)])
     with pytest.raises(ValueError, match="token weights for 1 levels but bits for 2"):
         bitwise_loss(logits, bits, token_weights=[w])

@@ -91,6 +91,8 @@ def test_attention_kwargs_scale_one_changes_nothing(pipe):
     (dict(top_k=0), "top_k must be an int >= 1 or None, got 0"),
     (dict(top_p=1.5), "top_p must be in \\(0, 1\\] or None, got 1.5"),
     (dict(finest_decode="mean"), "finest_decode must be one of \\('sample', 'expected'\\), got 'mean'"),
+    (dict(finest_conv_passes=8), "finest_conv_passes=8 needs a generator trained to draw its finest level in passes"),
+    (dict(finest_conv_passes=0), "finest_conv_passes must be an int >= 1, got 0"),
     (dict(height=0), "height must be a positive multiple of the spatial factor 8, got 0"),
     (dict(width=-8), "width must be a positive multiple .* got -8"),
     (dict(num_frames=0), "num_frames must be 1 \\+ 4k .* got 0"),

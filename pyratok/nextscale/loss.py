@@ -17,8 +17,8 @@ def bitwise_loss(logits: list[torch.Tensor], bits: list[torch.Tensor], weighting
 
     weighting "token": averaged over every bit of every token of every level (VAR: each token
     counts once); "level": each level's mean BCE, averaged over levels (the tokenizer's AR prior).
-    token_weights: per level None or (b, t, h, w) weights >= 0; a token then counts as its weight (in the
-    loss only: the stats stay unweighted means, comparable across runs).
+    token_weights: per level None, (b, t, h, w) weights >= 0 (a token then counts as its weight) or
+    (b, t, h, w, k) (each bit does); in the loss only: the stats stay unweighted means, comparable across runs.
     Returns (loss, stats); stats are detached: loss/level{l}, bit_acc/level{l}, bit_acc.
     """
     if weighting not in WEIGHTINGS:
@@ -46,22 +46,28 @@ def bitwise_loss(logits: list[torch.Tensor], bits: list[torch.Tensor], weighting
 
 
 def check_token_weights(token_weights, bits: list[torch.Tensor]) -> list:
-    """token_weights as one entry per level (None: every token weighs 1), each matching its level's grid."""
+    """token_weights as one entry per level (None: every token weighs 1), each matching its level's grid
+    (b, t, h, w) or its bits (b, t, h, w, k)."""
     if token_weights is None:
         return [None] * len(bits)
     if len(token_weights) != len(bits):
         raise ValueError(f"got token weights for {len(token_weights)} levels but bits for {len(bits)}")
     for level, (w, b) in enumerate(zip(token_weights, bits)):
-        if w is not None and w.shape != b.shape[:-1]:
-            raise ValueError(f"level {level}: token weights {tuple(w.shape)} do not match the grid "
-                             f"{tuple(b.shape[:-1])}")
+        if w is not None and w.shape not in (b.shape[:-1], b.shape):
+            raise ValueError(f"level {level}: token weights {tuple(w.shape)} match neither the grid "
+                             f"{tuple(b.shape[:-1])} nor the bits {tuple(b.shape)}")
     return list(token_weights)
 
 
 def weighted_sum(per_unit: torch.Tensor, weights: torch.Tensor | None):
-    """(sum of per_unit's entries, each token's (b, t, h, w) entries times its weight; how many entries that
-    counts as): per_unit (b, t, h, w, n), n bits or codes of a token."""
+    """(sum of per_unit's entries, each times its token's (b, t, h, w) weight or its own (b, t, h, w, n) one;
+    how many entries that counts as): per_unit (b, t, h, w, n), n bits or codes of a token."""
     if weights is None:
         return per_unit.sum(), per_unit.numel()
+    if weights.dim() == per_unit.dim():
+        if weights.shape != per_unit.shape:
+            raise ValueError(f"weights {tuple(weights.shape)} do not match the entries {tuple(per_unit.shape)}")
+        w = weights.to(per_unit.dtype)
+        return (per_unit * w).sum(), w.sum().clamp_min(1e-12)
     w = weights.to(per_unit.dtype)[..., None]
     return (per_unit * w).sum(), (w.sum() * per_unit.shape[-1]).clamp_min(1e-12)  # all weights 0: a loss of 0
