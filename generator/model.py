@@ -114,16 +114,16 @@ class PyraTokGenerator(ModelMixin, ConfigMixin):
     def new_cache(self, batch: int | None = None) -> KVCache:
         return self.transformer.new_cache(batch)
 
-    def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache, given=None):
+    def forward_level(self, step, step_input, text_states, text_mask, cache: KVCache, finest_given=None):
         """One step's output with the cache (a level's, or a pass of the finest level: generator.passes).
-        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no keys (given:
-        the finest bits drawn so far and their flags, for one that draws in passes); with
+        With finest_head "conv" the finest level's logits come from `FinestConv`, which needs no keys
+        (finest_given: the finest bits drawn so far and their flags, for one that draws in passes); with
         finest_conv_features the cache keeps the transformer's last-step features for it."""
         last = self.config.num_levels - 1
         if self.finest_conv is not None and step == last:
             if cache.levels_done != step:
                 raise ValueError(f"cache holds {cache.levels_done} level(s); the finest level needs {step}")
-            return self.finest_conv(step_input, text_states, text_mask, cache.features, given)
+            return self.finest_conv(step_input, text_states, text_mask, cache.features, finest_given)
         if self.finest_conv is not None and self.config.finest_conv_features and step == last - 1:
             logits, cache.features = self.transformer.forward_level(step, step_input, text_states, text_mask, cache,
                                                                     return_features=True)

@@ -318,11 +318,10 @@ def generate(
         inputs.append(torch.cat([x, x]) if use_cfg else x)
 
         def logits_of(given=None):  # bit logits or code features; given: the finest bits drawn so far
+            extra = {} if given is None else {"finest_given": given}
             if use_cache:
-                return model.forward_level(step, inputs[-1], text, text_mask, cache,
-                                           **({} if given is None else {"given": given}))
-            return model(inputs, text, text_mask, per_level=False,
-                         **({} if given is None else {"finest_given": given}))[step]
+                return model.forward_level(step, inputs[-1], text, text_mask, cache, **extra)
+            return model(inputs, text, text_mask, per_level=False, **extra)[step]
 
         guidance = scales[level] if use_cfg else None
         prefix = prefix_bits[level] if level < len(prefix_bits) else None
