@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
-from generator.sampling import FINEST_DECODES, temperature_per_level  # noqa: E402
+from generator.sampling import FINEST_DECODES, parse_guidance_schedule, temperature_per_level  # noqa: E402
 from pyratok.data.shapes import ShapesDataset  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
 from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
@@ -36,7 +36,7 @@ from finest_bits import decode_keeping  # noqa: E402
 
 @torch.no_grad()
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
-                   seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
+                   guidance_schedule=None, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
                    finest_decode: str = "sample", finest_bits: int | None = None,
                    finest_conv_passes: int | None = None) -> dict[int, dict[str, float]]:
     """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
@@ -62,7 +62,8 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
         for keep in range(num_levels + 1):
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, states, mask,
-                                     pyramid.latent_grid, guidance_scale=guidance_scale, generator=gens,
+                                     pyramid.latent_grid, guidance_scale=guidance_scale,
+                                     guidance_schedule=guidance_schedule, generator=gens,
                                      temperature=temperature, finest_decode=finest_decode,
                                      finest_conv_passes=finest_conv_passes,
                                      prefix_bits=pyramid.bits[:keep])
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=48, help="clips")
     parser.add_argument("--seed", type=int, default=77, help="Shapes seed (not one a token cache used)")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-schedule", default=None,
+                        help="'constant', 'linear' (1 at level 0 up to the scale), or one scale per level: 3,3,3,1")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     parser.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                         help="decode the finest level's drawn bits, or each bit's expected value")
@@ -96,16 +99,17 @@ def main(argv=None) -> int:
     if args.n < 1 or args.size < 16:
         raise ValueError(f"--n must be >= 1 and --size >= 16, got {args.n}, {args.size}")
     temperature_per_level(args.temperature, 1)  # a finite number > 0, checked before any model loads
+    schedule = parse_guidance_schedule(args.guidance_schedule)
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval()
     model = PyraTokGenerator.from_pretrained(args.generator, variant=args.variant).eval()
     data = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, length=args.n,
                          seed=args.seed)  # one object per clip
     items = [data[i] for i in range(len(data))]
-    result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale,
+    result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale, schedule,
                             temperature=args.temperature, finest_decode=args.finest_decode,
                             finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes)
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
-          f"seed {args.seed}, guidance {args.guidance_scale}, temperature {args.temperature}, "
+          f"seed {args.seed}, guidance {args.guidance_schedule or args.guidance_scale}, temperature {args.temperature}, "
           f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"
           + (f", its first {args.finest_bits} only" if args.finest_bits is not None else ""))
     for keep, got in result.items():

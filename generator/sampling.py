@@ -48,6 +48,17 @@ def guidance_per_level(guidance_scale: float, schedule, num_levels: int) -> list
     return scales
 
 
+def parse_guidance_schedule(text: str | None):
+    """A command line's --guidance-schedule: None, "constant", "linear", or one scale per level written
+    "3,3,3,1" (a list of floats; `guidance_per_level` checks its length and values)."""
+    if text is None or text in ("constant", "linear"):
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"guidance schedule must be 'constant', 'linear' or comma-separated scales, got {text!r}") from None
+
+
 def _check_finite(name: str, values, minimum: float, strict: bool = False) -> None:
     """ValueError naming `name` when a value is not a finite number >= minimum (> minimum when strict)."""
     for v in values:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from generator.sampling import FINEST_DECODES
+from generator.sampling import FINEST_DECODES, parse_guidance_schedule
 from pyratok.data.contact_sheet import save_contact_sheet
 from pyratok.data.shapes import COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, caption_for
 from pyratok.data.shapes_judge import judge_video, score_objects
@@ -101,11 +101,26 @@ def _two_object_accuracies(records: list[dict]) -> dict:
     return {**acc, "num_videos": n, "num_prompts": len({r["prompt"] for r in records})}
 
 
+def shape_confusion(records: list[dict]) -> dict[str, dict[str, int]]:
+    """{shape named: {shape judged (None: no object found): videos}} over single-object records."""
+    confusion: dict[str, dict[str, int]] = {}
+    for r in records:
+        row = confusion.setdefault(r["shape"], {})
+        row[str(r["judged"]["shape"])] = row.get(str(r["judged"]["shape"]), 0) + 1
+    return confusion
+
+
 def _accuracies(records: list[dict]) -> dict:
+    """Accuracy per attribute, all three, found_rate; shape_confusion, and shape_balanced_acc: the mean over
+    the shapes named of each one's accuracy, so a generator that draws every object as one shape (a blob
+    the judge reads as a circle, or a speckled one it reads as a triangle) scores 1/3 whatever the prompt mix."""
     n = len(records)
     acc = {f"{a}_acc": sum(r["judged"][a] == r[a] for r in records) / n for a in ATTRIBUTES}
     acc["all_acc"] = sum(all(r["judged"][a] == r[a] for a in ATTRIBUTES) for r in records) / n
     acc["found_rate"] = sum(r["judged"]["found"] for r in records) / n
+    confusion = shape_confusion(records)
+    acc["shape_balanced_acc"] = float(np.mean([row.get(shape, 0) / sum(row.values()) for shape, row in confusion.items()]))
+    acc["shape_confusion"] = confusion
     return {**acc, "num_videos": n, "num_prompts": len({r["prompt"] for r in records})}
 
 
@@ -166,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's sample size)")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1: none)")
+    p.add_argument("--guidance-schedule", default=None,
+                   help="'constant', 'linear' (1 at level 0 up to the scale), or one scale per level: 3,3,3,1")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     p.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                    help="the finest level's drawn bits, or each bit's expected value (bitwise head)")
@@ -185,12 +202,14 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.pipeline_pyratok_t2v import load_pipeline
     from pyratok.default_model import default_model_path
 
+    schedule = parse_guidance_schedule(args.guidance_schedule)  # a bad one fails before the model loads
     model = (args.model or default_model_path()).resolve()
     pipe = load_pipeline(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     prompts = evaluation_prompts(args.train_prompts, args.heldout_prompts, args.two_object_prompts, args.prompt_seed)
     args.out.mkdir(parents=True, exist_ok=True)
     result = evaluate(pipe, prompts, args.num_seeds, args.batch_size, args.out, num_frames=args.num_frames,
                       height=args.height, width=args.width, guidance_scale=args.guidance_scale,
+                      guidance_schedule=schedule,
                       temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base,
                       finest_conv_passes=args.finest_conv_passes)
     result["model"] = str(model)

@@ -111,10 +111,11 @@ class TokenizerObjective(torch.nn.Module):
 
     def forward(
         self, video, prompt_embeds=None, prompt_mask=None, text_pooled=None, drop_text=None, quantize=True,
-        sample_posterior=True,
+        sample_posterior=True, flip_finest=None,
     ):
         out = self.tokenizer(
-            video, prompt_embeds, prompt_mask, drop_text=drop_text, quantize=quantize, sample_posterior=sample_posterior
+            video, prompt_embeds, prompt_mask, drop_text=drop_text, quantize=quantize, sample_posterior=sample_posterior,
+            flip_finest=flip_finest,
         )
         terms = tokenizer_losses(self.tokenizer, out, video, self.weights, text_pooled)
         return terms, out

@@ -219,15 +219,28 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
         quantize: bool = True,
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
+        flip_finest: torch.Tensor | None = None,
     ) -> TokenizerOutput:
         """Encode, quantize and decode. `quantize=False` is the continuous stage: it decodes a
         posterior sample, or the posterior mean with `sample_posterior=False` (a plain autoencoder
-        warm-up: at init the sampling noise swamps the small mean and the decoder learns to ignore it)."""
+        warm-up: at init the sampling noise swamps the small mean and the decoder learns to ignore it).
+        `flip_finest` (b, t, h, w, k) bool: decode with these finest-level bits flipped, as a generator that
+        draws the finest level imperfectly would give them (the decoder-only stage's robustness training;
+        the decoded latent is then the flipped tokens' z_hat, without gradients into LaPQ)."""
         mean, logvar, taps = self.encode_latent(video)
         states, mask = self.text_inputs(mean.shape[0], prompt_embeds, prompt_mask, drop_text)
+        if flip_finest is not None and not quantize:
+            raise ValueError("flip_finest needs quantize=True: the continuous stage has no bits to flip")
         if quantize:
             quant = self.quantizer(mean, taps, states, mask)
             z_hat = quant.latent
+            if flip_finest is not None:
+                bits = list(quant.pyramid.bits)
+                if flip_finest.shape != bits[-1].shape:
+                    raise ValueError(f"flip_finest must be the finest level's shape {tuple(bits[-1].shape)}, "
+                                     f"got {tuple(flip_finest.shape)}")
+                bits[-1] = torch.where(flip_finest, -bits[-1], bits[-1])
+                z_hat = self.quantizer.reconstruct(bits, quant.pyramid.latent_grid)
         else:
             quant = None
             z_hat = mean

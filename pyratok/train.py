@@ -45,6 +45,10 @@ class TokenizerTrainLoop(TrainConfig):
     # train the decoder alone (post_quant_conv + decoder): the tokens stay bit-for-bit those of the
     # starting model, so a generator trained on them stays valid (a decoder fine-tuning stage)
     decoder_only: bool = False
+    # with decoder_only: each clip's finest-level bits are flipped at a rate drawn from U(0, finest_flip_max)
+    # before decoding, so the decoder learns to draw clean content from the noisy finest bits a generator
+    # samples (the target stays the clip itself)
+    finest_flip_max: float = 0.0
     image_every: int = 200
     pretrained_vae: str | None = None  # local folder with AutoencoderKLWan weights (Wan 2.1)
     text_encoder: str | None = None  # local folder; None = the installed MiniLM
@@ -60,6 +64,11 @@ class TokenizerTrainLoop(TrainConfig):
         super().__post_init__()
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"train.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if not 0.0 <= self.finest_flip_max <= 0.5:
+            raise ValueError(f"train.finest_flip_max must be in [0, 0.5], got {self.finest_flip_max}")
+        if self.finest_flip_max and not self.decoder_only:
+            raise ValueError(f"train.finest_flip_max={self.finest_flip_max} needs train.decoder_only: flipped bits "
+                             "train the decoder, while the tokens stay those of the starting model")
         if self.quantizer_fit_steps < 0:
             raise ValueError(f"train.quantizer_fit_steps must be >= 0, got {self.quantizer_fit_steps}")
         if self.quantizer_fit_steps and not self.freeze_encoder:
@@ -108,6 +117,17 @@ def fit_first(tokenizer: PyraTokTokenizer, cfg: TokenizerTrainConfig) -> None:
     tokenizer.quantizer.train()
 
 
+def finest_flips(tokenizer: PyraTokTokenizer, video: torch.Tensor, max_rate: float,
+                 rng: torch.Generator) -> torch.Tensor:
+    """(b, t, h, w, k) bool: which finest-level bits of each clip of `video` (b, 3, T, H, W) to flip, each clip
+    at its own rate r ~ U(0, max_rate), each bit independently (a clip at r near 0 stays nearly clean)."""
+    b = video.shape[0]
+    grid = tokenizer.token_grids(*video.shape[2:])[-1]  # (t, h, w) of the finest level
+    rate = torch.rand(b, generator=rng) * max_rate  # (b,)
+    u = torch.rand(b, *grid, tokenizer.quantizer.config.num_bits, generator=rng)  # (b, t, h, w, k)
+    return u < rate.view(b, 1, 1, 1, 1)
+
+
 def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     tc = cfg.train
     trainer = Trainer(tc, "tokenizer", cfg, find_unused_parameters=True)
@@ -129,8 +149,10 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
         video = batch["video"].to(device)
         text = text_encoder(batch["caption"])
         drop = (torch.rand(video.shape[0], generator=rng) < tc.text_dropout).to(device)
+        flip = finest_flips(objective.tokenizer, video, tc.finest_flip_max, rng) if tc.finest_flip_max else None
         terms, output = model(video, text.hidden_states, text.attention_mask, text.pooled, drop,
-                              quantize=trainer.step >= tc.vae_steps, sample_posterior=tc.vae_sample)
+                              quantize=trainer.step >= tc.vae_steps, sample_posterior=tc.vae_sample,
+                              flip_finest=None if flip is None else flip.to(device))
         last.update(video=video, recon=output.recon)
         return terms["loss"], {k: v for k, v in terms.items() if k != "loss"}
 

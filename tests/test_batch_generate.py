@@ -275,6 +275,9 @@ def test_evaluate_shapes(model_dir, tmp_path, capsys):
         assert stats["num_videos"] == n and stats["num_prompts"] == n // 2
         assert all(0 <= stats[k] <= 1 for k in ("colour_acc", "shape_acc", "motion_acc", "all_acc", "found_rate"))
         assert (tmp_path / f"{split}_sheet.png").stat().st_size > 0
+        if split != "two_object":
+            confusion = stats["shape_confusion"]
+            assert sum(sum(row.values()) for row in confusion.values()) == n and 0 <= stats["shape_balanced_acc"] <= 1
     two_stats = result["splits"]["two_object"]
     assert 0 <= two_stats["both_right"] <= two_stats["both_colour_shape_right"] <= 1
     assert {v["seed"] for v in result["videos"]} == set(range(evaluate_shapes.SEED_BASE, evaluate_shapes.SEED_BASE + 8))

@@ -125,3 +125,20 @@ def test_level_oracle_samples_at_its_temperature_and_decode_and_refuses_a_bad_te
     for bad in ("0", "-1", "inf", "nan"):  # refused before any model is loaded
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             bench.main(["--tokenizer", "missing", "--generator", "missing", "--temperature", bad])
+
+
+def test_balanced_shape_accuracy_gives_one_shape_for_all_a_third():
+    """A generator that draws every object as a circle: plain shape accuracy follows the prompt mix (here 60%),
+    the balanced one is 1/3, and the confusion shows where the videos went."""
+    from pipelines.evaluate_shapes import _accuracies
+
+    def record(shape, judged):
+        return {"prompt": f"a red {shape} moving left", "colour": "red", "shape": shape, "motion": "left",
+                "judged": {"colour": "red", "shape": judged, "motion": "left", "found": True}}
+
+    records = [record("circle", "circle")] * 6 + [record("square", "circle")] * 2 + [record("triangle", "circle")] * 2
+    stats = _accuracies(records)
+    assert stats["shape_acc"] == pytest.approx(0.6) and stats["shape_balanced_acc"] == pytest.approx(1 / 3)
+    assert stats["shape_confusion"] == {"circle": {"circle": 6}, "square": {"circle": 2}, "triangle": {"circle": 2}}
+    drawn = records[:6] + [record("square", "square")] * 2 + [record("triangle", "triangle")] * 2
+    assert _accuracies(drawn)["shape_balanced_acc"] == 1.0

@@ -9,7 +9,7 @@ import torch
 from generator import GeneratorConfig, PyraTokGenerator, generate
 from generator.memory import sampling_memory
 from generator.objective import flip_bits, generator_loss, teacher_forcing_inputs
-from generator.sampling import guidance_per_level, guided_logits, sample_bits
+from generator.sampling import guidance_per_level, guided_logits, parse_guidance_schedule, sample_bits
 from pyratok.lapq import LaPQ, LaPQConfig
 from pyratok.nextscale import bitwise_loss
 from pyratok.null_text import drop_text
@@ -114,6 +114,10 @@ def test_schedules_and_argument_errors(model, quantizer):
     assert guidance_per_level(4.0, "linear", 4) == [1.0, 2.0, 3.0, 4.0]
     assert guidance_per_level(2.0, None, 3) == [2.0] * 3
     assert guidance_per_level(9.0, [1, 2, 3], 3) == [1.0, 2.0, 3.0]
+    assert [parse_guidance_schedule(t) for t in (None, "constant", "linear", "3,3,3,1")] == \
+        [None, "constant", "linear", [3.0, 3.0, 3.0, 1.0]]
+    with pytest.raises(ValueError, match="comma-separated scales, got '3;1'"):
+        parse_guidance_schedule("3;1")
     with pytest.raises(ValueError, match="'cosine'"):
         guidance_per_level(2.0, "cosine", 4)
     states, mask = text()

@@ -135,3 +135,64 @@ def test_lapq_on_a_frozen_parent_keeps_the_parent_and_its_latent_statistics(tmp_
     steps = [load_file(tmp_path / "run" / "checkpoints" / f"checkpoint-{n}" / "model.safetensors") for n in (1, 2)]
     moved = {k for k in steps[0] if not torch.equal(steps[0][k], steps[1][k])}
     assert any(".quantizer." in k for k in moved) and not any(".backbone." in k for k in moved)
+
+
+def test_finest_flips_are_checked_and_decode_the_flipped_tokens():
+    from pyratok.train import TokenizerTrainLoop, finest_flips
+
+    with pytest.raises(ValueError, match="needs train.decoder_only"):
+        TokenizerTrainLoop(finest_flip_max=0.2)
+    with pytest.raises(ValueError, match="finest_flip_max must be in"):
+        TokenizerTrainLoop(finest_flip_max=0.7, decoder_only=True)
+    torch.manual_seed(0)
+    model = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()}).eval()
+    clip = ShapesDataset(split="train", num_frames=5, height=32, width=32, length=1, seed=3)[0]["video"][None]
+    rng = torch.Generator().manual_seed(0)
+    flip = finest_flips(model, clip.expand(64, -1, -1, -1, -1), 0.4, rng)  # (64, t, h, w, k)
+    rates = flip.flatten(1).float().mean(1)
+    assert 0.15 < float(rates.mean()) < 0.25 and float(rates.min()) < 0.05 and float(rates.max()) > 0.35
+    with torch.no_grad():
+        plain = model(clip)
+        flipped = model(clip, flip_finest=flip[:1])
+        bits = list(plain.quant.pyramid.bits)
+        bits[-1] = torch.where(flip[:1], -bits[-1], bits[-1])
+        expected = model.decode_latent(model.quantizer.reconstruct(bits, plain.quant.pyramid.latent_grid), clamp=False)
+    assert torch.allclose(flipped.recon, expected, atol=1e-5) and not torch.allclose(flipped.recon, plain.recon)
+    with pytest.raises(ValueError, match="finest level's shape"):
+        model(clip, flip_finest=flip[:1, :1])
+    with pytest.raises(ValueError, match="needs quantize=True"):
+        model(clip, quantize=False, flip_finest=flip[:1])
+
+
+
+
+def test_decoder_stage_decodes_flipped_finest_bits(tmp_path, monkeypatch):
+    """train.finest_flip_max reaches the decoder: every training forward of the decoder-only stage gets its
+    own flips of the finest level (none without the option), and the stage still changes only the decoder."""
+    from pyratok.train import main
+
+    seen = []
+    forward = PyraTokTokenizer.forward
+
+    def spy(self, *args, flip_finest=None, **kwargs):
+        seen.append(flip_finest)
+        return forward(self, *args, flip_finest=flip_finest, **kwargs)
+
+    monkeypatch.setattr(PyraTokTokenizer, "forward", spy)
+    torch.manual_seed(0)
+    start = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()})
+    start.save_pretrained(tmp_path / "start")
+    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
+    stage = ["--set", f"train.init_from={tmp_path / 'start'}", "train.decoder_only=true",
+             "train.write_param_checksum=false", "train.batch_size=4", "loss.align=0", "loss.ar=0"]
+    main(["--config", str(config), *stage, "train.finest_flip_max=0.5"])
+    flips = [f for f in seen if f is not None]
+    assert len(flips) == 2 and all(f.dtype == torch.bool and f.shape[0] == 4 and f.shape[-1] == 16 for f in flips)
+    assert 0 < float(torch.stack(flips).float().mean()) < 0.5 and not torch.equal(flips[0], flips[1])
+    trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    before, after = start.state_dict(), trained.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
+    seen.clear()
+    main(["--config", str(config), *stage, f"train.output_dir={tmp_path / 'run0'}"])
+    assert seen and all(f is None for f in seen)
