@@ -105,8 +105,8 @@ def shape_confusion(records: list[dict]) -> dict[str, dict[str, int]]:
     """{shape named: {shape judged (None: no object found): videos}} over single-object records."""
     confusion: dict[str, dict[str, int]] = {}
     for r in records:
-        row = confusion.setdefault(r["shape"], {})
-        row[str(r["judged"]["shape"])] = row.get(str(r["judged"]["shape"]), 0) + 1
+        row, judged = confusion.setdefault(r["shape"], {}), str(r["judged"]["shape"])
+        row[judged] = row.get(judged, 0) + 1
     return confusion
 
 
