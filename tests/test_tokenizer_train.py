@@ -24,9 +24,14 @@ MICRO_MODEL = {
 }
 
 
+def _micro_tokenizer() -> PyraTokTokenizer:
+    """A fresh tokenizer of MICRO_MODEL (seed first for fixed weights)."""
+    return PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()})
+
+
 def test_overfit_one_shapes_clip_halves_reconstruction_loss():
     torch.manual_seed(0)
-    model = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()})
+    model = _micro_tokenizer()
     objective = TokenizerObjective(model, LossWeights(align=0.0, ar=0.05))
     clip = ShapesDataset(split="train", num_frames=5, height=32, width=32, length=1, seed=3)[0]["video"][None]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -89,7 +94,7 @@ def test_decoder_stage_from_a_smaller_codebook_trains_the_decoder_alone(tmp_path
     from pyratok.train import main
 
     torch.manual_seed(0)
-    small = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()})
+    small = _micro_tokenizer()
     small.save_pretrained(tmp_path / "small")
     config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
     wider = ["model.quantizer.num_bits=24"]
@@ -145,7 +150,7 @@ def test_finest_flips_are_checked_and_decode_the_flipped_tokens():
     with pytest.raises(ValueError, match="finest_flip_max must be in"):
         TokenizerTrainLoop(finest_flip_max=0.7, decoder_only=True)
     torch.manual_seed(0)
-    model = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()}).eval()
+    model = _micro_tokenizer().eval()
     clip = ShapesDataset(split="train", num_frames=5, height=32, width=32, length=1, seed=3)[0]["video"][None]
     rng = torch.Generator().manual_seed(0)
     flip = finest_flips(model, clip.expand(64, -1, -1, -1, -1), 0.4, rng)  # (64, t, h, w, k)
@@ -180,7 +185,7 @@ def test_decoder_stage_decodes_flipped_finest_bits(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PyraTokTokenizer, "forward", spy)
     torch.manual_seed(0)
-    start = PyraTokTokenizer(**{f"{k}_config" if k != "text_dim" else k: v for k, v in MICRO_MODEL.items()})
+    start = _micro_tokenizer()
     start.save_pretrained(tmp_path / "start")
     config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
     stage = ["--set", f"train.init_from={tmp_path / 'start'}", "train.decoder_only=true",
