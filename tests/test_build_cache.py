@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -168,8 +169,8 @@ def test_two_processes_equal_one(one_process, tokenizer_dir, tmp_path):
     assert_same(out, one_process)
 
 
-def _word_reliance():
-    spec = importlib.util.spec_from_file_location("word_reliance", ROOT / "bench" / "word_reliance.py")
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
@@ -180,7 +181,7 @@ def test_word_reliance_tells_a_generator_that_reads_the_prompt_from_one_that_doe
     from pyratok.data.shapes import SHAPES
     from pyratok.text_encoder import TextEncoder
 
-    bench = _word_reliance()
+    bench = _bench("word_reliance")
     assert bench.swap_word("a red square moving left", [SHAPES]) == "a red triangle moving left"  # the next shape
     assert bench.swap_word("a red triangle moving left", [SHAPES]) == "a red circle moving left"
     with pytest.raises(ValueError, match="no word of the contrast groups"):
@@ -241,7 +242,7 @@ def test_word_reliance_trades_the_two_objects_motions(tokenizer_dir, one_process
     from generator import PyraTokGenerator
     from pyratok.data.shapes_judge import parse_objects
 
-    bench = _word_reliance()
+    bench = _bench("word_reliance")
     two = "a red circle moving left and a blue square growing"
     assert bench.canonical(two, trade_motions=True) == "a red circle growing and a blue square moving left"
     assert bench.canonical("a red circle moves to the left") == "a red circle moving left"
@@ -276,9 +277,7 @@ def test_word_reliance_trades_the_two_objects_motions(tokenizer_dir, one_process
 
 
 def test_edge_probe_learns_the_finest_first_group_and_reports_on_clips_it_never_saw(one_process, capsys):
-    spec = importlib.util.spec_from_file_location("edge_probe", ROOT / "bench" / "edge_probe.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("edge_probe")
     with pytest.raises(ValueError, match="training cache"):
         bench.main(["--cache", str(one_process), "--heldout", str(one_process)])
     with pytest.raises(ValueError, match="--steps must be >= 1, got 0"):
@@ -295,3 +294,27 @@ def test_edge_probe_learns_the_finest_first_group_and_reports_on_clips_it_never_
     shutil.copytree(one_process, twin)
     assert bench.main(["--cache", str(one_process), "--heldout", str(twin), "--steps", "2", "--n", "3"]) == 0
     assert "background" in capsys.readouterr().out
+
+
+def test_prior_regions_scores_the_tokenizers_own_prior_by_region(tokenizer_dir, one_process, monkeypatch, capsys):
+    from pyratok import PyraTokTokenizer
+    from pyratok.text_encoder import TextEncoder
+
+    bench = _bench("prior_regions")
+    tokenizer = PyraTokTokenizer.from_pretrained(tokenizer_dir).eval()
+    encoder = TextEncoder.from_pretrained(None)
+    result = bench.measure(tokenizer, one_process, 3, encoder, batch_size=2)
+    tokens = sum(result["tokens"].values())
+    assert set(result["regions"]) >= {"background", "boundary"} and len(result["levels"]) == 3
+    finest = sum(groups.mean() * result["tokens"][name] for name, groups in result["regions"].items()) / tokens
+    torch.testing.assert_close(finest, result["levels"][-1])  # the regions split the finest level's loss
+    assert not torch.allclose(result["levels"], torch.full((3,), math.log(2)))
+    prior = tokenizer.prior.forward  # a prior that says nothing pays ln 2 a bit: the bench reads the prior
+    monkeypatch.setattr(tokenizer.prior, "forward", lambda *a, **k: [torch.zeros_like(x) for x in prior(*a, **k)])
+    blind = bench.measure(tokenizer, one_process, 3, encoder, batch_size=2)
+    torch.testing.assert_close(blind["levels"], torch.full((3,), math.log(2)))
+    tokenizer.prior = None
+    with pytest.raises(ValueError, match="no prior"):
+        bench.measure(tokenizer, one_process, 3, encoder)
+    assert bench.main(["--cache", str(one_process), "--tokenizer", str(tokenizer_dir), "--n", "3"]) == 0
+    assert "boundary" in capsys.readouterr().out
