@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
-from generator.sampling import FINEST_DECODES, parse_guidance_schedule, temperature_per_level  # noqa: E402
+from generator.sampling import (FINEST_DECODES, GUIDANCE_SCHEDULE_HELP, parse_guidance_schedule,  # noqa: E402
+                                temperature_per_level)
 from pyratok.data.shapes import ShapesDataset  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
 from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
@@ -86,8 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=48, help="clips")
     parser.add_argument("--seed", type=int, default=77, help="Shapes seed (not one a token cache used)")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--guidance-schedule", default=None,
-                        help="'constant', 'linear' (1 at level 0 up to the scale), or one scale per level: 3,3,3,1")
+    parser.add_argument("--guidance-schedule", default=None, help=GUIDANCE_SCHEDULE_HELP)
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     parser.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                         help="decode the finest level's drawn bits, or each bit's expected value")

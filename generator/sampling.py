@@ -48,6 +48,9 @@ def guidance_per_level(guidance_scale: float, schedule, num_levels: int) -> list
     return scales
 
 
+GUIDANCE_SCHEDULE_HELP = "'constant', 'linear' (1 at level 0 up to the scale), or one scale per level: 3,3,3,1"
+
+
 def parse_guidance_schedule(text: str | None):
     """A command line's --guidance-schedule: None, "constant", "linear", or one scale per level written
     "3,3,3,1" (a list of floats; `guidance_per_level` checks its length and values)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from generator.sampling import FINEST_DECODES, parse_guidance_schedule
+from generator.sampling import FINEST_DECODES, GUIDANCE_SCHEDULE_HELP, parse_guidance_schedule
 from pyratok.data.contact_sheet import save_contact_sheet
 from pyratok.data.shapes import COLOURS, HELDOUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, caption_for
 from pyratok.data.shapes_judge import judge_video, score_objects
@@ -181,8 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's sample size)")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's sample size)")
     p.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (1: none)")
-    p.add_argument("--guidance-schedule", default=None,
-                   help="'constant', 'linear' (1 at level 0 up to the scale), or one scale per level: 3,3,3,1")
+    p.add_argument("--guidance-schedule", default=None, help=GUIDANCE_SCHEDULE_HELP)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0")
     p.add_argument("--finest-decode", choices=FINEST_DECODES, default="sample",
                    help="the finest level's drawn bits, or each bit's expected value (bitwise head)")
