@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent \
-	tokenizer-no-text-loss model-on-parent default-tokenizer model-conv128
+	tokenizer-no-text-loss model-on-parent default-tokenizer model-conv128 refiner-conv128
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -152,3 +152,12 @@ model-conv128: $(STAMP)
 	  --resume_from_checkpoint latest
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
 	  --generator $(MOP)/generator_conv128/generator --out $(MOP)/pipeline-conv128 --sample-size 128 --raw-weights
+
+# A latent refiner (generator.refiner, configs/refiner/conv128.yaml) for that generator, and its pipeline:
+# ~13 min on two threads (README, "A latent refiner").
+refiner-conv128: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m generator.train_refiner --config configs/refiner/conv128.yaml \
+	  --resume_from_checkpoint latest
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
+	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_conv128/refiner \
+	  --out $(MOP)/pipeline-conv128-refined --sample-size 128 --raw-weights

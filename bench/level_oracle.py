@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from generator import PyraTokGenerator  # noqa: E402
+from generator.refiner import LatentRefiner  # noqa: E402
 from generator.sampling import (FINEST_DECODES, GUIDANCE_SCHEDULE_HELP, parse_guidance_schedule,  # noqa: E402
                                 temperature_per_level)
 from pyratok.data.shapes import ShapesDataset  # noqa: E402
@@ -39,10 +40,11 @@ from finest_bits import decode_keeping  # noqa: E402
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
                    guidance_schedule=None, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
                    finest_decode: str = "sample", finest_bits: int | None = None,
-                   finest_conv_passes: int | None = None) -> dict[int, dict[str, float]]:
+                   finest_conv_passes: int | None = None, refiner=None) -> dict[int, dict[str, float]]:
     """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
     sampled levels are drawn at `temperature`, the finest one decoded as `finest_decode` says
-    (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits)."""
+    (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits); with a
+    `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption before decoding."""
     num_levels = model.config.num_levels
     levels = len(tokenizer.quantizer.config.level_strides)
     if levels != num_levels:
@@ -50,6 +52,8 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
     if finest_bits is not None and (not 0 <= finest_bits <= model.config.num_bits or finest_decode != "sample"):
         raise ValueError(f"finest_bits must be in [0, {model.config.num_bits}] with drawn bits "
                          f"(finest_decode 'sample'), got {finest_bits} with {finest_decode!r}")
+    if refiner is not None and finest_bits is not None:
+        raise ValueError("a refiner reads the whole drawn z_hat: leave finest_bits None with a refiner")
     right = {k: {a: [] for a in JUDGED} for k in range(num_levels + 1)}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
@@ -68,7 +72,9 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                                      temperature=temperature, finest_decode=finest_decode,
                                      finest_conv_passes=finest_conv_passes,
                                      prefix_bits=pyramid.bits[:keep])
-            if finest_bits is None:
+            if refiner is not None:
+                recon = tokenizer.decode(refiner(sampled.latent, states, mask))
+            elif finest_bits is None:
                 recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
             else:
                 recon = decode_keeping(tokenizer, sampled, finest_bits)
@@ -93,6 +99,8 @@ def main(argv=None) -> int:
                         help="decode the finest level's drawn bits, or each bit's expected value")
     parser.add_argument("--finest-conv-passes", type=int, default=None,
                         help="passes of a FinestConv that draws in passes (default: the generator's; 1: one pass)")
+    parser.add_argument("--refiner", default=None, help="latent refiner folder (generator.train_refiner): refine "
+                        "each drawn z_hat from the caption before decoding")
     parser.add_argument("--finest-bits", type=int, default=None,
                         help="decode from the first N bits of each finest token only (drawn bits)")
     args = parser.parse_args(argv)
@@ -107,11 +115,13 @@ def main(argv=None) -> int:
     items = [data[i] for i in range(len(data))]
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale, schedule,
                             temperature=args.temperature, finest_decode=args.finest_decode,
-                            finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes)
+                            finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes,
+                            refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner).eval())
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_schedule or args.guidance_scale}, temperature {args.temperature}, "
           f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"
-          + (f", its first {args.finest_bits} only" if args.finest_bits is not None else ""))
+          + (f", its first {args.finest_bits} only" if args.finest_bits is not None else "")
+          + (f", refined by {args.refiner}" if args.refiner is not None else ""))
     for keep, got in result.items():
         scores = ", ".join(f"{a} {v:.3f}" for a, v in got.items())
         print(f"levels 0..{keep - 1} from the clip, the rest sampled: {scores}" if keep else

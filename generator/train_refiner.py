@@ -1,0 +1,119 @@
+"""Latent refiner training (`generator.refiner`) on a token cache and the generator trained on it.
+
+    python -m generator.train_refiner --config configs/refiner/conv128.yaml \
+        --set data.token_cache_dir=CACHE data.generator_dir=GEN/generator train.output_dir=OUT
+
+The frozen generator draws each batch's finer levels afresh (one seed per clip from the micro-batch
+generator, so a resumed run equals an uninterrupted one); the refiner is exported to OUT/refiner.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pyratok.config import load_config
+from pyratok.training import TrainConfig
+from pyratok.training.loop import Trainer
+
+from .buckets import token_cache_loader
+from .model import PyraTokGenerator
+from .refiner import LatentRefiner, refiner_loss
+from .token_cache import TokenCacheDataset
+
+
+@dataclass
+class RefinerConfig:
+    """`LatentRefiner`'s arguments; latent_channels and text_dim are read from the cache and the generator."""
+
+    width: int = 64
+    depth: int = 4
+    text_heads: int = 4
+    keep_levels: int = -1  # the clip's levels the generator keeps; -1: all but the finest
+
+    def __post_init__(self):
+        if self.keep_levels < -1:
+            raise ValueError(f"model.keep_levels must be >= 0, or -1 for all but the finest, got {self.keep_levels}")
+
+
+@dataclass
+class RefinerDataConfig:
+    token_cache_dir: str = "runs/token_cache"  # generator.build_cache, with captions
+    generator_dir: str = "runs/generator/generator"  # the generator trained on that cache (save_pretrained)
+    generator_variant: str | None = None  # e.g. "ema"; None: the raw weights
+    guidance_scale: float = 3.0  # the generator's draws, as the pipeline samples
+
+    def __post_init__(self):
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale <= 0:
+            raise ValueError(f"data.guidance_scale must be a finite number > 0, got {self.guidance_scale}")
+
+
+@dataclass
+class RefinerTrainConfig:
+    model: RefinerConfig = field(default_factory=RefinerConfig)
+    data: RefinerDataConfig = field(default_factory=RefinerDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/refiner"))
+
+
+def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer, generator) -> LatentRefiner:
+    if not dataset.has_text:
+        raise ValueError(f"token cache {cfg.data.token_cache_dir} has no captions: the refiner reads the text")
+    if generator.config.num_levels != dataset.num_levels:
+        raise ValueError(f"the generator has {generator.config.num_levels} levels, the token cache "
+                         f"{cfg.data.token_cache_dir} {dataset.num_levels}")
+    keep = dataset.num_levels - 1 if cfg.model.keep_levels == -1 else cfg.model.keep_levels
+    with torch.random.fork_rng(devices=[]):  # same init on every rank
+        torch.manual_seed(cfg.train.seed)
+        return LatentRefiner(latent_channels=quantizer.config.latent_channels, width=cfg.model.width,
+                             depth=cfg.model.depth, text_dim=generator.config.text_dim,
+                             text_heads=cfg.model.text_heads, keep_levels=keep)
+
+
+def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, int]:
+    """Run the training loop and export OUT/refiner; returns the trainer (call `finish`) and the last step."""
+    tc = cfg.train
+    trainer = Trainer(tc, "refiner", cfg)
+    acc = trainer.accelerator
+    dataset = TokenCacheDataset(cfg.data.token_cache_dir)
+    quantizer = dataset.load_quantizer(acc.device)
+    generator = PyraTokGenerator.from_pretrained(cfg.data.generator_dir, variant=cfg.data.generator_variant)
+    generator = generator.to(acc.device).eval().requires_grad_(False)
+    refiner = build_refiner(cfg, dataset, quantizer, generator)
+    loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)
+    model = trainer.prepare(refiner, loader)
+    trainer.resume(resume)
+    acc.print(f"refiner: {sum(p.numel() for p in refiner.parameters()) / 1e6:.2f}M params, keeps "
+              f"{refiner.config.keep_levels} of {dataset.num_levels} levels, {len(dataset)} cached pyramids")
+
+    def loss_fn(batch, rng):
+        return refiner_loss(model, generator, quantizer, batch, rng, cfg.data.guidance_scale)
+
+    step = trainer.fit(loss_fn)
+    state_dict = trainer.full_state_dict()
+
+    def write(folder: Path) -> None:
+        export = LatentRefiner.from_config(acc.unwrap_model(model).config)
+        export.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        export.save_pretrained(str(folder))
+
+    trainer.export("refiner", write)
+    return trainer, step
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML/JSON RefinerTrainConfig (defaults if omitted)")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. data.token_cache_dir=CACHE train.max_steps=50")
+    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    args = parser.parse_args(argv)
+    trainer, _ = train(load_config(RefinerTrainConfig, args.config, args.set), args.resume_from_checkpoint)
+    trainer.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

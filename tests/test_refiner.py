@@ -1,0 +1,158 @@
+"""Tests for the latent refiner (generator.refiner): identity at the start, the text it reads, its training
+run (exact resume, export) and its place in the pipeline (use_refiner, save / load, mismatches refused)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_pipeline import SMALL, gens, get_dummy_components
+
+from generator.model import PyraTokGenerator
+from generator.refiner import LatentRefiner, refiner_loss
+from generator.token_cache import TokenCacheDataset
+from generator.train import main as generator_main
+from generator.train_refiner import main as refiner_main
+from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline
+
+from factories import fresh_accelerate_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY_GENERATOR = ["model.width=32", "model.depth=1", "model.heads=2", "train.batch_size=2", "train.max_steps=2"]
+TINY_REFINER = ["model.width=16", "model.depth=1", "model.text_heads=2", "train.batch_size=2", "train.log_every=1"]
+
+
+def tiny_refiner(latent_channels: int = 4, text_dim: int = 16, keep_levels: int = 2, seed: int = 0) -> LatentRefiner:
+    """For the 3-level dummy pipeline: it keeps the clip's first 2 levels, the generator draws the finest."""
+    torch.manual_seed(seed)
+    return LatentRefiner(latent_channels=latent_channels, width=16, depth=1, text_dim=text_dim, text_heads=2,
+                         keep_levels=keep_levels)
+
+
+def test_an_untrained_refiner_returns_its_input_and_names_bad_shapes():
+    refiner = tiny_refiner()
+    z, text, mask = torch.randn(2, 4, 2, 4, 4), torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)
+    assert torch.equal(refiner(z, text, mask), z)
+    with pytest.raises(ValueError, match=r"z_hat must be \(b, 4, t, h, w\), got \(2, 8, 2, 4, 4\)"):
+        refiner(torch.randn(2, 8, 2, 4, 4), text, mask)
+    with pytest.raises(ValueError, match=r"text_states must be \(2, s, 16\), got \(2, 3, 24\)"):
+        refiner(z, torch.randn(2, 3, 24), mask)
+    with pytest.raises(ValueError, match=r"text_mask must be \(2, 3\), got \(2, 4\)"):
+        refiner(z, text, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="width=12 must be a multiple of 8"):
+        LatentRefiner(width=12)
+
+
+def _fit(refiner: LatentRefiner, steps: int = 80) -> float:
+    """Train on a task only the text can solve: the same noisy z_hat, +1 targets for one caption and -1 for
+    the other. Returns the last loss; the identity scores 2 (1 + the noise's variance)."""
+    gen = torch.Generator().manual_seed(0)
+    texts = torch.randn(2, 3, 16, generator=gen)
+    opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
+    for _ in range(steps):
+        z = torch.randn(4, 4, 2, 4, 4, generator=gen)
+        which = torch.tensor([0, 1, 0, 1])
+        target = torch.where(which[:, None, None, None, None] == 0, 1.0, -1.0).expand_as(z)
+        loss = torch.nn.functional.mse_loss(refiner(z, texts[which]), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def test_the_refiner_draws_what_the_caption_says():
+    """Mechanism test: with its text attention the refiner learns a caption-dependent correction; with the
+    attention detached (gates held at 0) it cannot beat the caption-blind best (a loss of 1)."""
+    assert _fit(tiny_refiner()) < 0.3
+    blind = tiny_refiner()
+    for block in blind.text:
+        block.gate.data.zero_()
+        block.gate.requires_grad_(False)
+    assert _fit(blind) > 0.9
+
+
+def test_the_refiner_config_round_trips(tmp_path):
+    from pathlib import Path
+
+    from generator.train_refiner import RefinerTrainConfig
+    from pyratok.config import load_config, save_config
+
+    cfg = load_config(RefinerTrainConfig, Path(__file__).resolve().parents[1] / "configs/refiner/conv128.yaml")
+    assert (cfg.model.keep_levels, cfg.train.batch_size) == (-1, 16)
+    save_config(cfg, tmp_path / "cfg.yaml")
+    assert load_config(RefinerTrainConfig, tmp_path / "cfg.yaml") == cfg
+    with pytest.raises(ValueError, match="model.keep_levels must be >= 0, or -1 for all but the finest, got -2"):
+        load_config(RefinerTrainConfig, None, ["model.keep_levels=-2"])
+    with pytest.raises(ValueError, match="data.guidance_scale must be a finite number > 0, got nan"):
+        load_config(RefinerTrainConfig, None, ["data.guidance_scale=nan"])
+
+
+def _train_generator(cache_dir, out) -> None:
+    with fresh_accelerate_state():
+        assert generator_main(["--set", *TINY_GENERATOR, f"data.token_cache_dir={cache_dir}",
+                               f"train.output_dir={out}"]) == 0
+
+
+def _train_refiner(cache_dir, generator_dir, out, steps: int, *extra: str) -> dict:
+    with fresh_accelerate_state():
+        assert refiner_main(["--set", *TINY_REFINER, f"data.token_cache_dir={cache_dir}",
+                             f"data.generator_dir={generator_dir}", f"train.output_dir={out}",
+                             f"train.max_steps={steps}", "train.save_every=2", *extra]) == 0
+    return load_file(str(out / "refiner" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_refiner_training_resumes_exactly_and_learns_from_the_generators_draws(cache_dir, tmp_path):
+    _train_generator(cache_dir, tmp_path / "gen")
+    generator_dir = tmp_path / "gen" / "generator"
+    straight = _train_refiner(cache_dir, generator_dir, tmp_path / "straight", 4)
+    _train_refiner(cache_dir, generator_dir, tmp_path / "resumed", 2)
+    resumed = _train_refiner(cache_dir, generator_dir, tmp_path / "resumed", 4, "--resume_from_checkpoint", "latest")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert straight["out.2.weight"].abs().sum() > 0  # trained away from the identity
+    refiner = LatentRefiner.from_pretrained(tmp_path / "straight" / "refiner")
+    assert (refiner.config.latent_channels, refiner.config.keep_levels) == (8, 3)  # the cache's LaPQ, all but the finest
+
+    dataset = TokenCacheDataset(cache_dir)
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    generator = PyraTokGenerator.from_pretrained(generator_dir).eval()
+    loss, logs = refiner_loss(refiner, generator, dataset.load_quantizer(), batch, torch.Generator().manual_seed(0))
+    assert logs["drawn_mse"] > 0 and loss.requires_grad  # the generator's draw differs from the clip
+    untrained = LatentRefiner.from_config(refiner.config)
+    same, logs = refiner_loss(untrained, generator, dataset.load_quantizer(), batch, torch.Generator().manual_seed(0))
+    assert same.item() == pytest.approx(logs["drawn_mse"].item())  # the identity scores the draw itself
+    with pytest.raises(ValueError, match="keep_levels=4 must leave a level to draw: the cache has 4 levels"):
+        refiner_loss(LatentRefiner(latent_channels=8, keep_levels=4), generator, dataset.load_quantizer(), batch,
+                     torch.Generator())
+
+
+def test_the_pipeline_decodes_the_refined_latent(tmp_path):
+    components = get_dummy_components()
+    refiner = tiny_refiner()
+    torch.nn.init.normal_(refiner.out[-1].weight, std=0.1)  # a refiner that changes its input
+    pipe = PyraTokT2VPipeline(**components, refiner=refiner)
+    pipe.set_progress_bar_config(disable=True)
+    refined = pipe("a red circle", generator=gens(3), output_type="latent", **SMALL).frames
+    plain = pipe("a red circle", generator=gens(3), output_type="latent", use_refiner=False, **SMALL).frames
+    assert all(torch.equal(a, b) for a, b in zip(refined.bits, plain.bits))  # the same draw
+    embeds, mask = pipe.encode_prompt("a red circle")[:2]
+    torch.testing.assert_close(refined.latent, refiner(plain.latent, embeds, mask))
+    blue, blue_mask = pipe.encode_prompt("a blue square")[:2]
+    assert not torch.allclose(refiner(plain.latent, blue, blue_mask), refined.latent)  # the caption enters
+    video = pipe("a red circle", generator=gens(3), output_type="np", **SMALL).frames
+    unrefined = pipe("a red circle", generator=gens(3), output_type="np", use_refiner=False, **SMALL).frames
+    assert video.shape == unrefined.shape and abs(video - unrefined).max() > 0
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = PyraTokT2VPipeline.from_pretrained(tmp_path / "pipe")
+    assert isinstance(loaded.refiner, LatentRefiner)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.refiner.state_dict().values(), refiner.state_dict().values()))
+    without = PyraTokT2VPipeline(**get_dummy_components())
+    without.save_pretrained(tmp_path / "plain")
+    assert PyraTokT2VPipeline.from_pretrained(tmp_path / "plain").refiner is None
+
+    with pytest.raises(ValueError, match="use_refiner must be True or False, got 'yes'"):
+        pipe("a red circle", use_refiner="yes", **SMALL)
+    with pytest.raises(ValueError, match=r"the refiner was built for \{'latent_channels': 8, 'text_dim': 16\}, "
+                                         r"but this vae and transformer give \{'latent_channels': 4, 'text_dim': 16\}"):
+        PyraTokT2VPipeline(**get_dummy_components(), refiner=tiny_refiner(latent_channels=8))
+    with pytest.raises(ValueError, match="the refiner keeps 3 levels; the transformer draws only 3"):
+        PyraTokT2VPipeline(**get_dummy_components(), refiner=tiny_refiner(keep_levels=3))
