@@ -77,10 +77,11 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
     tc = cfg.train
     trainer = Trainer(tc, "refiner", cfg)
     acc = trainer.accelerator
-    dataset = TokenCacheDataset(cfg.data.token_cache_dir)
-    quantizer = dataset.load_quantizer(acc.device)
     generator = PyraTokGenerator.from_pretrained(cfg.data.generator_dir, variant=cfg.data.generator_variant)
     generator = generator.to(acc.device).eval().requires_grad_(False)
+    # a generator that reads phrase vectors gets them, and the refiner reads the same text states
+    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=bool(generator.config.get("phrase_tokens")))
+    quantizer = dataset.load_quantizer(acc.device)
     refiner = build_refiner(cfg, dataset, quantizer, generator)
     loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)
     model = trainer.prepare(refiner, loader)
