@@ -25,13 +25,19 @@ from .token_cache import TokenCacheDataset
 EMA_VARIANT = "ema"  # the EMA weights: generator/diffusion_pytorch_model.ema.safetensors
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML/JSON GeneratorTrainConfig (defaults if omitted)")
+def run_parser(description: str, config_name: str, example: str) -> argparse.ArgumentParser:
+    """--config (a YAML/JSON `config_name`), --set KEY=VALUE overrides, --resume_from_checkpoint: the command
+    line of the trainers on a token cache (this one and `generator.train_refiner`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help=f"YAML/JSON {config_name} (defaults if omitted)")
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. model.width=64 train.max_steps=50")
+                        help=f"overrides, e.g. {example}")
     parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return run_parser(__doc__, "GeneratorTrainConfig", "model.width=64 train.max_steps=50").parse_args(argv)
 
 
 def build_model(cfg: GeneratorTrainConfig, dataset: TokenCacheDataset) -> PyraTokGenerator:

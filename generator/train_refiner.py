@@ -1,6 +1,6 @@
 """Latent refiner training (`generator.refiner`) on a token cache and the generator trained on it.
 
-    python -m generator.train_refiner --config configs/refiner/conv128.yaml \
+    python -m generator.train_refiner --config configs/refiner/conv128.yaml \\
         --set data.token_cache_dir=CACHE data.generator_dir=GEN/generator train.output_dir=OUT
 
 The frozen generator draws each batch's finer levels afresh (one seed per clip from the micro-batch
@@ -8,7 +8,6 @@ generator, so a resumed run equals an uninterrupted one); the refiner is exporte
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from .buckets import token_cache_loader
 from .model import PyraTokGenerator
 from .refiner import LatentRefiner, refiner_loss
 from .token_cache import TokenCacheDataset
+from .train import run_parser
 
 
 @dataclass
@@ -105,12 +105,7 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML/JSON RefinerTrainConfig (defaults if omitted)")
-    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. data.token_cache_dir=CACHE train.max_steps=50")
-    parser.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    args = parser.parse_args(argv)
+    args = run_parser(__doc__, "RefinerTrainConfig", "data.token_cache_dir=CACHE train.max_steps=50").parse_args(argv)
     trainer, _ = train(load_config(RefinerTrainConfig, args.config, args.set), args.resume_from_checkpoint)
     trainer.finish()
     return 0

@@ -2,7 +2,7 @@
 
 Last step of the default-model recipe (`make default-model`): the MiniLM text encoder is not
 copied, it loads from its installed package.
-    python -m pipelines.assemble --tokenizer runs/tok/tokenizer --generator runs/gen/generator --out DIR \
+    python -m pipelines.assemble --tokenizer runs/tok/tokenizer --generator runs/gen/generator --out DIR \\
         [--refiner runs/refiner/refiner]
 """
 from __future__ import annotations
