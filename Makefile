@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent \
-	tokenizer-no-text-loss model-on-parent default-tokenizer model-conv128 refiner-conv128
+	tokenizer-no-text-loss model-on-parent default-tokenizer model-conv128 refiner-conv128 \
+	refiner-flow128
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -161,3 +162,12 @@ refiner-conv128: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
 	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_conv128/refiner \
 	  --out $(MOP)/pipeline-conv128-refined --sample-size 128 --raw-weights
+
+# A flow refiner (generator.refiner mode "flow", configs/refiner/flow128.yaml): it draws the finest level from the
+# generator's levels 0-2 and the caption; it learns from the cache alone (no generator in the loop), ~23 min.
+refiner-flow128: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m generator.train_refiner --config configs/refiner/flow128.yaml \
+	  --resume_from_checkpoint latest
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
+	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_flow128/refiner \
+	  --out $(MOP)/pipeline-conv128-flow --sample-size 128 --raw-weights

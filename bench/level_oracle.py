@@ -44,7 +44,9 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
     """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
     sampled levels are drawn at `temperature`, the finest one decoded as `finest_decode` says
     (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits); with a
-    `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption before decoding."""
+    `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption before decoding
+    (a "flow" refiner reads only the first `keep_levels` levels and draws the rest, so the clip's levels from
+    keep_levels on are not used)."""
     num_levels = model.config.num_levels
     levels = len(tokenizer.quantizer.config.level_strides)
     if levels != num_levels:
@@ -73,7 +75,8 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                                      finest_conv_passes=finest_conv_passes,
                                      prefix_bits=pyramid.bits[:keep])
             if refiner is not None:
-                recon = tokenizer.decode(refiner(sampled.latent, states, mask))
+                z_hat = refiner.condition(sampled, tokenizer.quantizer)  # flow: levels < keep_levels only
+                recon = tokenizer.decode(refiner.refine(z_hat, states, mask, generator=gens))
             elif finest_bits is None:
                 recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
             else:

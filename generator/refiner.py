@@ -7,45 +7,82 @@ for the vae to decode. It is trained (`generator.train_refiner`) on the generato
 clip keeps its first `keep_levels` levels, the frozen generator draws the rest from the clip's caption, and
 the refiner learns to give back the clip's own z_hat (mean squared error). Its last convolution starts at
 zero, so an untrained refiner returns its input.
+With `mode="flow"` it draws instead of regressing: a rectified-flow model (diffusers'
+`FlowMatchEulerDiscreteScheduler`) of the finer levels' share of z_hat (the clip's z_hat minus the z_hat of its
+first `keep_levels` levels), conditioned on those levels' z_hat and the caption, with classifier-free guidance
+against a learned null text. A regression returns the mean over every outline the coarse levels allow, and a
+mean of squares and discs is a disc; a draw picks one. It trains on the clips' own coarse levels
+(`flow_loss`: no generator in the loop) and, in the pipeline, reads the generator's.
 Letters: b - batch, c - latent channels, d - width, t/h/w - latent grid, s - text tokens, e - text width.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import ModelMixin
+from diffusers import FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
 
+from pyratok.null_text import cfg_text_batch
+from pyratok.null_text import drop_text as with_null_text  # `forward` has an argument named drop_text
 from pyratok.pyramid import TokenPyramid
 from pyratok.text_attention import TextCrossAttention
 
+from .sampling import guided_logits
+
 GROUPS = 8  # GroupNorm groups: the width must be a multiple
+MODES = ("regress", "flow")
+NUM_TRAIN_TIMESTEPS = 1000  # a flow refiner's timestep is sigma * this (diffusers' FlowMatchEulerDiscreteScheduler)
 
 
 class LatentRefiner(ModelMixin, ConfigMixin):
-    """z_hat (b, c, t, h, w) + text (b, s, e) -> refined z_hat (b, c, t, h, w); diffusers save / load."""
+    """z_hat (b, c, t, h, w) + text (b, s, e) -> refined z_hat (b, c, t, h, w); diffusers save / load.
+
+    mode "regress": `forward` returns the refined z_hat of a drawn pyramid's z_hat. mode "flow": `forward`
+    returns the velocity (noise - data) of the noisy finer-level share `noisy` at `timestep`, given the z_hat
+    of the first `keep_levels` levels; `refine` draws with `sample_steps` Euler steps at `guidance_scale`."""
 
     @register_to_config
     def __init__(self, latent_channels: int = 16, width: int = 64, depth: int = 4, text_dim: int = 384,
-                 text_heads: int = 4, keep_levels: int = 3):
+                 text_heads: int = 4, keep_levels: int = 3, mode: str = "regress", num_null_tokens: int = 1,
+                 sample_steps: int = 16, guidance_scale: float = 3.0):
         super().__init__()
         if width % GROUPS or width % text_heads:
             raise ValueError(f"width={width} must be a multiple of {GROUPS} and of text_heads={text_heads}")
         if latent_channels < 1 or depth < 1 or keep_levels < 0:
             raise ValueError(f"latent_channels and depth must be >= 1 and keep_levels >= 0, got "
                              f"{latent_channels}, {depth}, {keep_levels}")
-        self.stem = nn.Conv3d(latent_channels, width, 3, padding=1)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if num_null_tokens < 1 or sample_steps < 1 or not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"num_null_tokens and sample_steps must be >= 1 and guidance_scale a finite number "
+                             f">= 0, got {num_null_tokens}, {sample_steps}, {guidance_scale}")
+        flow = mode == "flow"
+        self.stem = nn.Conv3d(latent_channels * (2 if flow else 1), width, 3, padding=1)  # flow: [noisy, z_hat]
         self.convs = nn.ModuleList(
             nn.Sequential(nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv3d(width, width, 3, padding=1))
             for _ in range(depth))
         self.text = nn.ModuleList(TextCrossAttention(width, text_dim, text_heads, gate_init=1.0) for _ in range(depth))
         self.out = nn.Sequential(nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv3d(width, latent_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)  # starts as the identity
+        nn.init.zeros_(self.out[-1].weight)  # regress: starts as the identity; flow: as a zero velocity
         nn.init.zeros_(self.out[-1].bias)
+        if flow:
+            self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
+            self.time_embed = TimestepEmbedding(width, width)
+            self.time_shift = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+            self.null_text = nn.Parameter(torch.randn(num_null_tokens, text_dim) * 0.02)  # (n_null, e)
 
-    def check_inputs(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None) -> None:
+    @property
+    def draws(self) -> bool:
+        return self.config.mode == "flow"
+
+    def check_inputs(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None,
+                     noisy: torch.Tensor | None = None, timestep: torch.Tensor | None = None) -> None:
         """ValueError naming the first input whose shape does not fit this refiner."""
         c, e = self.config.latent_channels, self.config.text_dim
         if z_hat.dim() != 5 or z_hat.shape[1] != c:
@@ -54,18 +91,94 @@ class LatentRefiner(ModelMixin, ConfigMixin):
             raise ValueError(f"text_states must be ({z_hat.shape[0]}, s, {e}), got {tuple(text_states.shape)}")
         if text_mask is not None and tuple(text_mask.shape) != tuple(text_states.shape[:2]):
             raise ValueError(f"text_mask must be {tuple(text_states.shape[:2])}, got {tuple(text_mask.shape)}")
+        if self.draws != (noisy is not None) or self.draws != (timestep is not None):
+            raise ValueError(f"a {self.config.mode} refiner takes noisy and timestep {'both' if self.draws else 'neither'}")
+        if self.draws and (noisy.shape != z_hat.shape or tuple(timestep.shape) != (z_hat.shape[0],)):
+            raise ValueError(f"noisy must be {tuple(z_hat.shape)} and timestep ({z_hat.shape[0]},), got "
+                             f"{tuple(noisy.shape)} and {tuple(timestep.shape)}")
 
-    def forward(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None = None):
-        self.check_inputs(z_hat, text_states, text_mask)
+    def forward(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None = None,
+                noisy: torch.Tensor | None = None, timestep: torch.Tensor | None = None,
+                drop_text: torch.Tensor | None = None) -> torch.Tensor:
+        """regress: the refined z_hat. flow: the velocity at (noisy, timestep); drop_text (b,) bool -> null text."""
+        self.check_inputs(z_hat, text_states, text_mask, noisy, timestep)
         dtype = self.stem.weight.dtype
-        h_bdthw = self.stem(z_hat.to(dtype))
+        if drop_text is not None:
+            if not self.draws:
+                raise ValueError("a regress refiner has no null text: drop_text is for a flow refiner")
+            text_states, text_mask = with_null_text(self.null_text, text_states, text_mask, drop_text)
+        h_bdthw = self.stem((z_hat if noisy is None else torch.cat([noisy, z_hat], 1)).to(dtype))
         t, h, w = h_bdthw.shape[2:]
-        for conv, text in zip(self.convs, self.text):
-            h_bdthw = h_bdthw + conv(h_bdthw)
+        temb_bd = self.time_embed(self.time_proj(timestep).to(dtype)) if self.draws else None
+        for i, (conv, text) in enumerate(zip(self.convs, self.text)):
+            shift = 0 if temb_bd is None else rearrange(self.time_shift[i](temb_bd), "b d -> b d 1 1 1")
+            h_bdthw = h_bdthw + conv(h_bdthw + shift)
             tokens_bnd = rearrange(h_bdthw, "b d t h w -> b (t h w) d")
             tokens_bnd = text(tokens_bnd, text_states.to(dtype), text_mask)
             h_bdthw = rearrange(tokens_bnd, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
-        return z_hat + self.out(h_bdthw).to(z_hat.dtype)
+        out = self.out(h_bdthw).to(z_hat.dtype)
+        return out if self.draws else z_hat + out
+
+    def condition(self, pyramid: TokenPyramid, quantizer) -> torch.Tensor:
+        """What this refiner reads of a drawn pyramid: regress - its z_hat; flow - the z_hat of its first
+        `keep_levels` levels (zeros for none)."""
+        if not self.draws:
+            return pyramid.latent
+        keep = self.config.keep_levels
+        if keep == 0:
+            return torch.zeros_like(pyramid.latent)
+        return quantizer.reconstruct(pyramid.bits[:keep], pyramid.latent_grid).to(pyramid.latent.dtype)
+
+    @torch.no_grad()
+    def refine(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None = None,
+               generator=None) -> torch.Tensor:
+        """The z_hat to decode, from `condition`'s output: regress - one forward; flow - a draw of the finer
+        levels' share from noise (`generator`: one torch.Generator, or one per video) added to z_hat."""
+        if not self.draws:
+            return self(z_hat, text_states, text_mask)
+        b, scale = z_hat.shape[0], self.config.guidance_scale
+        use_cfg = scale != 1.0
+        states, mask = cfg_text_batch(self.null_text, text_states, text_mask, None, None, b, use_cfg, z_hat.device)
+        cond = torch.cat([z_hat, z_hat]) if use_cfg else z_hat
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+        scheduler.set_timesteps(self.config.sample_steps, device=z_hat.device)
+        sample = randn_tensor(tuple(z_hat.shape), generator=generator, device=z_hat.device, dtype=z_hat.dtype)
+        for timestep in scheduler.timesteps:
+            noisy = torch.cat([sample, sample]) if use_cfg else sample
+            velocity = self(cond, states, mask, noisy=noisy, timestep=timestep.expand(noisy.shape[0]))
+            if use_cfg:
+                velocity = guided_logits(*velocity.chunk(2), scale)
+            sample = scheduler.step(velocity, timestep, sample).prev_sample
+        return z_hat + sample
+
+
+def flow_loss(refiner: LatentRefiner, config, quantizer, batch: dict, rng: torch.Generator,
+              text_dropout: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """Rectified-flow loss of a flow refiner on a token-cache batch: the finer levels' share of each clip's
+    z_hat, noised at sigma = sigmoid(N(0, 1)) (logit-normal, as SD3), its velocity (noise - data) regressed
+    given the clip's own first `keep_levels` levels; captions dropped at `text_dropout` for guidance.
+    refiner: the (possibly wrapped) model; config: its config. Noise, sigmas and drops come from `rng`."""
+    bits, keep = batch["bits"], config.keep_levels
+    if config.mode != "flow":
+        raise ValueError(f"flow_loss trains a flow refiner, got mode={config.mode!r}")
+    if not 0 <= keep < len(bits):
+        raise ValueError(f"keep_levels={keep} must leave a level to draw: the cache has {len(bits)} levels")
+    states, mask = batch["text_states"], batch["text_mask"]
+    if states is None:
+        raise ValueError("the refiner learns from captions: the token cache has no text states")
+    with torch.no_grad():
+        target = quantizer.reconstruct(bits, batch["latent_grid"])  # (b, c, t, h, w) the clip's z_hat
+        cond = quantizer.reconstruct(bits[:keep], batch["latent_grid"]) if keep else torch.zeros_like(target)
+    data = target - cond
+    b = data.shape[0]
+    noise = torch.randn(data.shape, generator=rng).to(data)
+    sigma = torch.sigmoid(torch.randn(b, generator=rng)).to(data)
+    drop = (torch.rand(b, generator=rng) < text_dropout).to(data.device)
+    sigma_b1111 = rearrange(sigma, "b -> b 1 1 1 1")
+    noisy = sigma_b1111 * noise + (1 - sigma_b1111) * data
+    velocity = refiner(cond, states, mask, noisy=noisy, timestep=sigma * NUM_TRAIN_TIMESTEPS, drop_text=drop)
+    loss = F.mse_loss(velocity, noise - data)
+    return loss, {"loss": loss.detach(), "data_var": data.pow(2).mean()}
 
 
 def refiner_loss(refiner: LatentRefiner, generator, quantizer, batch: dict, rng: torch.Generator,

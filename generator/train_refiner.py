@@ -3,8 +3,10 @@
     python -m generator.train_refiner --config configs/refiner/conv128.yaml \\
         --set data.token_cache_dir=CACHE data.generator_dir=GEN/generator train.output_dir=OUT
 
-The frozen generator draws each batch's finer levels afresh (one seed per clip from the micro-batch
-generator, so a resumed run equals an uninterrupted one); the refiner is exported to OUT/refiner.
+A "regress" refiner: the frozen generator draws each batch's finer levels afresh (one seed per clip from the
+micro-batch generator, so a resumed run equals an uninterrupted one). A "flow" refiner (model.mode=flow) learns
+from the clips' own levels and needs no generator (data.generator_dir, when given, only says whether the
+pipeline's text states carry phrase vectors). The refiner is exported to OUT/refiner.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pyratok.training.loop import Trainer
 
 from .buckets import token_cache_loader
 from .model import PyraTokGenerator
-from .refiner import LatentRefiner, refiner_loss
+from .refiner import MODES, LatentRefiner, flow_loss, refiner_loss
 from .token_cache import TokenCacheDataset
 from .train import run_parser
 
@@ -32,17 +34,25 @@ class RefinerConfig:
     width: int = 64
     depth: int = 4
     text_heads: int = 4
-    keep_levels: int = -1  # the clip's levels the generator keeps; -1: all but the finest
+    keep_levels: int = -1  # the clip's levels kept (flow: read); -1: all but the finest
+    mode: str = "regress"  # or "flow": draws the levels after keep_levels (generator.refiner)
+    text_dropout: float = 0.1  # flow: share of clips trained with the null text (classifier-free guidance)
+    sample_steps: int = 16  # flow: Euler steps of a draw
+    guidance_scale: float = 3.0  # flow: classifier-free guidance of a draw
 
     def __post_init__(self):
         if self.keep_levels < -1:
             raise ValueError(f"model.keep_levels must be >= 0, or -1 for all but the finest, got {self.keep_levels}")
+        if self.mode not in MODES:
+            raise ValueError(f"model.mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"model.text_dropout must be in [0, 1), got {self.text_dropout}")
 
 
 @dataclass
 class RefinerDataConfig:
     token_cache_dir: str = "runs/token_cache"  # generator.build_cache, with captions
-    generator_dir: str = "runs/generator/generator"  # the generator trained on that cache (save_pretrained)
+    generator_dir: str | None = "runs/generator/generator"  # the generator trained on that cache; flow: optional
     generator_variant: str | None = None  # e.g. "ema"; None: the raw weights
     guidance_scale: float = 3.0  # the generator's draws, as the pipeline samples
 
@@ -61,15 +71,19 @@ class RefinerTrainConfig:
 def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer, generator) -> LatentRefiner:
     if not dataset.has_text:
         raise ValueError(f"token cache {cfg.data.token_cache_dir} has no captions: the refiner reads the text")
-    if generator.config.num_levels != dataset.num_levels:
+    if generator is not None and generator.config.num_levels != dataset.num_levels:
         raise ValueError(f"the generator has {generator.config.num_levels} levels, the token cache "
                          f"{cfg.data.token_cache_dir} {dataset.num_levels}")
-    keep = dataset.num_levels - 1 if cfg.model.keep_levels == -1 else cfg.model.keep_levels
+    m = cfg.model
+    keep = dataset.num_levels - 1 if m.keep_levels == -1 else m.keep_levels
+    if keep >= dataset.num_levels:
+        raise ValueError(f"model.keep_levels={keep} must leave a level to refine: the cache has {dataset.num_levels}")
+    text_dim = dataset[0]["text_states"].shape[-1] if generator is None else generator.config.text_dim
     with torch.random.fork_rng(devices=[]):  # same init on every rank
         torch.manual_seed(cfg.train.seed)
-        return LatentRefiner(latent_channels=quantizer.config.latent_channels, width=cfg.model.width,
-                             depth=cfg.model.depth, text_dim=generator.config.text_dim,
-                             text_heads=cfg.model.text_heads, keep_levels=keep)
+        return LatentRefiner(latent_channels=quantizer.config.latent_channels, width=m.width, depth=m.depth,
+                             text_dim=text_dim, text_heads=m.text_heads, keep_levels=keep, mode=m.mode,
+                             sample_steps=m.sample_steps, guidance_scale=m.guidance_scale)
 
 
 def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, int]:
@@ -77,10 +91,16 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
     tc = cfg.train
     trainer = Trainer(tc, "refiner", cfg)
     acc = trainer.accelerator
-    generator = PyraTokGenerator.from_pretrained(cfg.data.generator_dir, variant=cfg.data.generator_variant)
-    generator = generator.to(acc.device).eval().requires_grad_(False)
+    flow = cfg.model.mode == "flow"
+    if cfg.data.generator_dir is None and not flow:
+        raise ValueError("a regress refiner learns from the generator's draws: set data.generator_dir")
+    generator = None
+    if cfg.data.generator_dir is not None:
+        generator = PyraTokGenerator.from_pretrained(cfg.data.generator_dir, variant=cfg.data.generator_variant)
+        generator = generator.to(acc.device).eval().requires_grad_(False)
     # a generator that reads phrase vectors gets them, and the refiner reads the same text states
-    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=bool(generator.config.get("phrase_tokens")))
+    phrases = generator is not None and bool(generator.config.get("phrase_tokens"))
+    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=phrases)
     quantizer = dataset.load_quantizer(acc.device)
     refiner = build_refiner(cfg, dataset, quantizer, generator)
     loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)
@@ -90,6 +110,8 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
               f"{refiner.config.keep_levels} of {dataset.num_levels} levels, {len(dataset)} cached pyramids")
 
     def loss_fn(batch, rng):
+        if flow:
+            return flow_loss(model, refiner.config, quantizer, batch, rng, cfg.model.text_dropout)
         return refiner_loss(model, generator, quantizer, batch, rng, cfg.data.guidance_scale)
 
     step = trainer.fit(loss_fn)

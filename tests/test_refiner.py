@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from test_pipeline import SMALL, gens, get_dummy_components
 
 from generator.model import PyraTokGenerator
-from generator.refiner import LatentRefiner, refiner_loss
+from generator.refiner import LatentRefiner, flow_loss, refiner_loss
 from generator.token_cache import TokenCacheDataset
 from generator.train import main as generator_main
 from generator.train_refiner import main as refiner_main
@@ -84,6 +84,12 @@ def test_the_refiner_config_round_trips(tmp_path):
         load_config(RefinerTrainConfig, None, ["model.keep_levels=-2"])
     with pytest.raises(ValueError, match="data.guidance_scale must be a finite number > 0, got nan"):
         load_config(RefinerTrainConfig, None, ["data.guidance_scale=nan"])
+    flow = load_config(RefinerTrainConfig, Path(__file__).resolve().parents[1] / "configs/refiner/flow128.yaml")
+    assert (flow.model.mode, flow.model.keep_levels, flow.data.generator_dir) == ("flow", 3, None)
+    save_config(flow, tmp_path / "flow.yaml")
+    assert load_config(RefinerTrainConfig, tmp_path / "flow.yaml") == flow
+    with pytest.raises(ValueError, match="model.mode must be one of"):
+        load_config(RefinerTrainConfig, None, ["model.mode=diffuse"])
 
 
 def _train_generator(cache_dir, out) -> None:
@@ -156,3 +162,122 @@ def test_the_pipeline_decodes_the_refined_latent(tmp_path):
         PyraTokT2VPipeline(**get_dummy_components(), refiner=tiny_refiner(latent_channels=8))
     with pytest.raises(ValueError, match="the refiner keeps 3 levels; the transformer draws only 3"):
         PyraTokT2VPipeline(**get_dummy_components(), refiner=tiny_refiner(keep_levels=3))
+
+
+# --- the flow refiner (mode "flow"): it draws the finer levels' share instead of regressing it ---
+
+class SumLevels:
+    """A stand-in quantizer for `flow_loss`: each "level" is a z_hat part already on the latent grid."""
+
+    def reconstruct(self, bits, latent_grid):
+        return sum(bits)
+
+
+def tiny_flow(text_heads_on: bool = True, seed: int = 0) -> LatentRefiner:
+    torch.manual_seed(seed)
+    refiner = LatentRefiner(latent_channels=4, width=32, depth=2, text_dim=16, text_heads=2, keep_levels=1,
+                            mode="flow", sample_steps=12, guidance_scale=2.0)
+    if not text_heads_on:  # the text attention detached: gates held at 0
+        for block in refiner.text:
+            block.gate.data.zero_()
+            block.gate.requires_grad_(False)
+    return refiner
+
+
+def _fit_flow(refiner: LatentRefiner, patterns: torch.Tensor, texts: torch.Tensor, steps: int = 600) -> None:
+    """Caption k's clips add +patterns[k] or -patterns[k] (a coin per clip) to a random coarse z_hat: two
+    outlines per caption, whose mean is nothing at all."""
+    gen, rng = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    opt = torch.optim.Adam([p for p in refiner.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        which = torch.randint(0, 2, (32,), generator=gen)
+        sign = torch.randint(0, 2, (32,), generator=gen) * 2.0 - 1
+        coarse = torch.randn(32, 4, 1, 4, 4, generator=gen)
+        batch = {"bits": [coarse, sign[:, None, None, None, None] * patterns[which]], "latent_grid": (1, 4, 4),
+                 "text_states": texts[which], "text_mask": None}
+        loss, _ = flow_loss(refiner, refiner.config, SumLevels(), batch, rng, text_dropout=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _draw_projections(refiner: LatentRefiner, patterns, texts, caption: int, n: int = 16) -> torch.Tensor:
+    """(n, 2): each draw's finer share for `caption`, projected on the two patterns (1 = the pattern itself)."""
+    coarse = torch.randn(n, 4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    drawn = refiner.refine(coarse, texts[caption].expand(n, -1, -1), None, generator=gens(*range(n))) - coarse
+    flat = patterns.flatten(1)  # (2, c t h w)
+    return drawn.flatten(1) @ flat.T / flat.pow(2).sum(1)
+
+
+def test_the_flow_refiner_draws_an_outline_where_a_regression_averages():
+    """Mechanism test: each caption allows two opposite finer shares. The flow refiner's draws land on one of
+    its caption's two (the regression's answer, their mean, is zero), and both are drawn; with the text
+    attention detached the draws cannot tell the captions' patterns apart."""
+    gen = torch.Generator().manual_seed(0)
+    patterns = torch.randn(2, 4, 1, 4, 4, generator=gen)
+    texts = torch.randn(2, 3, 16, generator=gen)
+    refiner = tiny_flow()
+    _fit_flow(refiner, patterns, texts)
+    for caption in (0, 1):
+        proj = _draw_projections(refiner, patterns, texts, caption)
+        assert (proj[:, caption].abs() > 0.6).sum() >= 14 and (proj[:, 1 - caption].abs() < 0.4).all()
+        assert (proj[:, caption] > 0).sum() >= 3 and (proj[:, caption] < 0).sum() >= 3  # both outlines drawn
+    blind = tiny_flow(text_heads_on=False)
+    _fit_flow(blind, patterns, texts)
+    proj = _draw_projections(blind, patterns, texts, 0)
+    assert (proj[:, 0].abs() > 0.6).sum() <= 12 and (proj[:, 1].abs() > 0.6).sum() >= 2  # the captions mixed up
+
+
+def test_a_flow_refiner_refuses_bad_inputs():
+    refiner = tiny_flow()
+    z, text = torch.randn(2, 4, 1, 4, 4), torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="a flow refiner takes noisy and timestep both"):
+        refiner(z, text)
+    with pytest.raises(ValueError, match=r"noisy must be \(2, 4, 1, 4, 4\) and timestep \(2,\), got \(2, 4, 1, 4, 4\) and \(1,\)"):
+        refiner(z, text, noisy=z, timestep=torch.zeros(1))
+    with pytest.raises(ValueError, match="a regress refiner takes noisy and timestep neither"):
+        tiny_refiner()(torch.randn(2, 4, 2, 4, 4), text, noisy=z, timestep=torch.zeros(2))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        LatentRefiner(mode="diffuse")
+    with pytest.raises(ValueError, match="a regress refiner has no null text"):
+        tiny_refiner()(torch.randn(2, 4, 2, 4, 4), text, drop_text=torch.ones(2, dtype=torch.bool))
+    batch = {"bits": [z], "latent_grid": (1, 4, 4), "text_states": text, "text_mask": None}
+    with pytest.raises(ValueError, match="keep_levels=1 must leave a level to draw: the cache has 1 levels"):
+        flow_loss(refiner, refiner.config, SumLevels(), batch, torch.Generator())
+    with pytest.raises(ValueError, match="flow_loss trains a flow refiner, got mode='regress'"):
+        flow_loss(tiny_refiner(), tiny_refiner().config, SumLevels(), batch, torch.Generator())
+
+
+def test_flow_refiner_training_needs_no_generator_and_resumes_exactly(cache_dir, tmp_path):
+    flow = ["model.mode=flow", "data.generator_dir=null"]
+    straight = _train_refiner(cache_dir, None, tmp_path / "straight", 4, *flow)
+    _train_refiner(cache_dir, None, tmp_path / "resumed", 2, *flow)
+    resumed = _train_refiner(cache_dir, None, tmp_path / "resumed", 4, *flow, "--resume_from_checkpoint", "latest")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    refiner = LatentRefiner.from_pretrained(tmp_path / "straight" / "refiner")
+    text_dim = TokenCacheDataset(cache_dir)[0]["text_states"].shape[-1]  # read from the cache: no generator
+    assert (refiner.config.mode, refiner.config.keep_levels, refiner.config.text_dim) == ("flow", 3, text_dim)
+    with fresh_accelerate_state(), pytest.raises(ValueError, match="a regress refiner learns from the generator's draws"):
+        refiner_main(["--set", *TINY_REFINER, f"data.token_cache_dir={cache_dir}", "data.generator_dir=null",
+                      f"train.output_dir={tmp_path / 'regress'}"])
+
+
+def test_the_pipeline_decodes_the_flow_refiners_draw():
+    components = get_dummy_components()
+    torch.manual_seed(0)
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_dim=16, text_heads=2, keep_levels=1,
+                            mode="flow", sample_steps=3)
+    torch.nn.init.normal_(refiner.out[-1].weight, std=0.1)
+    pipe = PyraTokT2VPipeline(**components, refiner=refiner)
+    pipe.set_progress_bar_config(disable=True)
+    refined = pipe("a red circle", generator=gens(3), output_type="latent", **SMALL).frames
+    after_sampling = gens(3)
+    plain = pipe("a red circle", generator=after_sampling, output_type="latent", use_refiner=False, **SMALL).frames
+    assert all(torch.equal(a, b) for a, b in zip(refined.bits, plain.bits))  # the same draw of the pyramid
+    coarse = pipe.vae.quantizer.reconstruct(plain.bits[:1], plain.latent_grid)
+    torch.testing.assert_close(refiner.condition(plain, pipe.vae.quantizer), coarse)
+    embeds, mask = pipe.encode_prompt("a red circle")[:2]
+    # the draw goes on from the call's generators where sampling left them
+    torch.testing.assert_close(refined.latent, refiner.refine(coarse, embeds, mask, generator=after_sampling))
+    other = pipe("a red circle", generator=gens(4), output_type="latent", **SMALL).frames
+    assert not torch.allclose(other.latent, refined.latent)
