@@ -47,6 +47,9 @@ class RefinerConfig:
             raise ValueError(f"model.mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"model.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.sample_steps < 1 or not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got "
+                             f"{self.sample_steps} and {self.guidance_scale}")
 
 
 @dataclass

@@ -90,6 +90,8 @@ def test_the_refiner_config_round_trips(tmp_path):
     assert load_config(RefinerTrainConfig, tmp_path / "flow.yaml") == flow
     with pytest.raises(ValueError, match="model.mode must be one of"):
         load_config(RefinerTrainConfig, None, ["model.mode=diffuse"])
+    with pytest.raises(ValueError, match="model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0"):
+        load_config(RefinerTrainConfig, None, ["model.sample_steps=0"])
 
 
 def _train_generator(cache_dir, out) -> None:
