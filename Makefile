@@ -154,20 +154,22 @@ model-conv128: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
 	  --generator $(MOP)/generator_conv128/generator --out $(MOP)/pipeline-conv128 --sample-size 128 --raw-weights
 
+# $(call refiner_chain,NAME,SUFFIX): train the refiner of configs/refiner/NAME.yaml (resumable) for the
+# `model-conv128` generator and assemble the pipeline $(MOP)/pipeline-conv128-SUFFIX with it.
+define refiner_chain
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m generator.train_refiner --config configs/refiner/$(1).yaml \
+	  --resume_from_checkpoint latest
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
+	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_$(1)/refiner \
+	  --out $(MOP)/pipeline-conv128-$(2) --sample-size 128 --raw-weights
+endef
+
 # A latent refiner (generator.refiner, configs/refiner/conv128.yaml) for that generator, and its pipeline:
 # ~13 min on two threads (README, "A latent refiner").
 refiner-conv128: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m generator.train_refiner --config configs/refiner/conv128.yaml \
-	  --resume_from_checkpoint latest
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
-	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_conv128/refiner \
-	  --out $(MOP)/pipeline-conv128-refined --sample-size 128 --raw-weights
+	$(call refiner_chain,conv128,refined)
 
 # A flow refiner (generator.refiner mode "flow", configs/refiner/flow128.yaml): it draws the finest level from the
 # generator's levels 0-2 and the caption; it learns from the cache alone (no generator in the loop), ~23 min.
 refiner-flow128: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m generator.train_refiner --config configs/refiner/flow128.yaml \
-	  --resume_from_checkpoint latest
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
-	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_flow128/refiner \
-	  --out $(MOP)/pipeline-conv128-flow --sample-size 128 --raw-weights
+	$(call refiner_chain,flow128,flow)

@@ -76,22 +76,22 @@ def test_the_refiner_config_round_trips(tmp_path):
     from generator.train_refiner import RefinerTrainConfig
     from pyratok.config import load_config, save_config
 
-    cfg = load_config(RefinerTrainConfig, Path(__file__).resolve().parents[1] / "configs/refiner/conv128.yaml")
+    def round_trip(name: str) -> RefinerTrainConfig:
+        cfg = load_config(RefinerTrainConfig, Path(__file__).resolve().parents[1] / f"configs/refiner/{name}.yaml")
+        save_config(cfg, tmp_path / f"{name}.yaml")
+        assert load_config(RefinerTrainConfig, tmp_path / f"{name}.yaml") == cfg
+        return cfg
+
+    cfg, flow = round_trip("conv128"), round_trip("flow128")
     assert (cfg.model.keep_levels, cfg.train.batch_size) == (-1, 16)
-    save_config(cfg, tmp_path / "cfg.yaml")
-    assert load_config(RefinerTrainConfig, tmp_path / "cfg.yaml") == cfg
-    with pytest.raises(ValueError, match="model.keep_levels must be >= 0, or -1 for all but the finest, got -2"):
-        load_config(RefinerTrainConfig, None, ["model.keep_levels=-2"])
-    with pytest.raises(ValueError, match="data.guidance_scale must be a finite number > 0, got nan"):
-        load_config(RefinerTrainConfig, None, ["data.guidance_scale=nan"])
-    flow = load_config(RefinerTrainConfig, Path(__file__).resolve().parents[1] / "configs/refiner/flow128.yaml")
     assert (flow.model.mode, flow.model.keep_levels, flow.data.generator_dir) == ("flow", 3, None)
-    save_config(flow, tmp_path / "flow.yaml")
-    assert load_config(RefinerTrainConfig, tmp_path / "flow.yaml") == flow
-    with pytest.raises(ValueError, match="model.mode must be one of"):
-        load_config(RefinerTrainConfig, None, ["model.mode=diffuse"])
-    with pytest.raises(ValueError, match="model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0"):
-        load_config(RefinerTrainConfig, None, ["model.sample_steps=0"])
+    for override, message in [
+            ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
+            ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
+            ("model.mode=diffuse", "model.mode must be one of"),
+            ("model.sample_steps=0", "model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            load_config(RefinerTrainConfig, None, [override])
 
 
 def _train_generator(cache_dir, out) -> None:
