@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent \
 	tokenizer-no-text-loss model-on-parent default-tokenizer model-conv128 refiner-conv128 \
-	refiner-flow128
+	refiner-flow128 refiner-flow128-unet
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -154,11 +154,16 @@ model-conv128: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
 	  --generator $(MOP)/generator_conv128/generator --out $(MOP)/pipeline-conv128 --sample-size 128 --raw-weights
 
-# $(call refiner_chain,NAME,SUFFIX): train the refiner of configs/refiner/NAME.yaml (resumable) for the
-# `model-conv128` generator and assemble the pipeline $(MOP)/pipeline-conv128-SUFFIX with it.
-define refiner_chain
+# $(call refiner_train,NAME): train the refiner of configs/refiner/NAME.yaml (resumable).
+define refiner_train
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m generator.train_refiner --config configs/refiner/$(1).yaml \
 	  --resume_from_checkpoint latest
+endef
+
+# $(call refiner_chain,NAME,SUFFIX): train the refiner of configs/refiner/NAME.yaml for the `model-conv128`
+# generator and assemble the pipeline $(MOP)/pipeline-conv128-SUFFIX with it.
+define refiner_chain
+	$(call refiner_train,$(1))
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer checkpoints/pyratok-tokenizer-tiny \
 	  --generator $(MOP)/generator_conv128/generator --refiner $(MOP)/refiner_$(1)/refiner \
 	  --out $(MOP)/pipeline-conv128-$(2) --sample-size 128 --raw-weights
@@ -173,3 +178,9 @@ refiner-conv128: $(STAMP)
 # generator's levels 0-2 and the caption; it learns from the cache alone (no generator in the loop), ~23 min.
 refiner-flow128: $(STAMP)
 	$(call refiner_chain,flow128,flow)
+
+# The U-Net flow refiner (model.scales 3): stage 1 (configs/refiner/flow128_unet.yaml, ~35 min), then stage 2
+# carries it on at a lower rate (flow128_unet_more.yaml, ~26 min), and its pipeline (README, "A U-Net flow refiner").
+refiner-flow128-unet: $(STAMP)
+	$(call refiner_train,flow128_unet)
+	$(call refiner_chain,flow128_unet_more,flow-unet)

@@ -1,15 +1,15 @@
 """Which level of the token pyramid a generator loses a prompt's colour, shape or motion at.
 
     python bench/level_oracle.py --tokenizer DIR --generator DIR [--size 64] [--n 48] [--seed 77]
-        [--temperature 1.0] [--finest-decode sample|expected] [--finest-bits N]
+        [--temperature 1.0] [--finest-decode sample|expected] [--finest-bits N] [--refiner DIR] [--keep K ...]
 
 Encodes `n` fresh single-object Shapes train clips (seed 77: no token cache is built from it) with their
 captions, then for k = 0 .. L keeps the clip's own first k levels (`generate(prefix_bits=...)`) and lets
-the generator sample the rest from the caption, decodes and judges the video as SHAPES.md does.
-k = 0 is plain generation, k = L the tokenizer's reconstruction. The level after which an attribute
-jumps is the one the generator fails to draw it at. `--finest-bits N` decodes every video from the first
-N bits of each finest token only (bench/finest_bits.py), to set the generator's first bit groups beside
-the clip's own.
+the generator sample the rest from the caption, decodes and judges the video as SHAPES.md does (`--keep K`,
+repeatable: only those k). k = 0 is plain generation, k = L the tokenizer's reconstruction. The level after
+which an attribute jumps is the one the generator fails to draw it at. `--finest-bits N` decodes every
+video from the first N bits of each finest token only (bench/finest_bits.py), to set the generator's first
+bit groups beside the clip's own.
 """
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ from finest_bits import decode_keeping  # noqa: E402
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
                    guidance_schedule=None, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
                    finest_decode: str = "sample", finest_bits: int | None = None,
-                   finest_conv_passes: int | None = None, refiner=None) -> dict[int, dict[str, float]]:
-    """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L; the
+                   finest_conv_passes: int | None = None, refiner=None,
+                   keeps: list[int] | None = None) -> dict[int, dict[str, float]]:
+    """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L (or `keeps`); the
     sampled levels are drawn at `temperature`, the finest one decoded as `finest_decode` says
     (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits); with a
     `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption before decoding
@@ -56,7 +57,10 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                          f"(finest_decode 'sample'), got {finest_bits} with {finest_decode!r}")
     if refiner is not None and finest_bits is not None:
         raise ValueError("a refiner reads the whole drawn z_hat: leave finest_bits None with a refiner")
-    right = {k: {a: [] for a in JUDGED} for k in range(num_levels + 1)}
+    keeps = list(range(num_levels + 1)) if keeps is None else sorted(set(keeps))
+    if not all(0 <= k <= num_levels for k in keeps):
+        raise ValueError(f"levels kept must be in [0, {num_levels}], got {keeps}")
+    right = {k: {a: [] for a in JUDGED} for k in keeps}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         video = torch.stack([x["video"] for x in chunk])
@@ -66,7 +70,7 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
         states, mask = text.hidden_states, text.attention_mask
         if model.config.get("phrase_tokens", False):  # the generator reads the phrase vectors too
             states, mask = join_phrases(states, mask, *text_encoder.phrases(captions))
-        for keep in range(num_levels + 1):
+        for keep in keeps:
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, states, mask,
                                      pyramid.latent_grid, guidance_scale=guidance_scale,
@@ -106,6 +110,8 @@ def main(argv=None) -> int:
                         "each drawn z_hat from the caption before decoding")
     parser.add_argument("--finest-bits", type=int, default=None,
                         help="decode from the first N bits of each finest token only (drawn bits)")
+    parser.add_argument("--keep", type=int, action="append", default=None, metavar="K",
+                        help="measure only with the clip's first K levels kept (repeatable; default: every K)")
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 16:
         raise ValueError(f"--n must be >= 1 and --size >= 16, got {args.n}, {args.size}")
@@ -119,7 +125,8 @@ def main(argv=None) -> int:
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale, schedule,
                             temperature=args.temperature, finest_decode=args.finest_decode,
                             finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes,
-                            refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner).eval())
+                            refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner).eval(),
+                            keeps=args.keep)
     print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_schedule or args.guidance_scale}, temperature {args.temperature}, "
           f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"

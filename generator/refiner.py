@@ -6,7 +6,9 @@ that reads the summed z_hat of a drawn pyramid and the prompt's text states and 
 for the vae to decode. It is trained (`generator.train_refiner`) on the generator's own draws: each cached
 clip keeps its first `keep_levels` levels, the frozen generator draws the rest from the clip's caption, and
 the refiner learns to give back the clip's own z_hat (mean squared error). Its last convolution starts at
-zero, so an untrained refiner returns its input.
+zero, so an untrained refiner returns its input. With `scales` S > 1 the body is a U-Net: the blocks run at S
+resolutions, h and w halved and the width doubled at each, and back up with skips, so the coarsest blocks see a
+whole object at once.
 With `mode="flow"` it draws instead of regressing: a rectified-flow model (diffusers'
 `FlowMatchEulerDiscreteScheduler`) of the finer levels' share of z_hat (the clip's z_hat minus the z_hat of its
 first `keep_levels` levels), conditioned on those levels' z_hat and the caption, with classifier-free guidance
@@ -50,13 +52,13 @@ class LatentRefiner(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 16, width: int = 64, depth: int = 4, text_dim: int = 384,
                  text_heads: int = 4, keep_levels: int = 3, mode: str = "regress", num_null_tokens: int = 1,
-                 sample_steps: int = 16, guidance_scale: float = 3.0):
+                 sample_steps: int = 16, guidance_scale: float = 3.0, scales: int = 1):
         super().__init__()
         if width % GROUPS or width % text_heads:
             raise ValueError(f"width={width} must be a multiple of {GROUPS} and of text_heads={text_heads}")
-        if latent_channels < 1 or depth < 1 or keep_levels < 0:
-            raise ValueError(f"latent_channels and depth must be >= 1 and keep_levels >= 0, got "
-                             f"{latent_channels}, {depth}, {keep_levels}")
+        if latent_channels < 1 or depth < 1 or scales < 1 or keep_levels < 0:
+            raise ValueError(f"latent_channels, depth and scales must be >= 1 and keep_levels >= 0, got "
+                             f"{latent_channels}, {depth}, {scales}, {keep_levels}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if num_null_tokens < 1 or sample_steps < 1 or not (math.isfinite(guidance_scale) and guidance_scale >= 0):
@@ -64,17 +66,23 @@ class LatentRefiner(ModelMixin, ConfigMixin):
                              f">= 0, got {num_null_tokens}, {sample_steps}, {guidance_scale}")
         flow = mode == "flow"
         self.stem = nn.Conv3d(latent_channels * (2 if flow else 1), width, 3, padding=1)  # flow: [noisy, z_hat]
+        # the body: `depth` blocks at each resolution on the way down, and again on the way up (scales > 1)
+        widths = [width * 2**i for i in range(scales)]  # h and w halve, the width doubles
+        block_widths = [d for d in widths for _ in range(depth)] + [d for d in widths[-2::-1] for _ in range(depth)]
         self.convs = nn.ModuleList(
-            nn.Sequential(nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv3d(width, width, 3, padding=1))
-            for _ in range(depth))
-        self.text = nn.ModuleList(TextCrossAttention(width, text_dim, text_heads, gate_init=1.0) for _ in range(depth))
+            nn.Sequential(nn.GroupNorm(GROUPS, d), nn.SiLU(), nn.Conv3d(d, d, 3, padding=1)) for d in block_widths)
+        self.text = nn.ModuleList(TextCrossAttention(d, text_dim, text_heads, gate_init=1.0) for d in block_widths)
+        self.downs = nn.ModuleList(nn.Conv3d(d, 2 * d, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+                                   for d in widths[:-1])
+        self.ups = nn.ModuleList(nn.Conv3d(2 * d, d, (1, 3, 3), padding=(0, 1, 1)) for d in widths[:-1])
+        self.merges = nn.ModuleList(nn.Conv3d(2 * d, d, 1) for d in widths[:-1])  # [up, skip] -> d
         self.out = nn.Sequential(nn.GroupNorm(GROUPS, width), nn.SiLU(), nn.Conv3d(width, latent_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)  # regress: starts as the identity; flow: as a zero velocity
         nn.init.zeros_(self.out[-1].bias)
         if flow:
             self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
             self.time_embed = TimestepEmbedding(width, width)
-            self.time_shift = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+            self.time_shift = nn.ModuleList(nn.Linear(width, d) for d in block_widths)
             self.null_text = nn.Parameter(torch.randn(num_null_tokens, text_dim) * 0.02)  # (n_null, e)
 
     @property
@@ -87,6 +95,10 @@ class LatentRefiner(ModelMixin, ConfigMixin):
         c, e = self.config.latent_channels, self.config.text_dim
         if z_hat.dim() != 5 or z_hat.shape[1] != c:
             raise ValueError(f"z_hat must be (b, {c}, t, h, w), got {tuple(z_hat.shape)}")
+        halvings = 2 ** (self.config.scales - 1)
+        if z_hat.shape[-1] % halvings or z_hat.shape[-2] % halvings:
+            raise ValueError(f"a refiner with scales={self.config.scales} needs h and w divisible by {halvings}, got "
+                             f"{tuple(z_hat.shape[-2:])}")
         if text_states.dim() != 3 or text_states.shape[0] != z_hat.shape[0] or text_states.shape[-1] != e:
             raise ValueError(f"text_states must be ({z_hat.shape[0]}, s, {e}), got {tuple(text_states.shape)}")
         if text_mask is not None and tuple(text_mask.shape) != tuple(text_states.shape[:2]):
@@ -108,16 +120,31 @@ class LatentRefiner(ModelMixin, ConfigMixin):
                 raise ValueError("a regress refiner has no null text: drop_text is for a flow refiner")
             text_states, text_mask = with_null_text(self.null_text, text_states, text_mask, drop_text)
         h_bdthw = self.stem((z_hat if noisy is None else torch.cat([noisy, z_hat], 1)).to(dtype))
-        t, h, w = h_bdthw.shape[2:]
         temb_bd = self.time_embed(self.time_proj(timestep).to(dtype)) if self.draws else None
-        for i, (conv, text) in enumerate(zip(self.convs, self.text)):
-            shift = 0 if temb_bd is None else rearrange(self.time_shift[i](temb_bd), "b d -> b d 1 1 1")
-            h_bdthw = h_bdthw + conv(h_bdthw + shift)
-            tokens_bnd = rearrange(h_bdthw, "b d t h w -> b (t h w) d")
-            tokens_bnd = text(tokens_bnd, text_states.to(dtype), text_mask)
-            h_bdthw = rearrange(tokens_bnd, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+        text_states = text_states.to(dtype)
+        scales, depth, block = self.config.scales, self.config.depth, 0
+        skips = []
+        for level in range(2 * scales - 1):  # resolutions 0 .. S-1 on the way down, S-2 .. 0 on the way up
+            if level >= scales:  # up: back to the skip's resolution r, then merge the skip
+                r, skip = 2 * scales - 2 - level, skips.pop()
+                up = self.ups[r](F.interpolate(h_bdthw, size=skip.shape[2:], mode="nearest"))
+                h_bdthw = self.merges[r](torch.cat([up, skip], 1))
+            for _ in range(depth):
+                h_bdthw = self._block(block, h_bdthw, temb_bd, text_states, text_mask)
+                block += 1
+            if level < scales - 1:
+                skips.append(h_bdthw)
+                h_bdthw = self.downs[level](h_bdthw)
         out = self.out(h_bdthw).to(z_hat.dtype)
         return out if self.draws else z_hat + out
+
+    def _block(self, i: int, h_bdthw: torch.Tensor, temb_bd, text_states, text_mask) -> torch.Tensor:
+        """Block i: a residual convolution (shifted by the timestep's embedding), then text cross-attention."""
+        shift = 0 if temb_bd is None else rearrange(self.time_shift[i](temb_bd), "b d -> b d 1 1 1")
+        h_bdthw = h_bdthw + self.convs[i](h_bdthw + shift)
+        t, h, w = h_bdthw.shape[2:]
+        tokens_bnd = self.text[i](rearrange(h_bdthw, "b d t h w -> b (t h w) d"), text_states, text_mask)
+        return rearrange(tokens_bnd, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
 
     def condition(self, pyramid: TokenPyramid, quantizer) -> torch.Tensor:
         """What this refiner reads of a drawn pyramid: regress - its z_hat; flow - the z_hat of its first

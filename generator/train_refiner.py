@@ -6,7 +6,8 @@
 A "regress" refiner: the frozen generator draws each batch's finer levels afresh (one seed per clip from the
 micro-batch generator, so a resumed run equals an uninterrupted one). A "flow" refiner (model.mode=flow) learns
 from the clips' own levels and needs no generator (data.generator_dir, when given, only says whether the
-pipeline's text states carry phrase vectors). The refiner is exported to OUT/refiner.
+pipeline's text states carry phrase vectors). The refiner is exported to OUT/refiner. `train.init_from=DIR`
+starts a new stage from a saved refiner (fresh optimizer, step 0), e.g. configs/refiner/flow128_unet_more.yaml.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pyratok.checkpoints import load_saved_weights
 from pyratok.config import load_config
 from pyratok.training import TrainConfig
 from pyratok.training.loop import Trainer
@@ -32,7 +34,8 @@ class RefinerConfig:
     """`LatentRefiner`'s arguments; latent_channels and text_dim are read from the cache and the generator."""
 
     width: int = 64
-    depth: int = 4
+    depth: int = 4  # blocks (per resolution and direction with scales > 1)
+    scales: int = 1  # resolutions of the body: 1 a flat stack of blocks; S > 1 a U-Net (generator.refiner)
     text_heads: int = 4
     keep_levels: int = -1  # the clip's levels kept (flow: read); -1: all but the finest
     mode: str = "regress"  # or "flow": draws the levels after keep_levels (generator.refiner)
@@ -41,6 +44,8 @@ class RefinerConfig:
     guidance_scale: float = 3.0  # flow: classifier-free guidance of a draw
 
     def __post_init__(self):
+        if self.scales < 1:
+            raise ValueError(f"model.scales must be >= 1, got {self.scales}")
         if self.keep_levels < -1:
             raise ValueError(f"model.keep_levels must be >= 0, or -1 for all but the finest, got {self.keep_levels}")
         if self.mode not in MODES:
@@ -65,10 +70,18 @@ class RefinerDataConfig:
 
 
 @dataclass
+class RefinerTrainLoop(TrainConfig):
+    """The shared `train` knobs (pyratok.training.TrainConfig) plus the refiner's own."""
+
+    output_dir: str = "runs/refiner"
+    init_from: str | None = None  # a saved refiner folder to start from (a new stage: fresh optimizer, step 0)
+
+
+@dataclass
 class RefinerTrainConfig:
     model: RefinerConfig = field(default_factory=RefinerConfig)
     data: RefinerDataConfig = field(default_factory=RefinerDataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/refiner"))
+    train: RefinerTrainLoop = field(default_factory=RefinerTrainLoop)
 
 
 def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer, generator) -> LatentRefiner:
@@ -84,9 +97,12 @@ def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer
     text_dim = dataset[0]["text_states"].shape[-1] if generator is None else generator.config.text_dim
     with torch.random.fork_rng(devices=[]):  # same init on every rank
         torch.manual_seed(cfg.train.seed)
-        return LatentRefiner(latent_channels=quantizer.config.latent_channels, width=m.width, depth=m.depth,
-                             text_dim=text_dim, text_heads=m.text_heads, keep_levels=keep, mode=m.mode,
-                             sample_steps=m.sample_steps, guidance_scale=m.guidance_scale)
+        refiner = LatentRefiner(latent_channels=quantizer.config.latent_channels, width=m.width, depth=m.depth,
+                                scales=m.scales, text_dim=text_dim, text_heads=m.text_heads, keep_levels=keep,
+                                mode=m.mode, sample_steps=m.sample_steps, guidance_scale=m.guidance_scale)
+    if cfg.train.init_from:  # a resumed run then loads its own checkpoint over these
+        load_saved_weights(refiner, cfg.train.init_from)
+    return refiner
 
 
 def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, int]:

@@ -104,6 +104,9 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction(monkeypatch):
                                   heads=2)
     with pytest.raises(ValueError, match="tokenizer has 3 levels, the generator 2"):
         bench.judge_prefixes(tokenizer, two_levels, FakeTextEncoder(), items)
+    assert bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, keeps=[3]) == {3: result[3]}
+    with pytest.raises(ValueError, match=r"levels kept must be in \[0, 3\], got \[4\]"):
+        bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, keeps=[4])
 
 
 def test_level_oracle_samples_at_its_temperature_and_decode_and_refuses_a_bad_temperature(monkeypatch):
@@ -142,3 +145,23 @@ def test_balanced_shape_accuracy_gives_one_shape_for_all_a_third():
     assert stats["shape_confusion"] == {"circle": {"circle": 6}, "square": {"circle": 2}, "triangle": {"circle": 2}}
     drawn = records[:6] + [record("square", "square")] * 2 + [record("triangle", "triangle")] * 2
     assert _accuracies(drawn)["shape_balanced_acc"] == 1.0
+
+
+def test_refiner_fit_meets_every_refiner_with_the_same_noise(cache_dir):
+    from generator.refiner import LatentRefiner
+    from generator.token_cache import TokenCacheDataset
+
+    bench = load_bench("refiner_fit")
+    dataset = TokenCacheDataset(cache_dir)
+    c, e = dataset.load_quantizer("cpu").config.latent_channels, dataset[0]["text_states"].shape[-1]
+    torch.manual_seed(0)
+    refiner = LatentRefiner(latent_channels=c, width=16, depth=1, text_dim=e, text_heads=2, keep_levels=1,
+                            mode="flow").eval()
+    first = bench.fit_loss(refiner, dataset, n=4, repeats=2, batch_size=2)
+    assert first == bench.fit_loss(refiner, dataset, n=4, repeats=2, batch_size=2)  # the same noise each call
+    assert first != bench.fit_loss(refiner, dataset, n=4, repeats=1, batch_size=2)
+    with torch.no_grad():
+        refiner.out[-1].weight.normal_()  # no longer a zero velocity: another loss on the same noise
+    assert bench.fit_loss(refiner, dataset, n=4, repeats=2, batch_size=2) != first
+    with pytest.raises(ValueError, match="n and repeats must be >= 1, got 0 and 2"):
+        bench.fit_loss(refiner, dataset, n=0, repeats=2)

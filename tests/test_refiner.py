@@ -42,6 +42,44 @@ def test_an_untrained_refiner_returns_its_input_and_names_bad_shapes():
         LatentRefiner(width=12)
 
 
+def _far_corner_error(scales: int, depth: int, steps: int = 150) -> float:
+    """Train a regress refiner whose every position must add the sign of the far top-left corner's first
+    channel; the error left on the bottom-right quadrant (1.0: nothing learned)."""
+    torch.manual_seed(0)
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=depth, text_dim=8, text_heads=2, scales=scales)
+    gen = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
+    text = torch.zeros(32, 1, 8)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(32, 4, 1, 8, 8, generator=gen)  # (b, c, t, h, w)
+        target = z.clone()
+        target[:, 0] += torch.sign(z[:, 0, :, :1, :1])
+        return z, target
+
+    for _ in range(steps):
+        z, target = batch()
+        loss = (refiner(z, text) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        z, target = batch()
+        return float((refiner(z, text) - target)[:, 0, :, 4:, 4:].pow(2).mean())
+
+
+def test_a_unet_refiner_reads_the_whole_grid():
+    """Mechanism test for `scales`: with three resolutions the corner opposite the one that sets the answer
+    learns it; a flat stack of as many blocks (five) cannot reach it."""
+    assert _far_corner_error(scales=3, depth=1) < 0.5
+    assert _far_corner_error(scales=1, depth=5) > 0.7
+    with pytest.raises(ValueError, match="latent_channels, depth and scales must be >= 1"):
+        LatentRefiner(scales=0)
+    with pytest.raises(ValueError, match=r"a refiner with scales=3 needs h and w divisible by 4, got \(6, 8\)"):
+        LatentRefiner(latent_channels=4, width=16, text_dim=8, text_heads=2, scales=3)(
+            torch.randn(1, 4, 1, 6, 8), torch.zeros(1, 1, 8))
+
+
 def _fit(refiner: LatentRefiner, steps: int = 80) -> float:
     """Train on a task only the text can solve: the same noisy z_hat, +1 targets for one caption and -1 for
     the other. Returns the last loss; the identity scores 2 (1 + the noise's variance)."""
@@ -85,10 +123,14 @@ def test_the_refiner_config_round_trips(tmp_path):
     cfg, flow = round_trip("conv128"), round_trip("flow128")
     assert (cfg.model.keep_levels, cfg.train.batch_size) == (-1, 16)
     assert (flow.model.mode, flow.model.keep_levels, flow.data.generator_dir) == ("flow", 3, None)
+    unet, more = round_trip("flow128_unet"), round_trip("flow128_unet_more")
+    assert (unet.model.scales, more.model) == (3, unet.model)  # stage 2 carries on the same refiner
+    assert more.train.init_from == f"{unet.train.output_dir}/refiner"
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
             ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
             ("model.mode=diffuse", "model.mode must be one of"),
+            ("model.scales=0", "model.scales must be >= 1, got 0"),
             ("model.sample_steps=0", "model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0")]:
         with pytest.raises(ValueError, match=message):
             load_config(RefinerTrainConfig, None, [override])
@@ -262,6 +304,12 @@ def test_flow_refiner_training_needs_no_generator_and_resumes_exactly(cache_dir,
     with fresh_accelerate_state(), pytest.raises(ValueError, match="a regress refiner learns from the generator's draws"):
         refiner_main(["--set", *TINY_REFINER, f"data.token_cache_dir={cache_dir}", "data.generator_dir=null",
                       f"train.output_dir={tmp_path / 'regress'}"])
+    # a second stage starts from the first one's weights (train.init_from), not from a fresh init
+    stage = _train_refiner(cache_dir, None, tmp_path / "stage2", 1, *flow, "train.lr=1e-12",
+                           f"train.init_from={tmp_path / 'straight' / 'refiner'}")
+    fresh = _train_refiner(cache_dir, None, tmp_path / "fresh", 1, *flow, "train.lr=1e-12")
+    assert all(torch.allclose(stage[k], straight[k], atol=1e-6) for k in straight)
+    assert not all(torch.allclose(fresh[k], straight[k], atol=1e-6) for k in straight)
 
 
 def test_the_pipeline_decodes_the_flow_refiners_draw():
