@@ -29,11 +29,12 @@ def fit_loss(refiner: LatentRefiner, dataset: TokenCacheDataset, n: int = 128, r
         raise ValueError(f"n and repeats must be >= 1, got {n} and {repeats}")
     quantizer = dataset.load_quantizer("cpu")
     n = min(n, len(dataset))
+    batches = [dataset.collate([dataset[i] for i in range(start, min(start + batch_size, n))])
+               for start in range(0, n, batch_size)]  # read once, noised `repeats` times
     losses = []
     for seed in range(repeats):
         rng = torch.Generator().manual_seed(seed)
-        for start in range(0, n, batch_size):
-            batch = dataset.collate([dataset[i] for i in range(start, min(start + batch_size, n))])
+        for batch in batches:
             losses.append(float(flow_loss(refiner, refiner.config, quantizer, batch, rng, text_dropout=0.0)[0]))
     return sum(losses) / len(losses)
 
