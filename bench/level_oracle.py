@@ -29,7 +29,7 @@ from generator.sampling import (FINEST_DECODES, GUIDANCE_SCHEDULE_HELP, parse_gu
                                 temperature_per_level)
 from pyratok.data.shapes import ShapesDataset  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
-from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
+from pyratok.text_encoder import TextEncoder, join_phrases, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
@@ -68,8 +68,9 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
         text = text_encoder(captions)
         pyramid = tokenizer.encode(video, text.hidden_states, text.attention_mask)
         states, mask = text.hidden_states, text.attention_mask
-        if model.config.get("phrase_tokens", False):  # the generator reads the phrase vectors too
-            states, mask = join_phrases(states, mask, *text_encoder.phrases(captions))
+        reading = text_reading(model.config)
+        if reading["phrases"]:  # the generator reads the phrase vectors too (or alone)
+            states, mask = join_phrases(states, mask, *text_encoder.phrases(captions), words=reading["words"])
         for keep in keeps:
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, states, mask,

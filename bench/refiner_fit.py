@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from generator.refiner import LatentRefiner, flow_loss  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
+from pyratok.text_encoder import text_reading  # noqa: E402
 
 
 @torch.no_grad()
@@ -49,10 +50,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1:
         raise ValueError(f"--n and --repeats must be >= 1, got {args.n} and {args.repeats}")
-    caches = {"training": TokenCacheDataset(args.cache), "held-out": TokenCacheDataset(args.heldout_cache)}
+    caches = {"training": args.cache, "held-out": args.heldout_cache}
     for folder in args.refiner:
         refiner = LatentRefiner.from_pretrained(folder).eval()
-        got = {name: fit_loss(refiner, data, args.n, args.repeats) for name, data in caches.items()}
+        reading = text_reading(refiner.config)  # the caption as the refiner reads it
+        got = {name: fit_loss(refiner, TokenCacheDataset(cache, phrase_tokens=reading["phrases"],
+                                                         word_tokens=reading["words"]), args.n, args.repeats)
+               for name, cache in caches.items()}
         print(f"{folder}: flow loss " + ", ".join(f"{name} {loss:.4f}" for name, loss in got.items())
               + f" ({args.n} clips each, {args.repeats} noise draws)")
     return 0

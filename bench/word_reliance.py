@@ -36,7 +36,7 @@ from generator.objective import teacher_forcing_inputs  # noqa: E402
 from generator.token_cache import TokenCacheDataset  # noqa: E402
 from pyratok.data.shapes import COLOURS, SHAPES, caption_for  # noqa: E402
 from pyratok.data.shapes_judge import OBJECT_THRESHOLD, parse_objects  # noqa: E402
-from pyratok.text_encoder import TextEncoder, join_phrases  # noqa: E402
+from pyratok.text_encoder import TextEncoder, join_phrases, text_reading  # noqa: E402
 
 
 REGIONS = ("background", "boundary", "interior")
@@ -113,13 +113,16 @@ def check_captions(batch: dict, text_encoder, captions: list[str]) -> None:
 def teacher_forced_logits(model, quantizer, batch, text_encoder, captions: list[str],
                           hide_phrases: bool = False, finest_given=None) -> list[torch.Tensor]:
     """Per level, the head's logits (bits or codes) given the true coarser levels and `captions` ("" for none);
-    a generator with `phrase_tokens` reads the phrase vectors too, unless `hide_phrases` masks them out.
+    a generator with `phrase_tokens` reads the phrase vectors too (or alone, `word_tokens` False), unless
+    `hide_phrases` masks them out.
     finest_given: (bits, flags), finest bits given to a FinestConv that draws in passes."""
     text = text_encoder(captions)
     states, mask = text.hidden_states, text.attention_mask
-    if model.config.get("phrase_tokens", False):
+    reading = text_reading(model.config)
+    if reading["phrases"]:
         phrase_states, phrase_mask = text_encoder.phrases(captions)
-        states, mask = join_phrases(states, mask, phrase_states, phrase_mask & (not hide_phrases))
+        states, mask = join_phrases(states, mask, phrase_states, phrase_mask & (not hide_phrases),
+                                    words=reading["words"])
     inputs = teacher_forcing_inputs(quantizer, batch["bits"], batch["latent_grid"], passes=model.config.finest_passes)
     keep = torch.zeros(len(captions), dtype=torch.bool)
     return model(inputs, states.float(), mask, drop_text=keep, target_bits=batch["bits"], finest_given=finest_given)
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
                     "motions traded": [canonical(c, trade_motions=True) for c in captions], "no text": [""] * len(rows)}
         print(f"{len(rows)} two-object clips whose objects move differently:")
         losses = {name: bit_losses(model, quantizer, batch, text_encoder, caps) for name, caps in variants.items()}
-        if model.config.get("phrase_tokens", False):  # the same captions with the phrase vectors masked out
+        if text_reading(model.config) == {"phrases": True, "words": True}:  # the phrase vectors masked out
             losses["phrases hidden"] = bit_losses(model, quantizer, batch, text_encoder, variants["canonical"], True)
         report(losses)
     return 0

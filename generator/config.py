@@ -36,6 +36,8 @@ class GeneratorConfig(NextScaleConfig):
     phrase_tokens: each phrase of the caption ("a red circle moving left", "a blue square moving up": split
     at "and") encoded on its own and appended as one more text token (`TextEncoder.phrases`), so that an
     object's colour, shape and motion reach the generator bound in one vector; needs text_mode "cross".
+    word_tokens False (with phrase_tokens): the text is the phrase vectors alone, so an object's motion can
+    reach the generator only in the vector that also names its colour and shape.
     """
 
     num_null_tokens: int = 1
@@ -49,6 +51,7 @@ class GeneratorConfig(NextScaleConfig):
     finest_conv_features: bool = False  # finest_head "conv": it also reads the transformer's last-step features
     finest_conv_passes: int = 1  # finest_head "conv": > 1 draws the finest bits in that many passes (see above)
     phrase_tokens: bool = False  # the text is the caption's token states, then one vector per phrase (see below)
+    word_tokens: bool = True  # False (needs phrase_tokens): the phrase vectors alone, no token states
 
     def __post_init__(self):
         super().__post_init__()
@@ -69,6 +72,8 @@ class GeneratorConfig(NextScaleConfig):
         if self.phrase_tokens and self.text_mode != "cross":
             raise ValueError(f"phrase_tokens=True needs text_mode='cross' (the phrases are keys, not positions), "
                              f"got {self.text_mode!r}")
+        if not self.word_tokens and not self.phrase_tokens:
+            raise ValueError("word_tokens=False leaves the generator no text: it needs phrase_tokens=True")
         if self.finest_conv_features and self.finest_head != "conv":
             raise ValueError(f"finest_conv_features=True needs finest_head='conv', got {self.finest_head!r}")
         if self.finest_conv_passes < 1 or (self.finest_conv_passes > 1 and self.finest_head != "conv"):

@@ -47,13 +47,18 @@ class LatentRefiner(ModelMixin, ConfigMixin):
 
     mode "regress": `forward` returns the refined z_hat of a drawn pyramid's z_hat. mode "flow": `forward`
     returns the velocity (noise - data) of the noisy finer-level share `noisy` at `timestep`, given the z_hat
-    of the first `keep_levels` levels; `refine` draws with `sample_steps` Euler steps at `guidance_scale`."""
+    of the first `keep_levels` levels; `refine` draws with `sample_steps` Euler steps at `guidance_scale`.
+    phrase_tokens / word_tokens: how it reads the caption (`pyratok.text_encoder.text_reading`), recorded by its
+    training: the caption's token states unless it learned from a generator that reads phrase vectors."""
 
     @register_to_config
     def __init__(self, latent_channels: int = 16, width: int = 64, depth: int = 4, text_dim: int = 384,
                  text_heads: int = 4, keep_levels: int = 3, mode: str = "regress", num_null_tokens: int = 1,
-                 sample_steps: int = 16, guidance_scale: float = 3.0, scales: int = 1):
+                 sample_steps: int = 16, guidance_scale: float = 3.0, scales: int = 1, phrase_tokens: bool = False,
+                 word_tokens: bool = True):
         super().__init__()
+        if not (phrase_tokens or word_tokens):
+            raise ValueError("word_tokens=False leaves the refiner no text: it needs phrase_tokens=True")
         if width % GROUPS or width % text_heads:
             raise ValueError(f"width={width} must be a multiple of {GROUPS} and of text_heads={text_heads}")
         if latent_channels < 1 or depth < 1 or scales < 1 or keep_levels < 0:

@@ -197,9 +197,10 @@ class TokenCacheDataset(Dataset):
     """Reads a token cache; items are {indices: list of (t_l, h_l, w_l), text_states, text_mask}.
 
     `phrase_tokens=True` (a generator with `model.phrase_tokens`): each batch's text_states / text_mask are
-    the caption's token states followed by its phrase vectors (`pyratok.text_encoder.join_phrases`)."""
+    the caption's token states followed by its phrase vectors (`pyratok.text_encoder.join_phrases`); with
+    `word_tokens=False` the phrase vectors alone."""
 
-    def __init__(self, cache_dir, phrase_tokens: bool = False):
+    def __init__(self, cache_dir, phrase_tokens: bool = False, word_tokens: bool = True):
         self.cache_dir = Path(cache_dir)
         path = self.cache_dir / INDEX
         if not path.is_file():
@@ -216,7 +217,9 @@ class TokenCacheDataset(Dataset):
         if phrase_tokens and not (self.has_text and self.has_phrases):
             raise ValueError(f"phrase_tokens=True needs the captions' phrase vectors, but the token cache {path} has "
                              "none: build it again with generator.build_cache")
-        self.phrase_tokens = phrase_tokens
+        if not (word_tokens or phrase_tokens):
+            raise ValueError("word_tokens=False leaves no text: it needs phrase_tokens=True")
+        self.phrase_tokens, self.word_tokens = phrase_tokens, word_tokens
         self.shard_grids = {s["file"]: (tuple(s.get("latent_grid", self.index.get("latent_grid"))),
                                         [tuple(g) for g in s.get("grids", self.index.get("grids"))])
                             for s in self.index["shards"]}
@@ -266,9 +269,10 @@ class TokenCacheDataset(Dataset):
             padded = [pad_text(x[states_key][None], x[mask_key][None].bool(), s) for x in samples]
             batch[states_key] = torch.cat([states for states, _ in padded]).float()  # (b, s, d)
             batch[mask_key] = torch.cat([mask for _, mask in padded])  # (b, s)
-        if self.phrase_tokens:  # (b, s + p, d): the tokens, then one vector per phrase
+        if self.phrase_tokens:  # (b, s + p, d): the tokens, then one vector per phrase; or (b, p, d) alone
             phrases = batch.pop("phrase_text_states"), batch.pop("phrase_text_mask")
-            batch["text_states"], batch["text_mask"] = join_phrases(batch["text_states"], batch["text_mask"], *phrases)
+            batch["text_states"], batch["text_mask"] = join_phrases(batch["text_states"], batch["text_mask"], *phrases,
+                                                                    words=self.word_tokens)
         return batch
 
     def load_quantizer(self, device=None) -> LaPQ:

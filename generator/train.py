@@ -90,7 +90,8 @@ def train(cfg: GeneratorTrainConfig, resume: str | None = None) -> tuple[Trainer
     tc = cfg.train
     trainer = Trainer(tc, "generator", cfg)
     acc = trainer.accelerator
-    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=cfg.model.phrase_tokens)
+    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=cfg.model.phrase_tokens,
+                                word_tokens=cfg.model.word_tokens)
     if tc.contrast_weight > 0 and cfg.model.phrase_tokens:
         raise ValueError(f"train.contrast_weight={tc.contrast_weight} with model.phrase_tokens: the swapped captions "
                          "have no phrase vectors in the cache; use one or the other")

@@ -5,9 +5,10 @@
 
 A "regress" refiner: the frozen generator draws each batch's finer levels afresh (one seed per clip from the
 micro-batch generator, so a resumed run equals an uninterrupted one). A "flow" refiner (model.mode=flow) learns
-from the clips' own levels and needs no generator (data.generator_dir, when given, only says whether the
-pipeline's text states carry phrase vectors). The refiner is exported to OUT/refiner. `train.init_from=DIR`
-starts a new stage from a saved refiner (fresh optimizer, step 0), e.g. configs/refiner/flow128_unet_more.yaml.
+from the clips' own levels and needs no generator (data.generator_dir, when given, only makes it read the
+caption as that generator does: token states, phrase vectors or both; recorded in its config). The refiner is
+exported to OUT/refiner. `train.init_from=DIR` starts a new stage from a saved refiner (fresh optimizer, step
+0), e.g. configs/refiner/flow128_unet_more.yaml.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 
 from pyratok.checkpoints import load_saved_weights
 from pyratok.config import load_config
+from pyratok.text_encoder import text_reading
 from pyratok.training import TrainConfig
 from pyratok.training.loop import Trainer
 
@@ -99,7 +101,8 @@ def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer
         torch.manual_seed(cfg.train.seed)
         refiner = LatentRefiner(latent_channels=quantizer.config.latent_channels, width=m.width, depth=m.depth,
                                 scales=m.scales, text_dim=text_dim, text_heads=m.text_heads, keep_levels=keep,
-                                mode=m.mode, sample_steps=m.sample_steps, guidance_scale=m.guidance_scale)
+                                mode=m.mode, sample_steps=m.sample_steps, guidance_scale=m.guidance_scale,
+                                phrase_tokens=dataset.phrase_tokens, word_tokens=dataset.word_tokens)
     if cfg.train.init_from:  # a resumed run then loads its own checkpoint over these
         load_saved_weights(refiner, cfg.train.init_from)
     return refiner
@@ -117,9 +120,10 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
     if cfg.data.generator_dir is not None:
         generator = PyraTokGenerator.from_pretrained(cfg.data.generator_dir, variant=cfg.data.generator_variant)
         generator = generator.to(acc.device).eval().requires_grad_(False)
-    # a generator that reads phrase vectors gets them, and the refiner reads the same text states
-    phrases = generator is not None and bool(generator.config.get("phrase_tokens"))
-    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=phrases)
+    # a refiner given a generator reads the caption as that generator does; else by its token states
+    reading = text_reading({} if generator is None else generator.config)
+    dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=reading["phrases"],
+                                word_tokens=reading["words"])
     quantizer = dataset.load_quantizer(acc.device)
     refiner = build_refiner(cfg, dataset, quantizer, generator)
     loader = token_cache_loader(dataset, tc.batch_size, tc.seed, tc.num_workers, acc.state.deepspeed_plugin)

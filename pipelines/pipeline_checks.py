@@ -13,6 +13,7 @@ import torch
 from generator.memory import GB, SamplingMemory, sampling_memory
 from generator.sampling import check_conv_passes, check_finest_decode, check_generators, check_sampling_values
 from pyratok.pyramid import TokenPyramid
+from pyratok.text_encoder import text_reading
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -153,6 +154,11 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     check_positive_int("num_videos_per_prompt", num_videos_per_prompt)
     if not isinstance(use_refiner, bool):
         raise ValueError(f"use_refiner must be True or False, got {use_refiner!r}")
+    refiner = pipe.refiner if use_refiner else None
+    if prompt is None and refiner is not None and text_reading(refiner.config) != text_reading(pipe.transformer.config):
+        raise ValueError(f"the refiner reads the caption as {text_reading(refiner.config)}, the transformer as "
+                         f"{text_reading(pipe.transformer.config)}: pass `prompt`, not only prompt_embeds, or "
+                         "use_refiner=False")
     if max_sequence_length is not None:
         check_positive_int("max_sequence_length", max_sequence_length)
     num_levels = pipe.transformer.config.num_levels

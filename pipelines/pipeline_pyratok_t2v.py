@@ -24,7 +24,7 @@ from einops import rearrange
 from generator.model import PyraTokGenerator
 from generator.refiner import LatentRefiner
 from pyratok.pyramid import TokenPyramid
-from pyratok.text_encoder import TextEncoder
+from pyratok.text_encoder import TextEncoder, text_reading
 from pyratok.tokenizer import PyraTokTokenizer
 
 from .pipeline_checks import check_call, check_refiner
@@ -168,24 +168,27 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         negative_prompt_attention_mask: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
         device=None,
+        reading: dict[str, bool] | None = None,
     ):
         """(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask):
         text states (b * n, s, d) and bool masks (b * n, s), each prompt's rows repeated n times (a transformer
-        with `phrase_tokens`: its token states, then its phrase vectors, `TextEncoder.phrases`). Given
-        embeddings are kept (mask: all ones when None); no negative -> None (the transformer's null text)."""
+        with `phrase_tokens`: its token states, then its phrase vectors, `TextEncoder.phrases`; with
+        `word_tokens` False the phrase vectors alone; `reading`, another model's `text_reading`, overrides).
+        Given embeddings are kept (mask: all ones when None); no negative -> None (the transformer's null text)."""
         device = device if device is not None else self._execution_device
         text = None
         if prompt_embeds is None or (negative_prompt is not None and negative_prompt_embeds is None):
             _onload(self.text_encoder)
             text = self.text_encoder_wrapper(max_sequence_length)
-        phrases = bool(self.transformer.config.get("phrase_tokens", False))  # the generator reads phrase vectors
+        if reading is None:  # the generator reads phrase vectors, words or both
+            reading = text_reading(self.transformer.config)
         if prompt_embeds is None:
-            out = text([prompt] if isinstance(prompt, str) else list(prompt), phrases=phrases)
+            out = text([prompt] if isinstance(prompt, str) else list(prompt), **reading)
             prompt_embeds, prompt_attention_mask = out.hidden_states, out.attention_mask  # (b, s, d), (b, s)
         count = prompt_embeds.shape[0]
         if negative_prompt is not None and negative_prompt_embeds is None:
             negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
-            out = text(negatives, phrases=phrases)
+            out = text(negatives, **reading)
             negative_prompt_embeds, negative_prompt_attention_mask = out.hidden_states, out.attention_mask
         if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] == 1 and count > 1:
             negative_prompt_embeds = negative_prompt_embeds.expand(count, -1, -1)
@@ -338,6 +341,10 @@ class PyraTokT2VPipeline(DiffusionPipeline):
             _onload(self.refiner)
             device = self.refiner.device
             z_hat = self.refiner.condition(pyramid, self.vae.quantizer).to(device)  # (b, c, t, h, w)
+            reading = text_reading(self.refiner.config)
+            if reading != text_reading(self.transformer.config):  # the refiner reads the caption its own way
+                embeds, mask, _, _ = self.encode_prompt(prompt, None, num_videos_per_prompt,
+                                                        max_sequence_length=max_sequence_length, reading=reading)
             latent = self.refiner.refine(z_hat, embeds.to(device), mask.to(device), generator=generator)
             pyramid = TokenPyramid(pyramid.bits, pyramid.latent_grid, latent, pyramid.extras)
 

@@ -38,14 +38,24 @@ def split_phrases(caption: str) -> list[str]:
     return phrases
 
 
-def join_phrases(states, mask, phrase_states, phrase_mask):
+def join_phrases(states, mask, phrase_states, phrase_mask, words: bool = True):
     """A prompt's token states (b, s, d) / mask (b, s) followed by its phrase vectors (b, p, d) / (b, p):
-    (b, s + p, d), (b, s + p). The order carries nothing for a cross-attending reader (a set of keys)."""
+    (b, s + p, d), (b, s + p). The order carries nothing for a cross-attending reader (a set of keys).
+    words=False: the phrase vectors alone, (b, p, d) / (b, p), so that a reader can take an object's words
+    only from its own phrase."""
     if phrase_states is None:
         raise ValueError("phrase vectors are missing: encode the prompts with phrases=True, or build the token "
                          "cache again (it stores phrase_text_states since the phrase tokens were added)")
+    if not words:
+        return phrase_states.to(states.dtype), phrase_mask.to(mask.device).bool()
     return (torch.cat([states, phrase_states.to(states.dtype)], dim=1),
             torch.cat([mask.bool(), phrase_mask.to(mask.device).bool()], dim=1))
+
+
+def text_reading(config) -> dict[str, bool]:
+    """How a model with `phrase_tokens` / `word_tokens` in its config (a mapping) reads a caption, as
+    `TextEncoder.__call__` keywords: {"phrases": ..., "words": ...}."""
+    return {"phrases": bool(config.get("phrase_tokens", False)), "words": bool(config.get("word_tokens", True))}
 
 
 @dataclass
@@ -252,9 +262,12 @@ class TextEncoder:
         return states, mask
 
     @torch.no_grad()  # not inference_mode: outputs may feed trainable layers that save them for backward
-    def __call__(self, prompts: str | list[str], phrases: bool = False) -> TextEncoderOutput:
+    def __call__(self, prompts: str | list[str], phrases: bool = False, words: bool = True) -> TextEncoderOutput:
         """`phrases=True`: the prompts' phrase vectors (`phrases`) follow their token states, in
-        hidden_states and attention_mask (input_ids and pooled stay the prompts' own)."""
+        hidden_states and attention_mask (input_ids and pooled stay the prompts' own); with `words=False`
+        they stand alone (`join_phrases`)."""
+        if not (words or phrases):
+            raise ValueError("words=False leaves no text: it needs phrases=True")
         input_ids, mask = self._tokenize(prompts, stacklevel=5)  # warn -> _tokenize -> here -> no_grad -> user
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         out = self.model(input_ids=input_ids, attention_mask=mask.long())
@@ -266,7 +279,7 @@ class TextEncoder:
             if self.pooling == "mean_l2":
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
         if phrases:
-            hidden_bsd, mask = join_phrases(hidden_bsd, mask, *self.phrases(prompts))
+            hidden_bsd, mask = join_phrases(hidden_bsd, mask, *self.phrases(prompts), words=words)
         return TextEncoderOutput(
             hidden_states=hidden_bsd, attention_mask=mask, pooled=pooled.to(hidden_bsd.dtype), input_ids=input_ids
         )

@@ -1,5 +1,6 @@
 """Phrase tokens (generator `model.phrase_tokens`): each phrase of a caption encoded on its own and read by
-the generator beside the caption's token states, so that a two-object caption binds each object's words.
+the generator beside the caption's token states (or alone, `model.word_tokens: false`), so that a two-object
+caption binds each object's words.
 """
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from generator import GeneratorTrainConfig, PyraTokGenerator, TokenCacheDataset, build_token_cache
+from generator.refiner import LatentRefiner
 from generator.token_cache import QuantizerEncoder, random_latents
 from generator.train import train
+from generator.train_refiner import main as refiner_main
 from pyratok.config import load_config
 from pyratok.lapq import LaPQ, LaPQConfig
 from pyratok.text_encoder import TextEncoder
@@ -86,6 +89,39 @@ def test_the_cache_keeps_phrase_vectors_and_the_generator_trains_on_them(text_en
         load_config(GeneratorTrainConfig, None, ["model.phrase_tokens=true", "model.text_mode=prefix"])
 
 
+def test_a_phrase_only_generator_reads_each_objects_vector_alone(text_encoder, tmp_path):
+    """word_tokens=False: the text is the phrase vectors alone, in the cache's batches, the text encoder and
+    training; no text at all is refused."""
+    cache = _phrase_cache(tmp_path / "cache", text_encoder)
+    alone = TokenCacheDataset(cache, phrase_tokens=True, word_tokens=False)
+    batch = alone.collate([alone[i] for i in range(3)])
+    phrases, mask = text_encoder.phrases([PAIR, "a green triangle growing", TRADED])
+    assert batch["text_states"].shape == (3, 2, 384) and torch.equal(batch["text_mask"], mask)
+    torch.testing.assert_close(batch["text_states"][mask], phrases[mask], atol=2e-3, rtol=1e-3)
+    encoded = text_encoder([PAIR, "a green triangle growing"], phrases=True, words=False)
+    torch.testing.assert_close(encoded.hidden_states, phrases[:2])
+    with pytest.raises(ValueError, match="words=False leaves no text"):
+        text_encoder([PAIR], words=False)
+    with pytest.raises(ValueError, match="word_tokens=False leaves no text"):
+        TokenCacheDataset(cache, word_tokens=False)
+    with pytest.raises(ValueError, match="word_tokens=False leaves the generator no text"):
+        load_config(GeneratorTrainConfig, None, ["model.word_tokens=false"])
+    with fresh_accelerate_state():
+        cfg = load_config(GeneratorTrainConfig, None, [*TINY, f"data.token_cache_dir={cache}", "train.max_steps=1",
+                                                       f"train.output_dir={tmp_path / 'run'}",
+                                                       "model.phrase_tokens=true", "model.word_tokens=false"])
+        trainer, _ = train(cfg)
+        trainer.finish()
+    assert not PyraTokGenerator.from_pretrained(str(tmp_path / "run" / "generator")).config.word_tokens
+    with fresh_accelerate_state():  # a refiner given this generator reads as it does, and says so in its config
+        assert refiner_main(["--set", "model.mode=flow", "model.width=16", "model.depth=1", "model.text_heads=2",
+                             "train.batch_size=2", "train.max_steps=1", f"data.token_cache_dir={cache}",
+                             f"data.generator_dir={tmp_path / 'run' / 'generator'}",
+                             f"train.output_dir={tmp_path / 'refiner'}"]) == 0
+    refiner = LatentRefiner.from_pretrained(str(tmp_path / "refiner" / "refiner"))
+    assert (refiner.config.phrase_tokens, refiner.config.word_tokens) == (True, False)
+
+
 def test_the_pipeline_gives_a_phrase_reading_generator_its_phrases():
     from test_pipeline import get_dummy_components
 
@@ -102,3 +138,35 @@ def test_the_pipeline_gives_a_phrase_reading_generator_its_phrases():
     assert embeds.shape[1] == s + 2 and mask[:, s:].tolist() == [[True, True], [True, False]]
     torch.testing.assert_close(embeds[:, :s], tokens)
     assert neg_mask[:, -2:].all()  # the negative prompt's two phrases too
+
+
+def test_the_refiner_reads_the_caption_its_own_way_beside_a_phrase_only_generator():
+    """A phrase-only generator gets the phrase vectors; a refiner trained on the caption's token states
+    (the default reading) still gets those, encoded for it: without that it would read two vectors."""
+    from test_pipeline import SMALL, get_dummy_components, gens
+
+    from pipelines import PyraTokT2VPipeline
+
+    components = get_dummy_components()
+    base = components["transformer"]
+    alone = PyraTokGenerator(**{**base.config, "phrase_tokens": True, "word_tokens": False})
+    alone.load_state_dict(base.state_dict())
+    torch.manual_seed(0)
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_dim=16, text_heads=2, keep_levels=1,
+                            mode="flow", sample_steps=2)
+    pipe = PyraTokT2VPipeline(**{**components, "transformer": alone}, refiner=refiner)
+    pipe.set_progress_bar_config(disable=True)
+    words = PyraTokT2VPipeline(**components).encode_prompt([PAIR, "blue"])[0]
+    embeds, mask = pipe.encode_prompt([PAIR, "blue"])[:2]
+    assert embeds.shape[1] == 2 and mask.tolist() == [[True, True], [True, False]]
+    read = []
+    refine = refiner.refine
+    refiner.refine = lambda z, text, text_mask, generator=None: read.append(text) or refine(z, text, text_mask,
+                                                                                          generator=generator)
+    pipe([PAIR, "blue"], generator=gens(1, 2), output_type="latent", **SMALL)
+    torch.testing.assert_close(read[0], words)
+    with pytest.raises(ValueError, match="the refiner reads the caption as"):
+        pipe(prompt_embeds=embeds, prompt_attention_mask=mask, generator=gens(1, 2), output_type="latent", **SMALL)
+    pipe(prompt_embeds=embeds, prompt_attention_mask=mask, use_refiner=False, output_type="latent", **SMALL)
+    with pytest.raises(ValueError, match="leaves the refiner no text"):
+        LatentRefiner(word_tokens=False)
