@@ -2,6 +2,7 @@
 
     python bench/level_oracle.py --tokenizer DIR --generator DIR [--size 64] [--n 48] [--seed 77]
         [--temperature 1.0] [--finest-decode sample|expected] [--finest-bits N] [--refiner DIR] [--keep K ...]
+        [--shape circle|square|triangle]
 
 Encodes `n` fresh single-object Shapes train clips (seed 77: no token cache is built from it) with their
 captions, then for k = 0 .. L keeps the clip's own first k levels (`generate(prefix_bits=...)`) and lets
@@ -9,7 +10,9 @@ the generator sample the rest from the caption, decodes and judges the video as 
 repeatable: only those k). k = 0 is plain generation, k = L the tokenizer's reconstruction. The level after
 which an attribute jumps is the one the generator fails to draw it at. `--finest-bits N` decodes every
 video from the first N bits of each finest token only (bench/finest_bits.py), to set the generator's first
-bit groups beside the clip's own.
+bit groups beside the clip's own. Beside each share judged right it prints the mean fill ratio the shape is
+judged by (object area / box area on the middle frame: circle 0.785, square 1, triangle 0.5); `--shape S`
+measures only clips of that shape (the first n of the seed that show it), to see where its outline is lost.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from generator import PyraTokGenerator  # noqa: E402
 from generator.refiner import LatentRefiner  # noqa: E402
 from generator.sampling import (FINEST_DECODES, GUIDANCE_SCHEDULE_HELP, parse_guidance_schedule,  # noqa: E402
                                 temperature_per_level)
-from pyratok.data.shapes import ShapesDataset  # noqa: E402
+from pyratok.data.shapes import SHAPES, ShapesDataset, video_to_uint8  # noqa: E402
+from pyratok.data.shapes_judge import judge_video  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
 from pyratok.text_encoder import TextEncoder, join_phrases, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
@@ -36,18 +40,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a pack
 from finest_bits import decode_keeping  # noqa: E402
 
 
+def read_as(config, text, phrases):
+    """The caption's states (b, s, d) and mask (b, s) as a model with this config reads them (`text_reading`):
+    its token states, its phrase vectors (`TextEncoder.phrases`, or None when no model reads them), or both."""
+    reading = text_reading(config)
+    if not reading["phrases"]:
+        return text.hidden_states, text.attention_mask
+    return join_phrases(text.hidden_states, text.attention_mask, *phrases, words=reading["words"])
+
+
 @torch.no_grad()
 def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_scale: float = 3.0,
                    guidance_schedule=None, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
                    finest_decode: str = "sample", finest_bits: int | None = None,
                    finest_conv_passes: int | None = None, refiner=None,
                    keeps: list[int] | None = None) -> dict[int, dict[str, float]]:
-    """{levels kept: {attribute: share judged right}} for every number of kept levels 0 .. L (or `keeps`); the
-    sampled levels are drawn at `temperature`, the finest one decoded as `finest_decode` says
-    (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn bits); with a
-    `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption before decoding
-    (a "flow" refiner reads only the first `keep_levels` levels and draws the rest, so the clip's levels from
-    keep_levels on are not used)."""
+    """{levels kept: {attribute: share judged right, "fill_ratio": mean fill ratio}} for every number of kept
+    levels 0 .. L (or `keeps`); the sampled levels are drawn at `temperature`, the finest one decoded as
+    `finest_decode` says (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn
+    bits); with a `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption, as
+    the refiner reads it, before decoding (a "flow" refiner reads only the first `keep_levels` levels and draws
+    the rest, so the clip's levels from keep_levels on are not used)."""
     num_levels = model.config.num_levels
     levels = len(tokenizer.quantizer.config.level_strides)
     if levels != num_levels:
@@ -60,17 +73,17 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
     keeps = list(range(num_levels + 1)) if keeps is None else sorted(set(keeps))
     if not all(0 <= k <= num_levels for k in keeps):
         raise ValueError(f"levels kept must be in [0, {num_levels}], got {keeps}")
-    right = {k: {a: [] for a in JUDGED} for k in keeps}
+    right = {k: {a: [] for a in (*JUDGED, "fill_ratio")} for k in keeps}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         video = torch.stack([x["video"] for x in chunk])
         captions = [x["caption"] for x in chunk]
         text = text_encoder(captions)
         pyramid = tokenizer.encode(video, text.hidden_states, text.attention_mask)
-        states, mask = text.hidden_states, text.attention_mask
-        reading = text_reading(model.config)
-        if reading["phrases"]:  # the generator reads the phrase vectors too (or alone)
-            states, mask = join_phrases(states, mask, *text_encoder.phrases(captions), words=reading["words"])
+        readers = [model] if refiner is None else [model, refiner]
+        phrases = text_encoder.phrases(captions) if any(text_reading(m.config)["phrases"] for m in readers) else None
+        states, mask = read_as(model.config, text, phrases)  # the caption as the generator reads it
+        ref_states, ref_mask = (states, mask) if refiner is None else read_as(refiner.config, text, phrases)
         for keep in keeps:
             gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
             sampled = model.generate(tokenizer.quantizer, states, mask,
@@ -81,7 +94,7 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                                      prefix_bits=pyramid.bits[:keep])
             if refiner is not None:
                 z_hat = refiner.condition(sampled, tokenizer.quantizer)  # flow: levels < keep_levels only
-                recon = tokenizer.decode(refiner.refine(z_hat, states, mask, generator=gens))
+                recon = tokenizer.decode(refiner.refine(z_hat, ref_states, ref_mask, generator=gens))
             elif finest_bits is None:
                 recon = tokenizer.decode(sampled.latent)  # z_hat, summed by generate as it sampled
             else:
@@ -89,7 +102,10 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
             for i, item in enumerate(chunk):
                 for attribute, ok in judged_right(recon[i].clamp(-1, 1), item).items():
                     right[keep][attribute].append(ok)
-    return {keep: {a: float(np.mean(v)) for a, v in got.items()} for keep, got in right.items()}
+                fill = judge_video(video_to_uint8(recon[i].clamp(-1, 1)))["fill_ratio"]
+                right[keep]["fill_ratio"].append(np.nan if fill is None else fill)
+    return {keep: {a: float(np.nanmean(v) if a == "fill_ratio" else np.mean(v)) for a, v in got.items()}
+            for keep, got in right.items()}
 
 
 def main(argv=None) -> int:
@@ -111,6 +127,8 @@ def main(argv=None) -> int:
                         "each drawn z_hat from the caption before decoding")
     parser.add_argument("--finest-bits", type=int, default=None,
                         help="decode from the first N bits of each finest token only (drawn bits)")
+    parser.add_argument("--shape", choices=SHAPES, default=None,
+                        help="only clips of this shape: the first n of the seed that show it (default: every clip)")
     parser.add_argument("--keep", type=int, action="append", default=None, metavar="K",
                         help="measure only with the clip's first K levels kept (repeatable; default: every K)")
     args = parser.parse_args(argv)
@@ -120,15 +138,17 @@ def main(argv=None) -> int:
     schedule = parse_guidance_schedule(args.guidance_schedule)
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval()
     model = PyraTokGenerator.from_pretrained(args.generator, variant=args.variant).eval()
-    data = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, length=args.n,
-                         seed=args.seed)  # one object per clip
-    items = [data[i] for i in range(len(data))]
+    pool = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, seed=args.seed,
+                         length=args.n if args.shape is None else 20 * args.n)  # one object per clip
+    chosen = [i for i in range(len(pool)) if args.shape in (None, pool.plan(i)[0][0].shape)][:args.n]
+    items = [pool[i] for i in chosen]
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale, schedule,
                             temperature=args.temperature, finest_decode=args.finest_decode,
                             finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes,
                             refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner).eval(),
                             keeps=args.keep)
-    print(f"{args.generator}: {len(items)} single-object train Shapes clips, 17x{args.size}x{args.size}, "
+    of_shape = f" of {args.shape}s" if args.shape else ""
+    print(f"{args.generator}: {len(items)} single-object train Shapes clips{of_shape}, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_schedule or args.guidance_scale}, temperature {args.temperature}, "
           f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"
           + (f", its first {args.finest_bits} only" if args.finest_bits is not None else "")

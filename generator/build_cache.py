@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="Shapes split: train or heldout")
     p.add_argument("--two-objects", type=int, default=0,
                    help="two-object Shapes clips added after the --n single-object ones (multi-object captions)")
+    p.add_argument("--two-objects-apart", type=float, default=None, metavar="PX",
+                   help="keep the two objects' boxes at least PX pixels apart in every frame (default: placed "
+                        "independently, so they may overlap)")
     p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 1 + 4k")
     p.add_argument("--size", type=int, default=64, help="clip height and width in pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the Shapes clips / the folder's crops")
@@ -90,6 +93,8 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
         raise ValueError(f"--n must be positive, got {args.n}")
     if sum(x is not None for x in (args.folder, args.shards)) > 1:
         raise ValueError("give --folder or --shards, not both")
+    if args.two_objects_apart is not None and not args.two_objects:
+        raise ValueError(f"--two-objects-apart {args.two_objects_apart} places two-object clips: give --two-objects")
     if args.two_objects and (args.folder or args.shards):
         raise ValueError(f"--two-objects {args.two_objects} adds Shapes clips; it does not apply to "
                          "--folder / --shards")
@@ -108,22 +113,24 @@ def make_parts(args: argparse.Namespace) -> list[Part]:
             dataset = torch.utils.data.Subset(dataset, range(args.n))
     else:
         dataset = shapes_dataset(args.split, args.n or DEFAULT_SHAPES, args.two_objects, args.num_frames, args.size,
-                                 args.seed)
+                                 args.seed, args.two_objects_apart)
     if args.contrast_words:  # Shapes: a swapped caption names only pairs of the split (no held-out pair)
         allowed = None if args.folder else functools.partial(caption_in_split, split=args.split)
         dataset = SwappedCaptions(dataset, parse_word_groups(args.contrast_words), args.seed, allowed)
     return dataset_parts(dataset, args.shard_size)
 
 
-def shapes_dataset(split: str, n: int, two_objects: int, num_frames: int, size: int, seed: int):
-    """The Shapes clips of a cache: `n` single-object clips, then `two_objects` two-object ones."""
+def shapes_dataset(split: str, n: int, two_objects: int, num_frames: int, size: int, seed: int,
+                   min_gap: float | None = None):
+    """The Shapes clips of a cache: `n` single-object clips, then `two_objects` two-object ones (their boxes
+    `min_gap` px apart in every frame; None: placed independently)."""
     if two_objects < 0:
         raise ValueError(f"--two-objects {two_objects}: must be >= 0")
     single = ShapesDataset(split=split, length=n, num_frames=num_frames, height=size, width=size, seed=seed)
     if not two_objects:
         return single
     pairs = ShapesDataset(split=split, length=two_objects, num_frames=num_frames, height=size, width=size,
-                          seed=seed, num_objects=2)
+                          seed=seed, num_objects=2, min_gap=min_gap)
     return torch.utils.data.ConcatDataset([single, pairs])
 
 
@@ -219,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     parts = make_parts(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "batch_size")}
-    for name in ("two_objects", "contrast_words"):  # recorded only when used: older caches stay resumable
-        if not settings[name]:
+    for name, unused in (("two_objects", 0), ("two_objects_apart", None), ("contrast_words", None)):
+        if settings[name] == unused:  # recorded only when used: older caches stay resumable
             del settings[name]
     settings["tokenizer"] = str(Path(args.tokenizer).resolve())
     if state.is_main_process:

@@ -115,6 +115,10 @@ def test_two_objects_follow_the_single_object_clips(tokenizer_dir, one_process, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="--two-objects -1"):
         shapes_dataset("train", 3, -1, num_frames=5, size=16, seed=0)
+    apart = shapes_dataset("train", 3, 2, num_frames=5, size=16, seed=0, min_gap=1)  # the pairs kept apart
+    assert [apart[i]["caption"] for i in range(5)] == captions and apart.datasets[1].min_gap == 1
+    with pytest.raises(ValueError, match="--two-objects-apart 4.0 places two-object clips"):
+        main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "y"), *small, "--two-objects-apart", "4"])
     with pytest.raises(ValueError, match="does not apply to --folder"):
         main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "x"), "--folder", str(tmp_path),
               "--two-objects", "2"])

@@ -68,7 +68,8 @@ def test_finest_bits_bench_keeps_the_first_groups():
 
 def test_level_oracle_keeping_every_level_is_the_reconstruction(monkeypatch):
     from generator import PyraTokGenerator
-    from pyratok.data.shapes import ShapesDataset
+    from pyratok.data.shapes import ShapesDataset, video_to_uint8
+    from pyratok.data.shapes_judge import judge_video
     from pyratok.evaluate import judged_right
 
     bench = load_bench("level_oracle")
@@ -84,7 +85,9 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction(monkeypatch):
         recon = tokenizer.decode(tokenizer.encode(torch.stack([x["video"] for x in items]), text.hidden_states,
                                                   text.attention_mask)).clamp(-1, 1)
     expected = [judged_right(recon[i], x) for i, x in enumerate(items)]
-    assert result[3] == {a: float(np.mean([e[a] for e in expected])) for a in expected[0]}
+    fills = [judge_video(video_to_uint8(r))["fill_ratio"] for r in recon]
+    assert result[3] == {**{a: float(np.mean([e[a] for e in expected])) for a in expected[0]},
+                         "fill_ratio": float(np.nanmean([np.nan if f is None else f for f in fills]))}
     # nothing kept: a random generator's samples are not the clips (their colour is not the caption's)
     assert result[0]["colour"] < 1.0
     # --finest-bits: every bit is the plain decode; none kept at k = 3 judges the clip's levels 0..1 alone
@@ -107,6 +110,42 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction(monkeypatch):
     assert bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, keeps=[3]) == {3: result[3]}
     with pytest.raises(ValueError, match=r"levels kept must be in \[0, 3\], got \[4\]"):
         bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, keeps=[4])
+
+
+def test_level_oracle_gives_each_model_the_caption_as_it_reads_it(monkeypatch):
+    """A generator that reads the phrase vectors alone beside a refiner that reads the token states: each gets its
+    own reading (the refiner given the generator's phrase vectors would read a caption it never learned from)."""
+    from generator import PyraTokGenerator
+    from generator.refiner import LatentRefiner
+    from pyratok.data.shapes import ShapesDataset
+
+    class PhraseTextEncoder(FakeTextEncoder):
+        def phrases(self, prompts):  # two phrase vectors per prompt, unlike any token state
+            return torch.full((len(prompts), 2, 384), 7.0), torch.ones(len(prompts), 2, dtype=torch.bool)
+
+    bench = load_bench("level_oracle")
+    tokenizer = tiny_tokenizer(text_dim=384)
+    model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1, heads=2,
+                             phrase_tokens=True, word_tokens=False).eval()
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_heads=2, keep_levels=2, mode="flow",
+                            sample_steps=1).eval()
+    seen = {}
+
+    def spy(name, method):  # records the text states (the second argument) each model is given
+        def call(*args, **kwargs):
+            seen[name] = args[1]
+            return method(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(model, "generate", spy("generator", model.generate))
+    monkeypatch.setattr(refiner, "refine", spy("refiner", refiner.refine))
+    items = [ShapesDataset(num_frames=5, height=32, width=32, length=2, seed=1)[i] for i in range(2)]
+    result = bench.judge_prefixes(tokenizer, model, PhraseTextEncoder(), items, batch_size=2, refiner=refiner,
+                                  keeps=[0])
+    tokens = FakeTextEncoder()([x["caption"] for x in items]).hidden_states
+    assert seen["generator"].shape[1] == 2 and bool((seen["generator"] == 7.0).all())  # the phrase vectors alone
+    torch.testing.assert_close(seen["refiner"], tokens)  # the token states, as the refiner learned
+    assert 0 <= result[0]["shape"] <= 1
 
 
 def test_level_oracle_samples_at_its_temperature_and_decode_and_refuses_a_bad_temperature(monkeypatch):

@@ -102,6 +102,35 @@ def test_multi_object_presence_consistent_with_masks():
     assert partial >= 4  # objects do enter late / leave early
 
 
+@pytest.mark.parametrize("size", [64, 128])
+def test_two_objects_kept_apart_never_touch(size):
+    """min_gap: the two objects' masks keep min_gap px apart in every frame (placed independently, they overlap);
+    the objects' colours, shapes, motions and timing are those drawn without it."""
+    free = ShapesDataset(length=40, num_objects=2, height=size, width=size, seed=3)
+    apart = ShapesDataset(length=40, num_objects=2, height=size, width=size, seed=3, min_gap=4)
+
+    def kept_apart(sample, px: int) -> bool:  # no pixel of one object within px pixels (x or y) of the other's
+        first, second = sample["object_masks"].float()  # (T, H, W) each
+        near = torch.nn.functional.max_pool2d(first[:, None], 2 * px + 1, stride=1, padding=px)[:, 0]  # dilated
+        return not bool((near * second).any())
+
+    overlaps = sum(not kept_apart(free[i], 0) for i in range(len(free)))
+    assert overlaps >= 10, overlaps  # without min_gap, many pairs overlap
+    for i in range(len(apart)):
+        a, b = apart[i], free[i]
+        assert kept_apart(a, 4)
+        keep = [(o["colour"], o["shape"], o["motion"], o["enter"], o["leave"]) for o in a["objects"]]
+        assert keep == [(o["colour"], o["shape"], o["motion"], o["enter"], o["leave"]) for o in b["objects"]]
+        assert a["caption"] == b["caption"]
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="min_gap"):
+            ShapesDataset(num_objects=2, min_gap=bad)
+    with pytest.raises(ValueError, match="num_objects=1"):
+        ShapesDataset(min_gap=4)
+    with pytest.raises(ValueError, match="min_gap=60"):
+        ShapesDataset(length=1, num_objects=2, min_gap=60)[0]
+
+
 def test_judge_recovers_labels():
     ds = ShapesDataset(length=48, textured_prob=0.5, seed=11)
     hits = 0

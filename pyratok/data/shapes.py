@@ -25,6 +25,7 @@ TRAIN_PAIRS = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in HEL
 SPLITS = MappingProxyType({"train": TRAIN_PAIRS, "heldout": HELDOUT_PAIRS})
 GROWTH = 1.6  # size factor over the clip for growing / shrinking
 SIZE_RANGE = (7.0, 12.0)  # radius / half-side at 64x64
+PLACEMENT_TRIES = 1000  # draws of a pair's placement before `min_gap` gives up
 SPEED_RANGE = (1.5, 2.5)  # px/frame at 64x64
 MAX_BACKGROUND = 60  # textured backgrounds stay at or below this channel value
 _DIRECTIONS = MappingProxyType({"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)})
@@ -120,6 +121,15 @@ def sample_object(rng: np.random.Generator, colour: str, shape: str, motion: str
     return ObjectSpec(colour, shape, motion, cx, cy, r, speed)
 
 
+def gap(a: ObjectSpec, b: ObjectSpec, num_frames: int) -> float:
+    """The least gap (px) between two objects' boxes over the clip, in x or in y (negative: the boxes overlap).
+
+    Every shape lies inside its box, centre +- radius. The tracks are taken over every frame, whether or not an
+    object is present in it."""
+    (ax, ay, ar), (bx, by, br) = a.track(num_frames), b.track(num_frames)
+    return float(np.min(np.maximum(np.abs(ax - bx), np.abs(ay - by)) - (ar + br)))
+
+
 def signed_distance(shape: str, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, height: int, width: int,
                     top: int = 0, left: int = 0) -> np.ndarray:
     """Signed distance (px, > 0 inside) at pixel centres, (T, H, W), from per-frame centre/radius (T,).
@@ -209,14 +219,19 @@ class ShapesDataset(Dataset):
     Each item: video float (3, T, H, W) in [-1, 1], caption, colour/shape/motion (of the first object),
     boxes (T, 4) and masks (T, H, W) over all objects, presence (N, T), object_boxes (N, T, 4),
     object_masks (N, T, H, W), objects (list of per-object dicts), fps, split, index.
+    min_gap (two objects): keep their boxes at least min_gap px apart in every frame (`gap`); None: placed
+    independently, so they may overlap (the default).
     """
 
     def __init__(self, split: str = "train", length: int = 1000, num_frames: int = 17, height: int = 64,
                  width: int = 64, fps: int = 8, num_objects: int = 1, textured_prob: float = 0.0,
-                 seed: int = 0, antialias: bool = True):
+                 seed: int = 0, antialias: bool = True, min_gap: float | None = None):
         check_split(split)
         if num_objects not in (1, 2):
             raise ValueError(f"num_objects must be 1 or 2, got {num_objects!r}")
+        if min_gap is not None and not (np.isfinite(min_gap) and min_gap >= 0 and num_objects > 1):
+            raise ValueError(f"min_gap must be None or a finite number of pixels >= 0 with num_objects=2, got "
+                             f"{min_gap!r} with num_objects={num_objects}")
         if min(length, num_frames, height, width, fps) <= 0:
             raise ValueError(f"length/num_frames/height/width/fps must be positive, got "
                              f"{(length, num_frames, height, width, fps)}")
@@ -224,7 +239,7 @@ class ShapesDataset(Dataset):
             raise ValueError(f"textured_prob must be in [0, 1], got {textured_prob!r}")
         self.split, self.length, self.num_frames = split, length, num_frames
         self.height, self.width, self.fps, self.num_objects = height, width, fps, num_objects
-        self.textured_prob, self.seed, self.antialias = textured_prob, seed, antialias
+        self.textured_prob, self.seed, self.antialias, self.min_gap = textured_prob, seed, antialias, min_gap
 
     def __len__(self) -> int:
         return self.length
@@ -247,6 +262,18 @@ class ShapesDataset(Dataset):
             objects.append(obj)
         return objects
 
+    def _apart(self, rng: np.random.Generator, objects: list[ObjectSpec]) -> list[ObjectSpec]:
+        """The objects, their sizes, speeds and starts redrawn from `rng` (motions and timing kept) until `gap` >=
+        min_gap."""
+        for _ in range(PLACEMENT_TRIES):
+            if gap(*objects, self.num_frames) >= self.min_gap:
+                return objects
+            objects = [replace(sample_object(rng, o.colour, o.shape, o.motion, self.num_frames, self.height,
+                                             self.width), enter=o.enter, leave=o.leave) for o in objects]
+        raise ValueError(f"min_gap={self.min_gap}: no placement of {[(o.colour, o.shape, o.motion) for o in objects]} "
+                         f"keeps the objects {self.min_gap} px apart in {PLACEMENT_TRIES} tries on a "
+                         f"{self.height}x{self.width} canvas")
+
     def plan(self, index: int) -> tuple[list[ObjectSpec], np.ndarray | None, int]:
         """What item `index` shows, without rendering: (objects, background or None, caption template)."""
         if not 0 <= index < self.length:
@@ -256,6 +283,8 @@ class ShapesDataset(Dataset):
         textured = bool(rng.random() < self.textured_prob)
         template = int(rng.integers(NUM_TEMPLATES)) if self.num_objects == 1 else (0, 1, 3)[rng.integers(3)]
         background = textured_background(rng, self.height, self.width) if textured else None
+        if self.min_gap is not None:  # its own stream: the clip keeps its caption, timing and background
+            objects = self._apart(seed_for(f"shapes/{self.split}/apart", self.seed, index), objects)
         return objects, background, template
 
     def __getitem__(self, index: int) -> dict:
