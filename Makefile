@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup bench clean default-model real-tokenizer parent-vae tokenizer-on-parent \
 	tokenizer-no-text-loss model-on-parent default-tokenizer model-conv128 refiner-conv128 \
-	refiner-flow128 refiner-flow128-unet
+	refiner-flow128 refiner-flow128-unet refiner-flow128-unet-k2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -184,3 +184,8 @@ refiner-flow128: $(STAMP)
 refiner-flow128-unet: $(STAMP)
 	$(call refiner_train,flow128_unet)
 	$(call refiner_chain,flow128_unet_more,flow-unet)
+
+# That U-Net carried on as a refiner that draws level 2 too (configs/refiner/flow128_unet_k2.yaml, keep_levels 2,
+# ~27 min), and its pipeline (README, "The refiner draws level 2 too").
+refiner-flow128-unet-k2: refiner-flow128-unet
+	$(call refiner_chain,flow128_unet_k2,flow-unet-k2)
