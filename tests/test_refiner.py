@@ -2,6 +2,8 @@
 run (exact resume, export) and its place in the pipeline (use_refiner, save / load, mismatches refused)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -126,6 +128,9 @@ def test_the_refiner_config_round_trips(tmp_path):
     unet, more = round_trip("flow128_unet"), round_trip("flow128_unet_more")
     assert (unet.model.scales, more.model) == (3, unet.model)  # stage 2 carries on the same refiner
     assert more.train.init_from == f"{unet.train.output_dir}/refiner"
+    k2 = round_trip("flow128_unet_k2")  # stage 3: the same refiner, drawing level 2 too
+    assert k2.model == dataclasses.replace(more.model, keep_levels=2)
+    assert k2.train.init_from == f"{more.train.output_dir}/refiner"
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
             ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
