@@ -186,6 +186,7 @@ refiner-flow128-unet: $(STAMP)
 	$(call refiner_chain,flow128_unet_more,flow-unet)
 
 # That U-Net carried on as a refiner that draws level 2 too (configs/refiner/flow128_unet_k2.yaml, keep_levels 2,
-# ~27 min), and its pipeline (README, "The refiner draws level 2 too").
+# sigma_location 2, ~27 min), and its pipeline (README, "The refiner draws level 2 too", "Where the refiner lays a
+# shape down").
 refiner-flow128-unet-k2: refiner-flow128-unet
 	$(call refiner_chain,flow128_unet_k2,flow-unet-k2)

@@ -185,10 +185,11 @@ class LatentRefiner(ModelMixin, ConfigMixin):
 
 
 def flow_loss(refiner: LatentRefiner, config, quantizer, batch: dict, rng: torch.Generator,
-              text_dropout: float = 0.1) -> tuple[torch.Tensor, dict]:
+              text_dropout: float = 0.1, sigma_location: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Rectified-flow loss of a flow refiner on a token-cache batch: the finer levels' share of each clip's
-    z_hat, noised at sigma = sigmoid(N(0, 1)) (logit-normal, as SD3), its velocity (noise - data) regressed
-    given the clip's own first `keep_levels` levels; captions dropped at `text_dropout` for guidance.
+    z_hat, noised at sigma = sigmoid(N(sigma_location, 1)) (logit-normal, as SD3; a positive location weighs the
+    high noise levels, where a shape is laid down, a negative one the finest detail), its velocity (noise - data)
+    regressed given the clip's own first `keep_levels` levels; captions dropped at `text_dropout` for guidance.
     refiner: the (possibly wrapped) model; config: its config. Noise, sigmas and drops come from `rng`."""
     bits, keep = batch["bits"], config.keep_levels
     if config.mode != "flow":
@@ -204,7 +205,7 @@ def flow_loss(refiner: LatentRefiner, config, quantizer, batch: dict, rng: torch
     data = target - cond
     b = data.shape[0]
     noise = torch.randn(data.shape, generator=rng).to(data)
-    sigma = torch.sigmoid(torch.randn(b, generator=rng)).to(data)
+    sigma = torch.sigmoid(sigma_location + torch.randn(b, generator=rng)).to(data)
     drop = (torch.rand(b, generator=rng) < text_dropout).to(data.device)
     sigma_b1111 = rearrange(sigma, "b -> b 1 1 1 1")
     noisy = sigma_b1111 * noise + (1 - sigma_b1111) * data

@@ -42,6 +42,7 @@ class RefinerConfig:
     keep_levels: int = -1  # the clip's levels kept (flow: read); -1: all but the finest
     mode: str = "regress"  # or "flow": draws the levels after keep_levels (generator.refiner)
     text_dropout: float = 0.1  # flow: share of clips trained with the null text (classifier-free guidance)
+    sigma_location: float = 0.0  # flow: training sigmas are sigmoid(N(this, 1)); > 0 weighs where shapes form
     sample_steps: int = 16  # flow: Euler steps of a draw
     guidance_scale: float = 3.0  # flow: classifier-free guidance of a draw
 
@@ -54,6 +55,8 @@ class RefinerConfig:
             raise ValueError(f"model.mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"model.text_dropout must be in [0, 1), got {self.text_dropout}")
+        if not math.isfinite(self.sigma_location):
+            raise ValueError(f"model.sigma_location must be a finite number, got {self.sigma_location}")
         if self.sample_steps < 1 or not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             raise ValueError(f"model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got "
                              f"{self.sample_steps} and {self.guidance_scale}")
@@ -134,7 +137,8 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
 
     def loss_fn(batch, rng):
         if flow:
-            return flow_loss(model, refiner.config, quantizer, batch, rng, cfg.model.text_dropout)
+            return flow_loss(model, refiner.config, quantizer, batch, rng, cfg.model.text_dropout,
+                             cfg.model.sigma_location)
         return refiner_loss(model, generator, quantizer, batch, rng, cfg.data.guidance_scale)
 
     step = trainer.fit(loss_fn)

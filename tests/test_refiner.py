@@ -128,14 +128,15 @@ def test_the_refiner_config_round_trips(tmp_path):
     unet, more = round_trip("flow128_unet"), round_trip("flow128_unet_more")
     assert (unet.model.scales, more.model) == (3, unet.model)  # stage 2 carries on the same refiner
     assert more.train.init_from == f"{unet.train.output_dir}/refiner"
-    k2 = round_trip("flow128_unet_k2")  # stage 3: the same refiner, drawing level 2 too
-    assert k2.model == dataclasses.replace(more.model, keep_levels=2)
+    k2 = round_trip("flow128_unet_k2")  # stage 3: the same refiner, drawing level 2 too, trained at high noise
+    assert k2.model == dataclasses.replace(more.model, keep_levels=2, sigma_location=2.0)
     assert k2.train.init_from == f"{more.train.output_dir}/refiner"
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
             ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
             ("model.mode=diffuse", "model.mode must be one of"),
             ("model.scales=0", "model.scales must be >= 1, got 0"),
+            ("model.sigma_location=inf", "model.sigma_location must be a finite number, got inf"),
             ("model.sample_steps=0", "model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0")]:
         with pytest.raises(ValueError, match=message):
             load_config(RefinerTrainConfig, None, [override])
@@ -295,6 +296,28 @@ def test_a_flow_refiner_refuses_bad_inputs():
         flow_loss(refiner, refiner.config, SumLevels(), batch, torch.Generator())
     with pytest.raises(ValueError, match="flow_loss trains a flow refiner, got mode='regress'"):
         flow_loss(tiny_refiner(), tiny_refiner().config, SumLevels(), batch, torch.Generator())
+
+
+def test_the_sigma_location_moves_the_trained_noise_levels():
+    """`sigma_location` shifts the logit-normal of training sigmas: the same draws, moved; 0 is the default."""
+    refiner, seen = tiny_flow(), {}
+
+    def record(cond, states, mask, noisy, timestep, drop_text):
+        seen.setdefault("t", []).append(timestep)
+        return noisy
+
+    gen = torch.Generator().manual_seed(0)
+    batch = {"bits": [torch.randn(64, 4, 1, 4, 4, generator=gen), torch.randn(64, 4, 1, 4, 4, generator=gen)],
+             "latent_grid": (1, 4, 4), "text_states": torch.randn(64, 3, 16, generator=gen), "text_mask": None}
+    for location in (0.0, -1.0):
+        flow_loss(record, refiner.config, SumLevels(), batch, torch.Generator().manual_seed(1),
+                  sigma_location=location)
+    default = flow_loss(record, refiner.config, SumLevels(), batch, torch.Generator().manual_seed(1))[0]
+    centred, low, again = (t / 1000 for t in seen["t"])
+    assert torch.equal(centred, again) and default.isfinite()
+    logit = torch.logit(centred, eps=1e-6) - torch.logit(low, eps=1e-6)
+    assert torch.allclose(logit, torch.ones_like(logit), atol=1e-3)
+    assert (low < 0.1).float().mean() > 3 * (centred < 0.1).float().mean()
 
 
 def test_flow_refiner_training_needs_no_generator_and_resumes_exactly(cache_dir, tmp_path):
