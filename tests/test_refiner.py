@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_pipeline import SMALL, gens, get_dummy_components
 
 from generator.model import PyraTokGenerator
-from generator.refiner import LatentRefiner, flow_loss, refiner_loss
+from generator.refiner import NUM_TRAIN_TIMESTEPS, LatentRefiner, flow_loss, refiner_loss
 from generator.token_cache import TokenCacheDataset
 from generator.train import main as generator_main
 from generator.train_refiner import main as refiner_main
@@ -313,7 +313,7 @@ def test_the_sigma_location_moves_the_trained_noise_levels():
         flow_loss(record, refiner.config, SumLevels(), batch, torch.Generator().manual_seed(1),
                   sigma_location=location)
     default = flow_loss(record, refiner.config, SumLevels(), batch, torch.Generator().manual_seed(1))[0]
-    centred, low, again = (t / 1000 for t in seen["t"])
+    centred, low, again = (t / NUM_TRAIN_TIMESTEPS for t in seen["t"])
     assert torch.equal(centred, again) and default.isfinite()
     logit = torch.logit(centred, eps=1e-6) - torch.logit(low, eps=1e-6)
     assert torch.allclose(logit, torch.ones_like(logit), atol=1e-3)
