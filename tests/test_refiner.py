@@ -340,6 +340,16 @@ def test_flow_refiner_training_needs_no_generator_and_resumes_exactly(cache_dir,
     assert not all(torch.allclose(fresh[k], straight[k], atol=1e-6) for k in straight)
 
 
+def test_training_reads_the_sigma_location(cache_dir, tmp_path):
+    """`model.sigma_location` reaches the loss: one step at a high location moves the weights otherwise."""
+    flow = ["model.mode=flow", "data.generator_dir=null"]
+    centred = _train_refiner(cache_dir, None, tmp_path / "centred", 1, *flow)
+    again = _train_refiner(cache_dir, None, tmp_path / "again", 1, *flow, "model.sigma_location=0")
+    high = _train_refiner(cache_dir, None, tmp_path / "high", 1, *flow, "model.sigma_location=4")
+    assert all(torch.equal(centred[k], again[k]) for k in centred)
+    assert not all(torch.allclose(centred[k], high[k]) for k in centred)
+
+
 def test_the_pipeline_decodes_the_flow_refiners_draw():
     components = get_dummy_components()
     torch.manual_seed(0)
