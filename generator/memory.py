@@ -1,4 +1,4 @@
-"""Peak memory of text-to-video sampling, counted on the meta device: text encoding, sampling, decoding.
+"""Peak memory of text-to-video sampling, counted on the meta device: text encoding, sampling, refining, decoding.
 
 PyraTok's generation (DESIGN.md "Generator", "Pipeline") sized before it runs: the models are rebuilt on the
 meta device from their configs, the call's own code (`generate`, the tokenizer's decode) runs on tensors
@@ -22,6 +22,7 @@ from pyratok.tokenizer import PyraTokTokenizer, TokenizerConfig
 
 from .config import GeneratorConfig
 from .model import PyraTokGenerator
+from .refiner import LatentRefiner
 from .sampling import generate
 
 GB = 1024**3
@@ -93,11 +94,12 @@ class SamplingMemory:
     text: int  # the text encoder's forward
     sampling: int  # level-by-level sampling: KV cache, a level's pass, logits, guidance, bits, z_hat
     decode: int  # the decoded video, the decoder's working memory (tiled or not) and the caller's copies
+    refine: int = 0  # the latent refiner's draw (its Euler steps with guidance), when the call runs one
 
     @property
     def working(self) -> int:
         """What the call needs beyond its loaded weights."""
-        return max(self.text, self.sampling, self.decode)
+        return max(self.text, self.sampling, self.refine, self.decode)
 
     @property
     def total(self) -> int:
@@ -176,13 +178,14 @@ def _decode_phase(live: LiveBytes, vae: PyraTokTokenizer, latent_grid, batch: in
 def sampling_memory(generator: GeneratorConfig, tokenizer: TokenizerConfig | LaPQConfig, latent_grid, batch: int,
                     *, guidance: bool = True, text_len: int = 77, dtype=torch.float32, vae_dtype=None,
                     tiling: TilingConfig | None = None, output_type: str = "pil",
-                    text_encoder=None) -> SamplingMemory:
+                    text_encoder=None, refiner=None) -> SamplingMemory:
     """Peak bytes of sampling `batch` videos on `latent_grid` (t, h, w), by phase, from the models' configs.
 
     tokenizer: a `TokenizerConfig` (the decode is counted, `tiling` on or off, then the post-processing into
     `output_type`, one of OUTPUT_COPIES; "latent": no decode) or only a `LaPQConfig` (sampling alone).
     text_encoder: a transformers model (its class and config are used, not its weights); None counts no text
-    encoder. guidance: the batch runs twice (prompt + negative or null text). Phases and what they count:
+    encoder. refiner: a `LatentRefiner` config whose `refine` runs between sampling and decoding (None: no
+    refiner). guidance: the batch runs twice (prompt + negative or null text). Phases and what they count:
     `SamplingMemory`; the pipeline's check compares `.working` with the memory available."""
     if len(latent_grid) != 3 or min(latent_grid) < 1:
         raise ValueError(f"latent_grid must be (t, h, w) of positive ints, got {latent_grid}")
@@ -198,6 +201,7 @@ def sampling_memory(generator: GeneratorConfig, tokenizer: TokenizerConfig | LaP
     else:
         vae, quantizer = None, _meta(lambda: LaPQ(tokenizer), vae_dtype)
     model = _meta(lambda: PyraTokGenerator.from_generator_config(generator), dtype)
+    refiner = None if refiner is None else _meta(lambda: LatentRefiner.from_config(refiner), dtype)
     encoder = _meta_text_encoder(text_encoder)
     positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None) or text_len
     with FusedAttention(), LiveBytes("meta") as live, torch.no_grad():
@@ -206,8 +210,12 @@ def sampling_memory(generator: GeneratorConfig, tokenizer: TokenizerConfig | LaP
         text = live.phase_peak()
         pyramid = _sampling_phase(model, quantizer, tuple(latent_grid), prompt, negative)
         sampling = live.phase_peak()
+        refine = 0
+        if refiner is not None:  # the refined z_hat replaces the pyramid's, as in the pipeline
+            pyramid.latent = refiner.refine(refiner.condition(pyramid, quantizer), prompt, None)
+            refine = live.phase_peak()
         decode = 0  # the text states and `pyramid` stay alive through the decode, as in the pipeline
         if vae is not None and OUTPUT_COPIES[output_type] is not None:
             decode = _decode_phase(live, vae, tuple(latent_grid), batch, OUTPUT_COPIES[output_type])
-    weights = _param_bytes(model, quantizer if vae is None else vae, encoder)
-    return SamplingMemory(weights=weights, text=text, sampling=sampling, decode=decode)
+    weights = _param_bytes(model, quantizer if vae is None else vae, encoder, refiner)
+    return SamplingMemory(weights=weights, text=text, sampling=sampling, decode=decode, refine=refine)

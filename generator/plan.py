@@ -29,6 +29,7 @@ from .heads import head_loss
 from .memory import GB, FusedAttention, sampling_memory, storage_key
 from .model import PyraTokGenerator
 from .passes import input_channels, step_grids
+from .refiner import LatentRefiner
 
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3+sp")
 RESERVE = 0.9  # share of GPU memory a plan may fill (allocator fragmentation, kernels' workspaces)
@@ -169,17 +170,19 @@ def report(cfg: GeneratorTrainConfig, tokenizer: TokenizerConfig, clip, gpus: in
     return "\n".join(lines)
 
 
-def sampling_report(model_cfg: GeneratorConfig, tokenizer: TokenizerConfig, clip, text_encoder=None) -> str:
+def sampling_report(model_cfg: GeneratorConfig, tokenizer: TokenizerConfig, clip, text_encoder=None,
+                    refiner=None) -> str:
     """What `pipe(prompt, num_frames, height, width)` needs, as its up-front check counts it: one video, guidance
-    on, fp32, "pil" output, decode untiled and tiled (`generator.memory.sampling_memory`)."""
+    on, fp32, "pil" output, the refiner's draw (`refiner`: its config, or None), decode untiled and tiled
+    (`generator.memory.sampling_memory`)."""
     grid = tokenizer.backbone.latent_grid(*clip)
     lines = [f"sampling one video of {'x'.join(map(str, clip))} (guidance, fp32, pil), as the pipeline checks it; "
              f"GB beyond the weights{'' if text_encoder is not None else ' (no text encoder counted)'}",
-             f"{'decode':<10}{'text':>8}{'sampling':>10}{'decode':>9}{'peak':>8}{'weights':>9}"]
+             f"{'decode':<10}{'text':>8}{'sampling':>10}{'refine':>8}{'decode':>9}{'peak':>8}{'weights':>9}"]
     for name, tiling in (("untiled", None), ("tiled", TilingConfig())):
-        m = sampling_memory(model_cfg, tokenizer, grid, 1, tiling=tiling, text_encoder=text_encoder)
-        lines.append(f"{name:<10}{m.text / GB:>8.3f}{m.sampling / GB:>10.3f}{m.decode / GB:>9.3f}{m.working / GB:>8.3f}"
-                     f"{m.weights / GB:>9.3f}")
+        m = sampling_memory(model_cfg, tokenizer, grid, 1, tiling=tiling, text_encoder=text_encoder, refiner=refiner)
+        lines.append(f"{name:<10}{m.text / GB:>8.3f}{m.sampling / GB:>10.3f}{m.refine / GB:>8.3f}{m.decode / GB:>9.3f}"
+                     f"{m.working / GB:>8.3f}{m.weights / GB:>9.3f}")
     return "\n".join(lines)
 
 
@@ -192,8 +195,9 @@ def meta_text_encoder(folder):
         return transformers.AutoModel.from_config(config)
 
 
-def pipeline_configs(folder: Path) -> tuple[GeneratorConfig, TokenizerConfig, object]:
-    """The generator and tokenizer configs and the text encoder (meta) of a saved pipeline folder."""
+def pipeline_configs(folder: Path) -> tuple[GeneratorConfig, TokenizerConfig, object, dict | None]:
+    """The generator and tokenizer configs, the text encoder (meta) and the refiner's config (None without one)
+    of a saved pipeline folder."""
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"--model {folder} is not a pipeline folder (no model_index.json there)")
     generator = PyraTokGenerator.load_config(folder / "transformer")
@@ -202,7 +206,8 @@ def pipeline_configs(folder: Path) -> tuple[GeneratorConfig, TokenizerConfig, ob
         tokenizer = PyraTokTokenizer.from_config(PyraTokTokenizer.load_config(folder / "vae")).cfg
     text = folder / "text_encoder"
     text = text if (text / "config.json").is_file() else default_text_encoder_path()
-    return model_cfg, tokenizer, meta_text_encoder(text)
+    refiner = LatentRefiner.load_config(folder / "refiner") if (folder / "refiner" / "config.json").is_file() else None
+    return model_cfg, tokenizer, meta_text_encoder(text), refiner
 
 
 def main(argv=None) -> int:
@@ -218,8 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--sp", type=int, default=None, help="sequence-parallel degree (default: the model config's)")
     args = p.parse_args(argv)
     cfg = load_config(GeneratorTrainConfig, args.config, args.set)
+    refiner = None
     if args.model:
-        cfg.model, tokenizer, text_encoder = pipeline_configs(Path(args.model))
+        cfg.model, tokenizer, text_encoder, refiner = pipeline_configs(Path(args.model))
     else:
         data = read_config_file(args.tokenizer)  # a tokenizer training YAML: its model section
         tokenizer = config_from_dict(TokenizerConfig, data.get("model", data))
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
     clip = parse_clip(args.clip)
     print(report(cfg, tokenizer, clip, args.gpus, args.gpu_memory, batch, sp))
     print()
-    print(sampling_report(cfg.model, tokenizer, clip, text_encoder))
+    print(sampling_report(cfg.model, tokenizer, clip, text_encoder, refiner))
     return 0
 
 

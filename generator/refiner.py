@@ -173,11 +173,12 @@ class LatentRefiner(ModelMixin, ConfigMixin):
         states, mask = cfg_text_batch(self.null_text, text_states, text_mask, None, None, b, use_cfg, z_hat.device)
         cond = torch.cat([z_hat, z_hat]) if use_cfg else z_hat
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-        scheduler.set_timesteps(self.config.sample_steps, device=z_hat.device)
+        scheduler.set_timesteps(self.config.sample_steps)  # on the CPU, as its sigmas: refine runs on meta too
         sample = randn_tensor(tuple(z_hat.shape), generator=generator, device=z_hat.device, dtype=z_hat.dtype)
         for timestep in scheduler.timesteps:
             noisy = torch.cat([sample, sample]) if use_cfg else sample
-            velocity = self(cond, states, mask, noisy=noisy, timestep=timestep.expand(noisy.shape[0]))
+            velocity = self(cond, states, mask, noisy=noisy,
+                            timestep=timestep.to(z_hat.device).expand(noisy.shape[0]))
             if use_cfg:
                 velocity = guided_logits(*velocity.chunk(2), scale)
             sample = scheduler.step(velocity, timestep, sample).prev_sample

@@ -93,20 +93,24 @@ def check_refiner(refiner, vae, transformer) -> None:
 
 
 def estimate_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool,
-                    output_type: str, max_sequence_length: int | None = None) -> SamplingMemory:
+                    output_type: str, max_sequence_length: int | None = None,
+                    use_refiner: bool = True) -> SamplingMemory:
     """The memory of one call by `generator.memory` (the models rebuilt on the meta device, the call's own code
-    run on them): text encoding, level-by-level sampling, the decode as the vae is set (tiled or not) and
-    the post-processing into `output_type`. Counting takes about a second (every op on the meta device goes
-    through Python), so each request's estimate is kept in `pipe._memory_estimates`."""
+    run on them): text encoding, level-by-level sampling, the refiner's draw (when the pipeline has one and
+    `use_refiner`), the decode as the vae is set (tiled or not) and the post-processing into `output_type`.
+    Counting takes about a second (every op on the meta device goes through Python), so each request's
+    estimate is kept in `pipe._memory_estimates`."""
     text_len = pipe.text_encoder_wrapper(max_sequence_length).max_length
-    components = (pipe.transformer, pipe.vae, pipe.text_encoder)
+    refiner = pipe.refiner if use_refiner else None
+    components = (pipe.transformer, pipe.vae, pipe.text_encoder, *([refiner] if refiner is not None else []))
     key = (batch, num_frames, height, width, use_cfg, output_type, text_len, repr(pipe.vae.tiling),
            *(id(c) for c in components), *(c.dtype for c in components))
     if key not in pipe._memory_estimates:
         pipe._memory_estimates[key] = sampling_memory(
             pipe.transformer.generator_config(), pipe.vae.cfg, pipe.vae.latent_grid(num_frames, height, width),
             batch, guidance=use_cfg, text_len=text_len, dtype=pipe.transformer.dtype, vae_dtype=pipe.vae.dtype,
-            tiling=pipe.vae.tiling, output_type=output_type, text_encoder=pipe.text_encoder)
+            tiling=pipe.vae.tiling, output_type=output_type, text_encoder=pipe.text_encoder,
+            refiner=None if refiner is None else refiner.config)
     return pipe._memory_estimates[key]
 
 
@@ -125,15 +129,17 @@ def available_bytes(device: torch.device) -> int:
 
 
 def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool, output_type: str,
-                 max_sequence_length: int | None, device) -> None:
+                 max_sequence_length: int | None, device, use_refiner: bool = True) -> None:
     """ValueError with the estimate when the call would need more than the memory available on `device`."""
-    needed = estimate_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length)
+    needed = estimate_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length,
+                             use_refiner)
     free = available_bytes(torch.device(device))
     if needed.working > free:
         raise ValueError(f"{batch} video(s) of {num_frames}x{height}x{width} need about {needed.working / GB:.2f} GB "
-                         f"beyond the loaded weights (generator.memory: sampling {needed.sampling / GB:.2f}, decode "
-                         f"{needed.decode / GB:.2f}) but {free / GB:.2f} GB are available on {device}: lower "
-                         f"num_frames, height, width or the batch{'' if pipe.vae.tiling else ', or enable tiling'}")
+                         f"beyond the loaded weights (generator.memory: sampling {needed.sampling / GB:.2f}, refine "
+                         f"{needed.refine / GB:.2f}, decode {needed.decode / GB:.2f}) but {free / GB:.2f} GB are "
+                         f"available on {device}: lower num_frames, height, width or the batch"
+                         f"{'' if pipe.vae.tiling else ', or enable tiling'}")
 
 
 def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_frames, height, width,
@@ -180,5 +186,5 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     check_prefix(latents, grids, batch)
     use_cfg = any(s != 1.0 for s in scales)
     check_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length,
-                 pipe._execution_device)
+                 pipe._execution_device, refiner is not None)
     return batch

@@ -340,12 +340,13 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         if use_refiner and self.refiner is not None and pyramid.num_levels == num_levels:
             _onload(self.refiner)
             device = self.refiner.device
-            z_hat = self.refiner.condition(pyramid, self.vae.quantizer).to(device)  # (b, c, t, h, w)
             reading = text_reading(self.refiner.config)
             if reading != text_reading(self.transformer.config):  # the refiner reads the caption its own way
                 embeds, mask, _, _ = self.encode_prompt(prompt, None, num_videos_per_prompt,
                                                         max_sequence_length=max_sequence_length, reading=reading)
+            z_hat = self.refiner.condition(pyramid, self.vae.quantizer).to(device)  # (b, c, t, h, w)
             latent = self.refiner.refine(z_hat, embeds.to(device), mask.to(device), generator=generator)
+            del z_hat  # not held through the decode
             pyramid = TokenPyramid(pyramid.bits, pyramid.latent_grid, latent, pyramid.extras)
 
         # 4. decode (tiled when enabled) and post-process

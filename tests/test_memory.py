@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_pipeline import gens, make_pipe
+from test_pipeline import gens, get_dummy_components, make_pipe
 
 import pipelines.pipeline_checks as checks
 from generator.memory import LiveBytes, sampling_memory
+from generator.refiner import LatentRefiner
+from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline
 from pyratok.tiling import TilingConfig
 from pyratok.tokenizer import PyraTokTokenizer
 
@@ -39,6 +41,23 @@ def test_estimate_bounds_the_tensors_a_call_holds(pipe, tiles, output_type, vide
     finally:
         pipe.disable_tiling()
     assert peak <= estimate <= 1.25 * peak, (peak, estimate)
+
+
+def test_the_refiners_draw_is_counted():
+    """A flow refiner wide enough that its guided draw is the call's peak: the estimate bounds the tensors the
+    call holds only because it counts the refine phase (without the refiner the peak is the decode's)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        refiner = LatentRefiner(latent_channels=4, width=512, depth=1, text_dim=16, text_heads=2, keep_levels=1,
+                                mode="flow", sample_steps=2, guidance_scale=3.0).eval()
+    pipe = PyraTokT2VPipeline(**get_dummy_components(), refiner=refiner)
+    pipe.set_progress_bar_config(disable=True)
+    peak, plain = tracked_peak(pipe, **CLIP), tracked_peak(pipe, use_refiner=False, **CLIP)
+    estimate = checks.estimate_memory(pipe, 1, *CLIP.values(), True, "pil")
+    without = checks.estimate_memory(pipe, 1, *CLIP.values(), True, "pil", use_refiner=False)
+    assert peak <= estimate.working <= 1.25 * peak, (peak, estimate)
+    assert estimate.refine == estimate.working > estimate.decode  # the refine phase is the peak here
+    assert without.refine == 0 and without.working < peak and plain <= without.working, (plain, without)
 
 
 def test_decode_on_few_frames_matches_the_whole_clip_on_meta(pipe):

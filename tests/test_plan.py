@@ -55,21 +55,26 @@ def test_report_and_clip_errors():
 def test_plan_gives_the_pipelines_sampling_estimate(tmp_path, capsys):
     """`python -m generator.plan --model DIR` counts sampling from the saved configs exactly as the pipeline's
     up-front check counts it from the loaded components."""
-    from test_pipeline import make_pipe
+    from test_pipeline import get_dummy_components
 
     from generator.memory import sampling_memory
     from generator.plan import main, pipeline_configs
+    from generator.refiner import LatentRefiner
     from pipelines.pipeline_checks import estimate_memory
+    from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline
     from pyratok.tiling import TilingConfig
 
-    pipe = make_pipe()
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_dim=16, text_heads=2, keep_levels=1,
+                            mode="flow", sample_steps=2).eval()  # the shipped model has one
+    pipe = PyraTokT2VPipeline(**get_dummy_components(), refiner=refiner)
     pipe.save_pretrained(tmp_path)
-    model_cfg, tokenizer, text_encoder = pipeline_configs(tmp_path)
+    model_cfg, tokenizer, text_encoder, refiner = pipeline_configs(tmp_path)
+    assert refiner["width"] == 16
     for tiling in (None, TilingConfig()):
         pipe.vae.tiling = tiling
         planned = sampling_memory(model_cfg, tokenizer, pipe.vae.latent_grid(9, 32, 32), 1, tiling=tiling,
-                                  text_encoder=text_encoder)
-        assert planned == estimate_memory(pipe, 1, 9, 32, 32, True, "pil")
+                                  text_encoder=text_encoder, refiner=refiner)
+        assert planned == estimate_memory(pipe, 1, 9, 32, 32, True, "pil") and planned.refine > 0
     assert main(["--model", str(tmp_path), "--clip", "9x32x32"]) == 0
     out = capsys.readouterr().out
     assert "sampling one video of 9x32x32" in out and out.rstrip().splitlines()[-1].startswith("tiled")
