@@ -3,12 +3,17 @@
 Last step of the default-model recipe (`make default-model`): the MiniLM text encoder is not
 copied, it loads from its installed package.
     python -m pipelines.assemble --tokenizer runs/tok/tokenizer --generator runs/gen/generator --out DIR \\
-        [--refiner runs/refiner/refiner]
+        [--refiner runs/refiner/refiner] [--half]
+
+`--half` writes the weights in fp16 (a shipped folder: half the bytes); `from_pretrained` loads them into an fp32
+pipeline, as it loads the shipped tokenizer (`pyratok.checkpoints.save_half`).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import torch
 
 from generator import PyraTokGenerator
 from generator.refiner import LatentRefiner
@@ -28,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
     parser.add_argument("--raw-weights", action="store_true",
                         help="the generator's raw weights even if EMA ones exist (default: EMA when present)")
+    parser.add_argument("--half", action="store_true", help="write the weights in fp16 (half the bytes)")
     return parser
 
 
@@ -41,8 +47,15 @@ def main(argv: list[str] | None = None) -> None:
         refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner),
         sample_size=args.sample_size,
     )
+    for name in ("vae", "transformer", "refiner"):
+        model = getattr(pipe, name)
+        if model is None:
+            continue
+        model.register_to_config(_name_or_path=f"{Path(args.out).name}/{name}")  # not the training machine's path
+        if args.half:  # floating-point weights only; integer buffers keep their dtype
+            model.to(torch.float16)
     pipe.save_pretrained(args.out, include_text_encoder=False)
-    print(f"wrote {args.out} (generator weights: {'EMA' if ema else 'raw'})")
+    print(f"wrote {args.out} (generator weights: {'EMA' if ema else 'raw'}, {'fp16' if args.half else 'fp32'})")
 
 
 if __name__ == "__main__":

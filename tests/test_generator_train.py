@@ -223,6 +223,19 @@ def test_assembled_pipeline_takes_the_ema_weights(cache_dir, tmp_path):
         want = _exported(tmp_path) if name is None else load_file(
             str(tmp_path / "generator" / "diffusion_pytorch_model.ema.safetensors"))
         assert all(torch.equal(got[k], want[k]) for k in want), name
+    assemble(["--tokenizer", str(tmp_path / "tok"), "--generator", str(tmp_path / "generator"),
+              "--out", str(tmp_path / "half"), "--raw-weights", "--half"])
+    for part in ("vae", "transformer"):
+        config = json.loads((tmp_path / "half" / part / "config.json").read_text())
+        assert config["_name_or_path"] == f"half/{part}"  # not the training machine's path
+        saved = load_file(str(tmp_path / "half" / part / "diffusion_pytorch_model.safetensors"))
+        assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float16}, part
+    raw = _exported(tmp_path)
+    assert all(torch.equal(saved[k], raw[k].half()) for k in raw)  # the transformer's weights, rounded to fp16
+    from pipelines.pipeline_pyratok_t2v import PyraTokT2VPipeline
+
+    loaded = PyraTokT2VPipeline.from_pretrained(tmp_path / "half")
+    assert {p.dtype for p in loaded.transformer.parameters()} == {torch.float32}  # loads into fp32
 
 
 def _launch(launch_args: list[str], cache_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
