@@ -32,7 +32,7 @@ clean:
 	rm -rf $(VENV) outputs runs
 
 # The shipped default model (checkpoints/pyratok-shapes-tiny: 17x128x128 clips), retrained from the parent VAE
-# with the project's own scripts (CPU, about 5 hours on 2 cores; its README records each stage's command and wall
+# with the project's own scripts (CPU, about 4 hours on 2 cores; its README records each stage's command and wall
 # time): the shipped tokenizer (`default-tokenizer`); 400 steps of it with the AR objective at 5.0 and its own
 # alignment stage (the alignment head does not change the tokens, so the cache is built from the tokenizer stage);
 # a 17x128x128 token cache (2,000 Shapes clips and 1,000 two-object ones); the generator reading one vector per
