@@ -6,17 +6,16 @@ copied, it loads from its installed package.
         [--refiner runs/refiner/refiner] [--half]
 
 `--half` writes the weights in fp16 (a shipped folder: half the bytes); `from_pretrained` loads them into an fp32
-pipeline, as it loads the shipped tokenizer (`pyratok.checkpoints.save_half`).
+pipeline, as it loads the shipped tokenizer (`pyratok.checkpoints.shipped_copy`).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import torch
-
 from generator import PyraTokGenerator
 from generator.refiner import LatentRefiner
+from pyratok.checkpoints import shipped_copy
 from pyratok.help_format import DefaultsFormatter
 from pyratok.tokenizer import PyraTokTokenizer
 
@@ -41,19 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     # generator.train exports the EMA of the weights beside them, as the "ema" variant: used when present
     ema = (Path(args.generator) / "diffusion_pytorch_model.ema.safetensors").is_file() and not args.raw_weights
+    models = {
+        "vae": PyraTokTokenizer.from_pretrained(args.tokenizer),
+        "transformer": PyraTokGenerator.from_pretrained(args.generator, variant="ema" if ema else None),
+        "refiner": None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner),
+    }
     pipe = PyraTokT2VPipeline(
-        vae=PyraTokTokenizer.from_pretrained(args.tokenizer),
-        transformer=PyraTokGenerator.from_pretrained(args.generator, variant="ema" if ema else None),
-        refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner),
+        **{name: None if model is None else shipped_copy(model, f"{Path(args.out).name}/{name}", args.half)
+           for name, model in models.items()},
         sample_size=args.sample_size,
     )
-    for name in ("vae", "transformer", "refiner"):
-        model = getattr(pipe, name)
-        if model is None:
-            continue
-        model.register_to_config(_name_or_path=f"{Path(args.out).name}/{name}")  # not the training machine's path
-        if args.half:  # floating-point weights only; integer buffers keep their dtype
-            model.to(torch.float16)
     pipe.save_pretrained(args.out, include_text_encoder=False)
     print(f"wrote {args.out} (generator weights: {'EMA' if ema else 'raw'}, {'fp16' if args.half else 'fp32'})")
 

@@ -103,13 +103,23 @@ def _identity_modules(model, missing: list[str]) -> list:
     return found
 
 
+def shipped_copy(model, name: str, half: bool = True):
+    """A copy of `model` as a shipped folder holds it: in fp16 when `half` (integer buffers keep their dtype;
+    `from_pretrained` loads the weights back into an fp32 model), its config's `_name_or_path` set to `name`,
+    not the training machine's path. `model` itself is unchanged."""
+    shipped = copy.deepcopy(model)
+    if half:
+        shipped.to(torch.float16)
+    shipped.register_to_config(_name_or_path=name)
+    return shipped
+
+
 def save_half(model, folder: str | Path, **config) -> None:
     """`model.save_pretrained(folder)` in fp16 safetensors, half the bytes of a shipped folder, with `config`
-    entries added to the saved config (`model` itself is unchanged; `_name_or_path` becomes the folder's
-    name, not the training machine's path); integer buffers keep their dtype, and `from_pretrained` loads the
-    weights back into an fp32 model."""
-    half = copy.deepcopy(model).to(torch.float16)
-    half.register_to_config(_name_or_path=Path(folder).name, **config)
+    entries added to the saved config (`shipped_copy`: `model` itself is unchanged; `_name_or_path` becomes the
+    folder's name)."""
+    half = shipped_copy(model, Path(folder).name)
+    half.register_to_config(**config)
     half.save_pretrained(folder, safe_serialization=True)
 
 
