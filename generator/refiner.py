@@ -163,12 +163,14 @@ class LatentRefiner(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def refine(self, z_hat: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None = None,
-               generator=None) -> torch.Tensor:
+               generator=None, guidance_scale: float | None = None) -> torch.Tensor:
         """The z_hat to decode, from `condition`'s output: regress - one forward; flow - a draw of the finer
-        levels' share from noise (`generator`: one torch.Generator, or one per video) added to z_hat."""
+        levels' share from noise (`generator`: one torch.Generator, or one per video) added to z_hat, guided at
+        `guidance_scale` (None: the config's)."""
         if not self.draws:
             return self(z_hat, text_states, text_mask)
-        b, scale = z_hat.shape[0], self.config.guidance_scale
+        b = z_hat.shape[0]
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         use_cfg = scale != 1.0
         states, mask = cfg_text_batch(self.null_text, text_states, text_mask, None, None, b, use_cfg, z_hat.device)
         cond = torch.cat([z_hat, z_hat]) if use_cfg else z_hat

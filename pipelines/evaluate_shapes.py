@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the finest level's drawn bits, or each bit's expected value (bitwise head)")
     p.add_argument("--finest-conv-passes", type=int, default=None,
                    help="passes of a FinestConv that draws in passes (default: the model's; 1: one pass)")
+    p.add_argument("--refiner-guidance-scale", type=float, default=None,
+                   help="the refiner's classifier-free guidance (default: its config's)")
     p.add_argument("--no-refiner", action="store_true",
                    help="decode the sampled z_hat even if the pipeline has a refiner (its ablation)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -212,7 +214,8 @@ def _run(args: argparse.Namespace) -> int:
                       height=args.height, width=args.width, guidance_scale=args.guidance_scale,
                       guidance_schedule=schedule,
                       temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base,
-                      finest_conv_passes=args.finest_conv_passes, use_refiner=not args.no_refiner)
+                      finest_conv_passes=args.finest_conv_passes, use_refiner=not args.no_refiner,
+                      refiner_guidance_scale=args.refiner_guidance_scale)
     result["model"] = str(model)
     result["prompt_seed"] = args.prompt_seed
     (args.out / "results.json").write_text(json.dumps(result, indent=1))

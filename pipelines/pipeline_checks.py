@@ -5,6 +5,7 @@ estimate of the peak), prompts and their embeddings, generators, the token-pyram
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -94,23 +95,28 @@ def check_refiner(refiner, vae, transformer) -> None:
 
 def estimate_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool,
                     output_type: str, max_sequence_length: int | None = None,
-                    use_refiner: bool = True) -> SamplingMemory:
+                    use_refiner: bool = True, refiner_guidance_scale: float | None = None) -> SamplingMemory:
     """The memory of one call by `generator.memory` (the models rebuilt on the meta device, the call's own code
     run on them): text encoding, level-by-level sampling, the refiner's draw (when the pipeline has one and
-    `use_refiner`), the decode as the vae is set (tiled or not) and the post-processing into `output_type`.
+    `use_refiner`; guided at `refiner_guidance_scale`, None: its config's), the decode as the vae is set (tiled
+    or not) and the post-processing into `output_type`.
     Counting takes about a second (every op on the meta device goes through Python), so each request's
     estimate is kept in `pipe._memory_estimates`."""
     text_len = pipe.text_encoder_wrapper(max_sequence_length).max_length
     refiner = pipe.refiner if use_refiner else None
     components = (pipe.transformer, pipe.vae, pipe.text_encoder, *([refiner] if refiner is not None else []))
+    refiner_config = None if refiner is None else dict(refiner.config)
+    if refiner_config is not None and refiner_guidance_scale is not None:
+        refiner_config["guidance_scale"] = refiner_guidance_scale  # 1 draws without the null-text batch
     key = (batch, num_frames, height, width, use_cfg, output_type, text_len, repr(pipe.vae.tiling),
+           refiner_config and refiner_config["guidance_scale"] == 1.0,
            *(id(c) for c in components), *(c.dtype for c in components))
     if key not in pipe._memory_estimates:
         pipe._memory_estimates[key] = sampling_memory(
             pipe.transformer.generator_config(), pipe.vae.cfg, pipe.vae.latent_grid(num_frames, height, width),
             batch, guidance=use_cfg, text_len=text_len, dtype=pipe.transformer.dtype, vae_dtype=pipe.vae.dtype,
             tiling=pipe.vae.tiling, output_type=output_type, text_encoder=pipe.text_encoder,
-            refiner=None if refiner is None else refiner.config)
+            refiner=refiner_config)
     return pipe._memory_estimates[key]
 
 
@@ -129,10 +135,11 @@ def available_bytes(device: torch.device) -> int:
 
 
 def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use_cfg: bool, output_type: str,
-                 max_sequence_length: int | None, device, use_refiner: bool = True) -> None:
+                 max_sequence_length: int | None, device, use_refiner: bool = True,
+                 refiner_guidance_scale: float | None = None) -> None:
     """ValueError with the estimate when the call would need more than the memory available on `device`."""
     needed = estimate_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length,
-                             use_refiner)
+                             use_refiner, refiner_guidance_scale)
     free = available_bytes(torch.device(device))
     if needed.working > free:
         raise ValueError(f"{batch} video(s) of {num_frames}x{height}x{width} need about {needed.working / GB:.2f} GB "
@@ -145,7 +152,7 @@ def check_memory(pipe, batch: int, num_frames: int, height: int, width: int, use
 def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_frames, height, width,
                output_type, num_videos_per_prompt, generator, guidance_scale, guidance_schedule, temperature,
                top_k, top_p, finest_decode, finest_conv_passes, max_sequence_length, latents, attention_kwargs,
-               callback_tensor_inputs, use_refiner=True) -> int:
+               callback_tensor_inputs, use_refiner=True, refiner_guidance_scale=None) -> int:
     """Raise ValueError naming the first bad value; returns the number of videos."""
     prompts = check_texts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
     tf, sf = pipe.vae.temporal_factor, pipe.vae.spatial_factor
@@ -161,6 +168,10 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     if not isinstance(use_refiner, bool):
         raise ValueError(f"use_refiner must be True or False, got {use_refiner!r}")
     refiner = pipe.refiner if use_refiner else None
+    if refiner_guidance_scale is not None and (
+            isinstance(refiner_guidance_scale, bool) or not isinstance(refiner_guidance_scale, numbers.Real)
+            or not math.isfinite(refiner_guidance_scale) or refiner_guidance_scale < 0):
+        raise ValueError(f"refiner_guidance_scale must be None or a finite number >= 0, got {refiner_guidance_scale!r}")
     if prompt is None and refiner is not None and text_reading(refiner.config) != text_reading(pipe.transformer.config):
         raise ValueError(f"the refiner reads the caption as {text_reading(refiner.config)}, the transformer as "
                          f"{text_reading(pipe.transformer.config)}: pass `prompt`, not only prompt_embeds, or "
@@ -186,5 +197,5 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     check_prefix(latents, grids, batch)
     use_cfg = any(s != 1.0 for s in scales)
     check_memory(pipe, batch, num_frames, height, width, use_cfg, output_type, max_sequence_length,
-                 pipe._execution_device, refiner is not None)
+                 pipe._execution_device, refiner is not None, refiner_guidance_scale)
     return batch

@@ -238,7 +238,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         names = ("prompt", "negative_prompt", "prompt_embeds", "negative_prompt_embeds", "num_frames", "output_type",
                  "num_videos_per_prompt", "generator", "guidance_scale", "guidance_schedule", "temperature", "top_k",
                  "top_p", "finest_decode", "finest_conv_passes", "max_sequence_length", "latents", "attention_kwargs",
-                 "use_refiner")
+                 "use_refiner", "refiner_guidance_scale")
         check_call(self, **{name: call[name] for name in names}, height=height, width=width,
                    callback_tensor_inputs=tensor_inputs)
         return height, width
@@ -260,6 +260,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         finest_decode: str = "sample",
         finest_conv_passes: int | None = None,
         use_refiner: bool = True,
+        refiner_guidance_scale: float | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: TokenPyramid | None = None,
@@ -281,6 +282,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         bits; "expected": each bit's expected value, which draws no speckle), finest_conv_passes (None: the
         transformer's config; see `GeneratorConfig.finest_conv_passes`): see `generator.sampling.generate`.
         use_refiner: decode the refiner's z_hat (when the pipeline has a refiner), else the sampled one.
+        refiner_guidance_scale: a flow refiner's classifier-free guidance (None: the refiner's config).
         generator:
         one `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
         k alone, so a video generated alone equals the same video in a batch). latents: a `TokenPyramid`
@@ -345,7 +347,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                 embeds, mask, _, _ = self.encode_prompt(prompt, None, num_videos_per_prompt,
                                                         max_sequence_length=max_sequence_length, reading=reading)
             z_hat = self.refiner.condition(pyramid, self.vae.quantizer).to(device)  # (b, c, t, h, w)
-            latent = self.refiner.refine(z_hat, embeds.to(device), mask.to(device), generator=generator)
+            latent = self.refiner.refine(z_hat, embeds.to(device), mask.to(device), generator=generator,
+                                         guidance_scale=refiner_guidance_scale)
             del z_hat  # not held through the decode
             pyramid = TokenPyramid(pyramid.bits, pyramid.latent_grid, latent, pyramid.extras)
 

@@ -58,6 +58,11 @@ def test_the_refiners_draw_is_counted():
     assert peak <= estimate.working <= 1.25 * peak, (peak, estimate)
     assert estimate.refine == estimate.working > estimate.decode  # the refine phase is the peak here
     assert without.refine == 0 and without.working < peak and plain <= without.working, (plain, without)
+    # a call's own refiner guidance: at 1 the draw runs without the null-text batch, and the estimate follows
+    unguided = tracked_peak(pipe, refiner_guidance_scale=1.0, **CLIP)
+    one = checks.estimate_memory(pipe, 1, *CLIP.values(), True, "pil", refiner_guidance_scale=1.0)
+    assert unguided <= one.working < estimate.working and one.refine < estimate.refine, (unguided, one)
+    assert checks.estimate_memory(pipe, 1, *CLIP.values(), True, "pil", refiner_guidance_scale=6.0) == estimate
 
 
 def test_decode_on_few_frames_matches_the_whole_clip_on_meta(pipe):

@@ -161,8 +161,7 @@ def test_the_refiner_reads_the_caption_its_own_way_beside_a_phrase_only_generato
     assert embeds.shape[1] == 2 and mask.tolist() == [[True, True], [True, False]]
     read = []
     refine = refiner.refine
-    refiner.refine = lambda z, text, text_mask, generator=None: read.append(text) or refine(z, text, text_mask,
-                                                                                          generator=generator)
+    refiner.refine = lambda z, text, text_mask, **kwargs: read.append(text) or refine(z, text, text_mask, **kwargs)
     pipe([PAIR, "blue"], generator=gens(1, 2), output_type="latent", **SMALL)
     torch.testing.assert_close(read[0], words)
     with pytest.raises(ValueError, match="the refiner reads the caption as"):

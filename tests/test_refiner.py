@@ -129,7 +129,8 @@ def test_the_refiner_config_round_trips(tmp_path):
     assert (unet.model.scales, more.model) == (3, unet.model)  # stage 2 carries on the same refiner
     assert more.train.init_from == f"{unet.train.output_dir}/refiner"
     k2 = round_trip("flow128_unet_k2")  # stage 3: the same refiner, drawing level 2 too, trained at high noise
-    assert k2.model == dataclasses.replace(more.model, keep_levels=2, sigma_location=2.0)
+    # its draw's guidance was chosen again (README, "The refiner's guidance, chosen again")
+    assert k2.model == dataclasses.replace(more.model, keep_levels=2, sigma_location=2.0, guidance_scale=3.0)
     assert k2.train.init_from == f"{more.train.output_dir}/refiner"
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
@@ -369,3 +370,26 @@ def test_the_pipeline_decodes_the_flow_refiners_draw():
     torch.testing.assert_close(refined.latent, refiner.refine(coarse, embeds, mask, generator=after_sampling))
     other = pipe("a red circle", generator=gens(4), output_type="latent", **SMALL).frames
     assert not torch.allclose(other.latent, refined.latent)
+
+
+def test_the_call_sets_the_refiners_guidance():
+    """`refiner_guidance_scale` reaches the flow refiner's draw: the config's scale by default, another one
+    draws as the same refiner configured with it; a bad value is refused before any model runs."""
+    torch.manual_seed(0)
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_dim=16, text_heads=2, keep_levels=1,
+                            mode="flow", sample_steps=3, guidance_scale=4.0)
+    torch.nn.init.normal_(refiner.out[-1].weight, std=0.1)
+    pipe = PyraTokT2VPipeline(**get_dummy_components(), refiner=refiner)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw(**kwargs):
+        return pipe("a red circle", generator=gens(3), output_type="latent", **kwargs, **SMALL).frames.latent
+
+    default, lower = draw(), draw(refiner_guidance_scale=2.0)
+    torch.testing.assert_close(draw(refiner_guidance_scale=4.0), default)
+    assert not torch.allclose(lower, default)
+    refiner.register_to_config(guidance_scale=2.0)  # the same weights, configured at 2
+    torch.testing.assert_close(draw(), lower)
+    for bad in (float("nan"), -1.0, "3"):
+        with pytest.raises(ValueError, match="refiner_guidance_scale must be None or a finite number >= 0"):
+            pipe("a red circle", refiner_guidance_scale=bad, **SMALL)
