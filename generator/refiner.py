@@ -20,6 +20,7 @@ Letters: b - batch, c - latent channels, d - width, t/h/w - latent grid, s - tex
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -40,6 +41,13 @@ from .sampling import guided_logits
 GROUPS = 8  # GroupNorm groups: the width must be a multiple
 MODES = ("regress", "flow")
 NUM_TRAIN_TIMESTEPS = 1000  # a flow refiner's timestep is sigma * this (diffusers' FlowMatchEulerDiscreteScheduler)
+
+
+def check_guidance_scale(value, name: str = "refiner_guidance_scale") -> None:
+    """None (the refiner's config) or a finite number >= 0; else a ValueError naming the value."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                              or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be None or a finite number >= 0, got {value!r}")
 
 
 class LatentRefiner(ModelMixin, ConfigMixin):
@@ -167,6 +175,7 @@ class LatentRefiner(ModelMixin, ConfigMixin):
         """The z_hat to decode, from `condition`'s output: regress - one forward; flow - a draw of the finer
         levels' share from noise (`generator`: one torch.Generator, or one per video) added to z_hat, guided at
         `guidance_scale` (None: the config's)."""
+        check_guidance_scale(guidance_scale, "guidance_scale")
         if not self.draws:
             return self(z_hat, text_states, text_mask)
         b = z_hat.shape[0]

@@ -5,13 +5,13 @@ estimate of the peak), prompts and their embeddings, generators, the token-pyram
 """
 from __future__ import annotations
 
-import math
 import numbers
 import os
 
 import torch
 
 from generator.memory import GB, SamplingMemory, sampling_memory
+from generator.refiner import check_guidance_scale
 from generator.sampling import check_conv_passes, check_finest_decode, check_generators, check_sampling_values
 from pyratok.pyramid import TokenPyramid
 from pyratok.text_encoder import text_reading
@@ -168,10 +168,7 @@ def check_call(pipe, *, prompt, negative_prompt, prompt_embeds, negative_prompt_
     if not isinstance(use_refiner, bool):
         raise ValueError(f"use_refiner must be True or False, got {use_refiner!r}")
     refiner = pipe.refiner if use_refiner else None
-    if refiner_guidance_scale is not None and (
-            isinstance(refiner_guidance_scale, bool) or not isinstance(refiner_guidance_scale, numbers.Real)
-            or not math.isfinite(refiner_guidance_scale) or refiner_guidance_scale < 0):
-        raise ValueError(f"refiner_guidance_scale must be None or a finite number >= 0, got {refiner_guidance_scale!r}")
+    check_guidance_scale(refiner_guidance_scale)
     if prompt is None and refiner is not None and text_reading(refiner.config) != text_reading(pipe.transformer.config):
         raise ValueError(f"the refiner reads the caption as {text_reading(refiner.config)}, the transformer as "
                          f"{text_reading(pipe.transformer.config)}: pass `prompt`, not only prompt_embeds, or "

@@ -393,3 +393,5 @@ def test_the_call_sets_the_refiners_guidance():
     for bad in (float("nan"), -1.0, "3"):
         with pytest.raises(ValueError, match="refiner_guidance_scale must be None or a finite number >= 0"):
             pipe("a red circle", refiner_guidance_scale=bad, **SMALL)
+        with pytest.raises(ValueError, match="guidance_scale must be None or a finite number >= 0"):
+            refiner.refine(torch.zeros(1, 4, 1, 2, 2), torch.zeros(1, 1, 16), guidance_scale=bad)
