@@ -107,9 +107,9 @@ def estimate_memory(pipe, batch: int, num_frames: int, height: int, width: int, 
     components = (pipe.transformer, pipe.vae, pipe.text_encoder, *([refiner] if refiner is not None else []))
     refiner_config = None if refiner is None else dict(refiner.config)
     if refiner_config is not None and refiner_guidance_scale is not None:
-        refiner_config["guidance_scale"] = refiner_guidance_scale  # 1 draws without the null-text batch
-    key = (batch, num_frames, height, width, use_cfg, output_type, text_len, repr(pipe.vae.tiling),
-           refiner_config and refiner_config["guidance_scale"] == 1.0,
+        refiner_config["guidance_scale"] = refiner_guidance_scale
+    refiner_guided = refiner_config is not None and refiner_config["guidance_scale"] != 1.0  # else no null batch
+    key = (batch, num_frames, height, width, use_cfg, output_type, text_len, repr(pipe.vae.tiling), refiner_guided,
            *(id(c) for c in components), *(c.dtype for c in components))
     if key not in pipe._memory_estimates:
         pipe._memory_estimates[key] = sampling_memory(
