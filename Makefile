@@ -35,8 +35,9 @@ clean:
 # with the project's own scripts (CPU, about 4 hours on 2 cores; its README records each stage's command and wall
 # time): the shipped tokenizer (`default-tokenizer`); 400 steps of it with the AR objective at 5.0 and its own
 # alignment stage (the alignment head does not change the tokens, so the cache is built from the tokenizer stage);
-# a 17x128x128 token cache (2,000 Shapes clips and 1,000 two-object ones); the generator reading one vector per
-# phrase; the U-Net flow refiner in three stages (configs/refiner/flow128_unet*.yaml); the pipeline in fp16.
+# a 17x128x128 token cache (2,000 Shapes clips and 1,000 two-object ones, with their unquantized latents); the
+# generator reading one vector per phrase; the U-Net flow refiner in four stages (configs/refiner/flow128_unet*.yaml,
+# the last drawing the unquantized latent); the pipeline in fp16.
 # Every step resumes from its latest checkpoint under runs/default.
 DM := runs/default
 DM_ALIGN_STEPS ?= 1200
@@ -51,15 +52,16 @@ default-model: default-tokenizer
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pyratok.train_alignment --tokenizer $(DM)/tokenizer/tokenizer \
 	  --output_dir $(DM)/alignment --resume_from_checkpoint latest --set train.max_steps=$(DM_ALIGN_STEPS)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(ACCEL2) -m generator.build_cache --tokenizer $(DM)/tokenizer/tokenizer \
-	  --out $(DM)/token_cache --n 2000 --two-objects 1000 --seed 0 --size 128 --batch-size 8
+	  --out $(DM)/token_cache --n 2000 --two-objects 1000 --seed 0 --size 128 --batch-size 8 --latents
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(ACCEL2) -m generator.train --config configs/generator/shapes_parent_conv128.yaml \
 	  --resume_from_checkpoint latest --set data.token_cache_dir=$(DM)/token_cache train.output_dir=$(DM)/generator \
 	  model.phrase_tokens=true model.word_tokens=false
 	$(call dm_refiner,flow128_unet,)
 	$(call dm_refiner,flow128_unet_more,train.init_from=$(DM)/refiner_flow128_unet/refiner)
 	$(call dm_refiner,flow128_unet_k2,train.init_from=$(DM)/refiner_flow128_unet_more/refiner)
+	$(call dm_refiner,flow128_unet_k2_latent,train.init_from=$(DM)/refiner_flow128_unet_k2/refiner)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(DM)/alignment/alignment --generator $(DM)/generator/generator \
-	  --refiner $(DM)/refiner_flow128_unet_k2/refiner --out checkpoints/pyratok-shapes-tiny --sample-size 128 \
+	  --refiner $(DM)/refiner_flow128_unet_k2_latent/refiner --out checkpoints/pyratok-shapes-tiny --sample-size 128 \
 	  --raw-weights --half
 
 # The shipped tokenizer fine-tuned on real clips with bit whitening (~50 min on 2 CPU cores), then its

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrast-words", action="append", default=None, metavar="WORD,WORD,...",
                    help="a group of words to swap (repeatable): each caption is also stored with one word of a "
                         "group swapped for another of it, for train.contrast_weight (generator.contrast)")
+    p.add_argument("--latents", action="store_true",
+                   help="also store each clip's unquantized latent, for a refiner that draws it (`target: latent`)")
     p.add_argument("--text-encoder", default=None, help="local text encoder folder (default: MiniLM)")
     p.add_argument("--device", default=None, help="torch device (default: this process's accelerate device)")
     return p
@@ -162,7 +164,7 @@ def part_folder(out_dir: Path, part: int) -> Path:
 
 @torch.no_grad()
 def build_cache_parts(tokenizer, text_encoder, parts: list[Part], out_dir, batch_size: int = 16, state=None,
-                      device=None, progress: bool = True) -> dict:
+                      device=None, progress: bool = True, latents: bool = False) -> dict:
     """Encode the parts this process owns (k mod the number of processes) and has not finished yet, each a
     small cache of its own (`build_token_cache`) in parts/part_k/, made in a hidden folder and renamed when
     complete; the main process then writes index.json listing every part's shards in order (and copies part
@@ -185,7 +187,7 @@ def build_cache_parts(tokenizer, text_encoder, parts: list[Part], out_dir, batch
         shutil.rmtree(tmp, ignore_errors=True)
         encoder = tokenizer if k == 0 else _EncoderOnly(tokenizer)
         build_token_cache(encoder, text_encoder, counted(parts[k]), tmp, batch_size=batch_size,
-                          shard_size=max(len(parts[k]), 1), device=device, progress=False)
+                          shard_size=max(len(parts[k]), 1), device=device, progress=False, latents=latents)
         os.replace(tmp, final)
     bar.close()
     state.wait_for_everyone()
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     parts = make_parts(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "device", "batch_size")}
-    for name, unused in (("two_objects", 0), ("two_objects_apart", None), ("contrast_words", None)):
+    for name, unused in (("two_objects", 0), ("two_objects_apart", None), ("contrast_words", None),
+                         ("latents", False)):
         if settings[name] == unused:  # recorded only when used: older caches stay resumable
             del settings[name]
     settings["tokenizer"] = str(Path(args.tokenizer).resolve())
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).to(device).eval()
     text_encoder = TextEncoder.from_pretrained(args.text_encoder, device=device)
     summary = build_cache_parts(tokenizer, text_encoder, parts, out, args.batch_size, state, device,
-                                progress=state.is_local_main_process)
+                                progress=state.is_local_main_process, latents=args.latents)
     if state.is_main_process:
         print(json.dumps({**summary, "out": str(out), "index": str(out / INDEX)}))
     if state.num_processes > 1:

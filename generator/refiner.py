@@ -15,6 +15,9 @@ first `keep_levels` levels), conditioned on those levels' z_hat and the caption,
 against a learned null text. A regression returns the mean over every outline the coarse levels allow, and a
 mean of squares and discs is a disc; a draw picks one. It trains on the clips' own coarse levels
 (`flow_loss`: no generator in the loop) and, in the pipeline, reads the generator's.
+With `target="latent"` it learns the clip's unquantized latent (the encoder's mean, stored by `build_cache
+--latents`) in place of its z_hat: the draw is no longer bounded by what the quantizer keeps (a decoded z
+keeps corners and pairs of objects that the decoded z_hat loses; README "A refiner that draws the latent").
 Letters: b - batch, c - latent channels, d - width, t/h/w - latent grid, s - text tokens, e - text width.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .sampling import guided_logits
 
 GROUPS = 8  # GroupNorm groups: the width must be a multiple
 MODES = ("regress", "flow")
+TARGETS = ("z_hat", "latent")  # what a refiner learns to give back: the clip's z_hat, or its unquantized latent
 NUM_TRAIN_TIMESTEPS = 1000  # a flow refiner's timestep is sigma * this (diffusers' FlowMatchEulerDiscreteScheduler)
 
 
@@ -56,6 +60,7 @@ class LatentRefiner(ModelMixin, ConfigMixin):
     mode "regress": `forward` returns the refined z_hat of a drawn pyramid's z_hat. mode "flow": `forward`
     returns the velocity (noise - data) of the noisy finer-level share `noisy` at `timestep`, given the z_hat
     of the first `keep_levels` levels; `refine` draws with `sample_steps` Euler steps at `guidance_scale`.
+    target: what training gave back (`TARGETS`): the clip's z_hat, or its unquantized latent.
     phrase_tokens / word_tokens: how it reads the caption (`pyratok.text_encoder.text_reading`), recorded by its
     training: the caption's token states unless it learned from a generator that reads phrase vectors."""
 
@@ -63,7 +68,7 @@ class LatentRefiner(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 16, width: int = 64, depth: int = 4, text_dim: int = 384,
                  text_heads: int = 4, keep_levels: int = 3, mode: str = "regress", num_null_tokens: int = 1,
                  sample_steps: int = 16, guidance_scale: float = 3.0, scales: int = 1, phrase_tokens: bool = False,
-                 word_tokens: bool = True):
+                 word_tokens: bool = True, target: str = "z_hat"):
         super().__init__()
         if not (phrase_tokens or word_tokens):
             raise ValueError("word_tokens=False leaves the refiner no text: it needs phrase_tokens=True")
@@ -74,6 +79,8 @@ class LatentRefiner(ModelMixin, ConfigMixin):
                              f"{latent_channels}, {depth}, {scales}, {keep_levels}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         if num_null_tokens < 1 or sample_steps < 1 or not (math.isfinite(guidance_scale) and guidance_scale >= 0):
             raise ValueError(f"num_null_tokens and sample_steps must be >= 1 and guidance_scale a finite number "
                              f">= 0, got {num_null_tokens}, {sample_steps}, {guidance_scale}")
@@ -196,12 +203,24 @@ class LatentRefiner(ModelMixin, ConfigMixin):
         return z_hat + sample
 
 
+def clip_target(config, quantizer, batch: dict) -> torch.Tensor:
+    """What a refiner of this config learns to give back for a token-cache batch, (b, c, t, h, w): the clips'
+    z_hat, or (`target="latent"`) their unquantized latents, which the cache must hold (`build_cache --latents`)."""
+    if config.target == "z_hat":
+        return quantizer.reconstruct(batch["bits"], batch["latent_grid"])
+    if batch.get("latent") is None:
+        raise ValueError("a refiner with target='latent' learns the unquantized latents, but the token cache has "
+                         "none: build it with `generator.build_cache --latents`")
+    return batch["latent"]
+
+
 def flow_loss(refiner: LatentRefiner, config, quantizer, batch: dict, rng: torch.Generator,
               text_dropout: float = 0.1, sigma_location: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Rectified-flow loss of a flow refiner on a token-cache batch: the finer levels' share of each clip's
-    z_hat, noised at sigma = sigmoid(N(sigma_location, 1)) (logit-normal, as SD3; a positive location weighs the
-    high noise levels, where a shape is laid down, a negative one the finest detail), its velocity (noise - data)
-    regressed given the clip's own first `keep_levels` levels; captions dropped at `text_dropout` for guidance.
+    z_hat (or of its latent: `clip_target`), noised at sigma = sigmoid(N(sigma_location, 1)) (logit-normal, as
+    SD3; a positive location weighs the high noise levels, where a shape is laid down, a negative one the finest
+    detail), its velocity (noise - data) regressed given the clip's own first `keep_levels` levels; captions
+    dropped at `text_dropout` for guidance.
     refiner: the (possibly wrapped) model; config: its config. Noise, sigmas and drops come from `rng`."""
     bits, keep = batch["bits"], config.keep_levels
     if config.mode != "flow":
@@ -212,7 +231,7 @@ def flow_loss(refiner: LatentRefiner, config, quantizer, batch: dict, rng: torch
     if states is None:
         raise ValueError("the refiner learns from captions: the token cache has no text states")
     with torch.no_grad():
-        target = quantizer.reconstruct(bits, batch["latent_grid"])  # (b, c, t, h, w) the clip's z_hat
+        target = clip_target(config, quantizer, batch)  # (b, c, t, h, w) the clip's z_hat or latent
         cond = quantizer.reconstruct(bits[:keep], batch["latent_grid"]) if keep else torch.zeros_like(target)
     data = target - cond
     b = data.shape[0]
@@ -228,7 +247,8 @@ def flow_loss(refiner: LatentRefiner, config, quantizer, batch: dict, rng: torch
 
 def refiner_loss(refiner: LatentRefiner, generator, quantizer, batch: dict, rng: torch.Generator,
                  guidance_scale: float = 3.0) -> tuple[torch.Tensor, dict]:
-    """Mean squared error between the refined z_hat of the generator's draw and the clip's own z_hat.
+    """Mean squared error between the refined z_hat of the generator's draw and the clip's own z_hat (or its
+    latent: `clip_target`).
 
     batch: a token-cache batch (`TokenCacheDataset.collate`: "bits" per level, "text_states", "text_mask",
     "latent_grid"). The frozen generator keeps each clip's first `refiner.config.keep_levels` levels and draws
@@ -242,7 +262,7 @@ def refiner_loss(refiner: LatentRefiner, generator, quantizer, batch: dict, rng:
         raise ValueError("the refiner learns from captions: the token cache has no text states")
     seeds = torch.randint(0, 2**62, (bits[0].shape[0],), generator=rng).tolist()
     with torch.no_grad():
-        target = quantizer.reconstruct(bits, batch["latent_grid"])  # (b, c, t, h, w) the clip's z_hat
+        target = clip_target(refiner.config, quantizer, batch)  # (b, c, t, h, w) the clip's z_hat or latent
         drawn: TokenPyramid = generator.generate(
             quantizer, states, mask, batch["latent_grid"], guidance_scale=guidance_scale, prefix_bits=bits[:keep],
             generator=[torch.Generator().manual_seed(s) for s in seeds])

@@ -5,7 +5,8 @@ VAE per step; the cache also keeps the LaPQ dequantizer the generator's inputs a
 Layout: index.json, shard_00000.safetensors ... (one clip size per shard; level{l}: (n, t_l, h_l, w_l)
 codebook indices, text_states: (n, s, d), text_mask: (n, s) bool, the caption's phrase vectors
 phrase_text_states: (n, p, d) / phrase_text_mask: (n, p) (`TextEncoder.phrases`), and in a cache made with
-swapped captions (generator.contrast) negative_text_states / negative_text_mask), quantizer.safetensors +
+swapped captions (generator.contrast) negative_text_states / negative_text_mask, and in a cache made with
+latents the unquantized latent each pyramid quantizes, latent: (n, c, t, h, w) float16), quantizer.safetensors +
 quantizer_config.json.
 """
 from __future__ import annotations
@@ -44,12 +45,19 @@ class TokenCacheWriter:
 
     def add(self, pyramid: TokenPyramid, text_states: torch.Tensor | None = None, text_mask=None,
             negative_states: torch.Tensor | None = None, negative_mask=None,
-            phrase_states: torch.Tensor | None = None, phrase_mask=None):
+            phrase_states: torch.Tensor | None = None, phrase_mask=None, latents: torch.Tensor | None = None):
         """pyramid of batch b; text_states (b, s, d), text_mask (b, s) bool or both None; negative_states /
         negative_mask: the same for the swapped captions (generator.contrast), or None; phrase_states (b, p, d)
-        / phrase_mask (b, p): the captions' phrase vectors, or None."""
+        / phrase_mask (b, p): the captions' phrase vectors, or None; latents (b, c, t, h, w): the unquantized
+        latents the pyramid quantizes (a refiner with `target: latent` learns them), or None."""
         meta = {"num_bits": pyramid.num_bits, "num_levels": len(pyramid.grids), "has_text": text_states is not None,
                 "text_dim": None if text_states is None else int(text_states.shape[-1])}
+        if latents is not None:
+            want = (pyramid.batch_size, *latents.shape[1:2], *pyramid.latent_grid)
+            if latents.dim() != 5 or tuple(latents.shape) != want:
+                raise ValueError(f"latents must be (b, c, t, h, w) = {want} to match the pyramid, got "
+                                 f"{tuple(latents.shape)}")
+            meta["has_latents"] = True
         for name, what, extra in (("has_negatives", "swapped captions", negative_states),
                                   ("has_phrases", "phrase vectors", phrase_states)):
             if extra is not None:
@@ -65,6 +73,8 @@ class TokenCacheWriter:
         indices = [i.cpu() for i in pyramid.indices]  # per level (b, t_l, h_l, w_l)
         for j in range(pyramid.batch_size):
             sample = {f"level{l}": idx[j] for l, idx in enumerate(indices)}
+            if latents is not None:
+                sample["latent"] = latents[j].detach().cpu().to(self.text_dtype)  # float16, as the text states
             for prefix, states, masks in (("", text_states, text_mask), ("negative_", negative_states, negative_mask),
                                           ("phrase_", phrase_states, phrase_mask)):
                 if states is not None:
@@ -86,6 +96,8 @@ class TokenCacheWriter:
             rows = [s[name] for s in pending]
             if name.startswith("level"):
                 tensors[name] = torch.stack(rows).to(index_dtype)
+            elif name == "latent":  # (n, c, t, h, w): one size per shard
+                tensors[name] = torch.stack(rows).contiguous()
             else:  # pad text to the longest in this shard: (n, s, d) / (n, s)
                 s = max(r.shape[0] for r in rows)
                 pad = [torch.cat([r, r.new_zeros(s - r.shape[0], *r.shape[1:])]) for r in rows]
@@ -129,10 +141,12 @@ def _split_sample(sample):
 
 @torch.no_grad()
 def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int = 8, shard_size: int = 256,
-                      text_dtype: torch.dtype = torch.float16, device=None, progress: bool = True) -> Path:
+                      text_dtype: torch.dtype = torch.float16, device=None, progress: bool = True,
+                      latents: bool = False) -> Path:
     """Encode every sample of `dataset` once: `tokenizer.encode(video, prompt_embeds, prompt_mask)`
     -> TokenPyramid, `text_encoder(prompts)` -> .hidden_states / .attention_mask (None: no text); a
     sample's "negative_prompt" (a swapped caption, generator.contrast) is encoded and stored beside it.
+    `latents`: also store the unquantized latent of each pyramid (`encode(..., return_latent=True)`).
     The tokenizer's `.quantizer` (a LaPQ) is stored with the cache for training."""
     from tqdm.auto import tqdm
 
@@ -156,8 +170,9 @@ def build_token_cache(tokenizer, text_encoder, dataset, out_dir, batch_size: int
                     raise ValueError("some samples have a negative_prompt and some do not: give every sample one")
                 neg = text_encoder(negatives)
                 neg_states, neg_mask = neg.hidden_states, neg.attention_mask
-        pyramid = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask)
-        writer.add(pyramid.to("cpu"), states, mask, neg_states, neg_mask, phrase_states, phrase_mask)
+        encoded = tokenizer.encode(videos, prompt_embeds=states, prompt_mask=mask, return_latent=latents)
+        pyramid, latent = encoded if latents else (encoded, None)
+        writer.add(pyramid.to("cpu"), states, mask, neg_states, neg_mask, phrase_states, phrase_mask, latent)
         bar.update(len(batch))
         batch.clear()
 
@@ -182,8 +197,9 @@ class QuantizerEncoder:
         self.quantizer = quantizer
 
     @torch.no_grad()
-    def encode(self, latents, prompt_embeds=None, prompt_mask=None) -> TokenPyramid:
-        return self.quantizer(latents, text_states=prompt_embeds, text_mask=prompt_mask).pyramid
+    def encode(self, latents, prompt_embeds=None, prompt_mask=None, return_latent: bool = False):
+        pyramid = self.quantizer(latents, text_states=prompt_embeds, text_mask=prompt_mask).pyramid
+        return (pyramid, latents) if return_latent else pyramid
 
 
 def random_latents(num: int, channels: int, latent_grid, generator: torch.Generator, prompts=None) -> list[dict]:
@@ -212,6 +228,7 @@ class TokenCacheDataset(Dataset):
         self.has_text = self.index["has_text"]
         self.has_negatives = self.index.get("has_negatives", False)  # swapped captions (generator.contrast)
         self.has_phrases = self.index.get("has_phrases", False)  # the captions' phrase vectors
+        self.has_latents = self.index.get("has_latents", False)  # the unquantized latents (build_cache --latents)
         prefixes = ("",) + ("negative_",) * self.has_negatives + ("phrase_",) * self.has_phrases
         self.text_prefixes = prefixes if self.has_text else ()  # text_states, negative_text_states, ...
         if phrase_tokens and not (self.has_text and self.has_phrases):
@@ -250,19 +267,23 @@ class TokenCacheDataset(Dataset):
             for prefix in self.text_prefixes:
                 item[f"{prefix}text_states"] = f.get_slice(f"{prefix}text_states")[row]
                 item[f"{prefix}text_mask"] = f.get_slice(f"{prefix}text_mask")[row]
+            if self.has_latents:
+                item["latent"] = f.get_slice("latent")[row]
         return item
 
     def collate(self, samples: list[dict]) -> dict:
         """Batch: bits per level (b, t_l, h_l, w_l, k) float {-1, +1}, text (b, s, d) float32 + mask (b, s)
         (and the swapped captions' negative_text_states / negative_text_mask, the phrase vectors
-        phrase_text_states / phrase_text_mask, when the cache has them).
+        phrase_text_states / phrase_text_mask, the unquantized latents "latent" (b, c, t, h, w) float32, when the
+        cache has them; else "latent" is None).
         Every sample must have one latent grid (batch with `generator.buckets.GridBucketSampler`)."""
         sizes = sorted({x["latent_grid"] for x in samples})
         if len(sizes) != 1:
             raise ValueError(f"a batch mixes latent grids {sizes}; batch with generator.buckets.GridBucketSampler")
         bits = [indices_to_bits(torch.stack([s["indices"][l] for s in samples]), self.num_bits)
                 for l in range(self.num_levels)]
-        batch = {"bits": bits, "latent_grid": sizes[0], "text_states": None, "text_mask": None}
+        batch = {"bits": bits, "latent_grid": sizes[0], "text_states": None, "text_mask": None,
+                 "latent": torch.stack([x["latent"] for x in samples]).float() if self.has_latents else None}
         for prefix in self.text_prefixes:
             states_key, mask_key = f"{prefix}text_states", f"{prefix}text_mask"
             s = max(x[states_key].shape[0] for x in samples)

@@ -26,7 +26,7 @@ from pyratok.training.loop import Trainer
 
 from .buckets import token_cache_loader
 from .model import PyraTokGenerator
-from .refiner import MODES, LatentRefiner, flow_loss, refiner_loss
+from .refiner import MODES, TARGETS, LatentRefiner, flow_loss, refiner_loss
 from .token_cache import TokenCacheDataset
 from .train import run_parser
 
@@ -45,6 +45,7 @@ class RefinerConfig:
     sigma_location: float = 0.0  # flow: training sigmas are sigmoid(N(this, 1)); > 0 weighs where shapes form
     sample_steps: int = 16  # flow: Euler steps of a draw
     guidance_scale: float = 3.0  # flow: classifier-free guidance of a draw
+    target: str = "z_hat"  # what it learns: the clips' z_hat, or "latent" (their unquantized latents)
 
     def __post_init__(self):
         if self.scales < 1:
@@ -53,6 +54,8 @@ class RefinerConfig:
             raise ValueError(f"model.keep_levels must be >= 0, or -1 for all but the finest, got {self.keep_levels}")
         if self.mode not in MODES:
             raise ValueError(f"model.mode must be one of {MODES}, got {self.mode!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"model.target must be one of {TARGETS}, got {self.target!r}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"model.text_dropout must be in [0, 1), got {self.text_dropout}")
         if not math.isfinite(self.sigma_location):
@@ -96,6 +99,9 @@ def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer
         raise ValueError(f"the generator has {generator.config.num_levels} levels, the token cache "
                          f"{cfg.data.token_cache_dir} {dataset.num_levels}")
     m = cfg.model
+    if m.target == "latent" and not dataset.has_latents:
+        raise ValueError(f"model.target=latent learns the clips' unquantized latents, but the token cache "
+                         f"{cfg.data.token_cache_dir} has none: build it with `generator.build_cache --latents`")
     keep = dataset.num_levels - 1 if m.keep_levels == -1 else m.keep_levels
     if keep >= dataset.num_levels:
         raise ValueError(f"model.keep_levels={keep} must leave a level to refine: the cache has {dataset.num_levels}")
@@ -105,7 +111,7 @@ def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer
         refiner = LatentRefiner(latent_channels=quantizer.config.latent_channels, width=m.width, depth=m.depth,
                                 scales=m.scales, text_dim=text_dim, text_heads=m.text_heads, keep_levels=keep,
                                 mode=m.mode, sample_steps=m.sample_steps, guidance_scale=m.guidance_scale,
-                                phrase_tokens=dataset.phrase_tokens, word_tokens=dataset.word_tokens)
+                                phrase_tokens=dataset.phrase_tokens, word_tokens=dataset.word_tokens, target=m.target)
     if cfg.train.init_from:  # a resumed run then loads its own checkpoint over these
         load_saved_weights(refiner, cfg.train.init_from)
     return refiner

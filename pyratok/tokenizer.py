@@ -148,11 +148,13 @@ class PyraTokTokenizer(ModelMixin, ConfigMixin):
         return mean, logvar, taps
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, prompt_embeds=None, prompt_mask=None) -> TokenPyramid:
-        """video (b, 3, T, H, W) in [-1, 1] -> TokenPyramid (bits per level and z_hat)."""
+    def encode(self, video: torch.Tensor, prompt_embeds=None, prompt_mask=None, return_latent: bool = False):
+        """video (b, 3, T, H, W) in [-1, 1] -> TokenPyramid (bits per level and z_hat); with `return_latent`,
+        (pyramid, z): z (b, c, t, h, w) the unquantized latent (the encoder's mean) the pyramid quantizes."""
         z, _, taps = self.encode_latent(video)
         states, mask = self.text_inputs(z.shape[0], prompt_embeds, prompt_mask)
-        return self.quantizer(z, taps, states, mask).pyramid
+        pyramid = self.quantizer(z, taps, states, mask).pyramid
+        return (pyramid, z) if return_latent else pyramid
 
     # --- decoder side ---------------------------------------------------------------------
     def enable_tiling(

@@ -43,9 +43,9 @@ class FakeTextEncoder:
         return type("Out", (), {"hidden_states": states, "attention_mask": mask})()
 
 
-def tiny_token_cache(out: Path, negatives: bool = False) -> Path:
+def tiny_token_cache(out: Path, negatives: bool = False, latents: bool = False) -> Path:
     """6 pyramids (3 prompts) of a random LaPQ over LATENT: a token cache for generator training tests;
-    `negatives`: with a swapped caption per clip (generator.contrast)."""
+    `negatives`: with a swapped caption per clip (generator.contrast); `latents`: with the latents stored."""
     from generator.token_cache import QuantizerEncoder, build_token_cache, random_latents
     from pyratok.lapq import LaPQ, LaPQConfig
 
@@ -56,7 +56,7 @@ def tiny_token_cache(out: Path, negatives: bool = False) -> Path:
     if negatives:
         samples = [{**s, "negative_prompt": f"not {s['prompt']}"} for s in samples]
     return build_token_cache(QuantizerEncoder(quantizer), FakeTextEncoder(), samples, out,
-                             batch_size=4, shard_size=4, progress=False)
+                             batch_size=4, shard_size=4, progress=False, latents=latents)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from generator.build_cache import build_parser, main, make_parts
 from generator.contrast import swap_word
-from generator.token_cache import TokenCacheDataset
+from generator.token_cache import TokenCacheDataset, TokenCacheWriter
 from pyratok.data.shapes import SHAPES
 from pyratok.data.shapes_judge import caption_in_split
 
@@ -141,6 +141,33 @@ def test_contrast_words_store_swapped_captions_beside_the_same_tokens(tokenizer_
     with pytest.raises(ValueError, match="not --shards"):
         main(["--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "x"), "--shards", str(tmp_path),
               "--contrast-words", "a,b"])
+
+
+def test_latents_store_each_clips_unquantized_latent_beside_the_same_tokens(tokenizer_dir, one_process, tmp_path):
+    """--latents: the cache also holds the latent each pyramid quantizes (the encoder's mean, float16), for a
+    refiner that draws it; tokens and captions stay those of the plain cache."""
+    from pyratok.data.shapes import ShapesDataset
+    from pyratok.tokenizer import PyraTokTokenizer
+
+    out = tmp_path / "latents"
+    assert main(["--tokenizer", str(tokenizer_dir), "--out", str(out), *SMALL, "--latents"]) == 0
+    cache, plain = TokenCacheDataset(out), TokenCacheDataset(one_process)
+    assert cache.has_latents and not plain.has_latents
+    assert json.loads((out / "build_settings.json").read_text())["latents"] is True
+    assert "latents" not in json.loads((one_process / "build_settings.json").read_text())  # older caches resume
+    tokenizer = PyraTokTokenizer.from_pretrained(tokenizer_dir).eval()
+    clips = ShapesDataset(split="train", length=10, num_frames=5, height=16, width=16, seed=0)
+    for i in (0, 7):
+        a, b = cache[i], plain[i]
+        assert all(torch.equal(x, y) for x, y in zip(a["indices"], b["indices"]))
+        assert torch.equal(a["text_states"], b["text_states"])
+        z = tokenizer.encode_latent(clips[i]["video"][None])[0][0]
+        assert a["latent"].dtype == torch.float16 and torch.allclose(a["latent"].float(), z, atol=2e-3 * z.abs().max().item())
+    batch = cache.collate([cache[0], cache[1]])
+    assert batch["latent"].shape == (2, *z.shape) and plain.collate([plain[0]])["latent"] is None
+    pyramid = tokenizer.encode(clips[0]["video"][None])
+    with pytest.raises(ValueError, match=r"latents must be \(b, c, t, h, w\) = \(1, 4, "):
+        TokenCacheWriter(tmp_path / "refused").add(pyramid, latents=z[None, :, :1])  # one latent frame too few
 
 
 def test_swapped_shapes_captions_never_name_a_heldout_pair():

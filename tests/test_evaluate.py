@@ -204,3 +204,33 @@ def test_refiner_fit_meets_every_refiner_with_the_same_noise(cache_dir):
     assert bench.fit_loss(refiner, dataset, n=4, repeats=2, batch_size=2) != first
     with pytest.raises(ValueError, match="n and repeats must be >= 1, got 0 and 2"):
         bench.fit_loss(refiner, dataset, n=0, repeats=2)
+
+
+def test_decoder_bound_judges_the_clips_their_z_hat_their_z_and_a_refiners_draw(monkeypatch):
+    """bench/decoder_bound.py: the clips, their decoded z_hat and z, and a refiner given the clip's levels, each
+    judged; a refiner that keeps every level and returns its input scores exactly the z_hat row."""
+    from generator.refiner import LatentRefiner
+    from pyratok.data.shapes import video_to_uint8
+
+    bench = load_bench("decoder_bound")
+    tokenizer = tiny_tokenizer(text_dim=384)
+    torch.manual_seed(0)
+    refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_dim=384, text_heads=2, keep_levels=3,
+                            mode="flow").eval()
+    monkeypatch.setattr(refiner, "refine", lambda z_hat, *args, **kwargs: z_hat)
+    squares = bench.clips(3, 64, 1, two_objects=False)
+    assert len(squares) == 3 and all(" square" in x["caption"] for x in squares)
+    shown = []
+    rows = bench.judge_rows(tokenizer, FakeTextEncoder(), {"same": refiner}, squares, False, batch_size=2, shown=shown)
+    assert list(rows) == ["clips", "z_hat", "z", "same"] and rows["same"] == rows["z_hat"]
+    assert [label for label, _ in shown] == [f"{x['caption']}: clips | z_hat | z | same" for x in squares]
+    assert all(frames.shape == (12, 64, 64, 3) for _, frames in shown)  # frames 0, 8, 16 of each row
+    assert np.array_equal(shown[0][1][:3], video_to_uint8(squares[0]["video"])[::8])  # the clip itself first
+    assert rows["clips"] == [1.0, 1.0]  # the judge reads a drawn square as a square, filling its box
+    with torch.no_grad():  # the z row decodes the encoder's mean, unquantized
+        z = tokenizer.encode_latent(torch.stack([x["video"] for x in squares]))[0]
+        fills = [bench.verdict(video_to_uint8(v.clamp(-1, 1)), "", False)[1] for v in tokenizer.decode_latent(z)]
+    assert np.isclose(rows["z"][1], np.nanmean(fills), equal_nan=True)
+    pairs = bench.clips(2, 64, 1, two_objects=True)
+    assert all(" and " in x["caption"] for x in pairs)
+    assert bench.judge_rows(tokenizer, FakeTextEncoder(), {}, pairs, True)["clips"] == [1.0, 1.0]

@@ -132,10 +132,14 @@ def test_the_refiner_config_round_trips(tmp_path):
     # its draw's guidance was chosen again (README, "The refiner's guidance, chosen again")
     assert k2.model == dataclasses.replace(more.model, keep_levels=2, sigma_location=2.0, guidance_scale=3.0)
     assert k2.train.init_from == f"{more.train.output_dir}/refiner"
+    latent = round_trip("flow128_unet_k2_latent")  # stage 4: the same refiner, drawing the unquantized latent
+    assert latent.model == dataclasses.replace(k2.model, target="latent", guidance_scale=2.0)  # chosen again
+    assert latent.train.init_from == f"{k2.train.output_dir}/refiner"
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
             ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
             ("model.mode=diffuse", "model.mode must be one of"),
+            ("model.target=pixels", "model.target must be one of"),
             ("model.scales=0", "model.scales must be >= 1, got 0"),
             ("model.sigma_location=inf", "model.sigma_location must be a finite number, got inf"),
             ("model.sample_steps=0", "model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0")]:
@@ -299,6 +303,33 @@ def test_a_flow_refiner_refuses_bad_inputs():
         flow_loss(tiny_refiner(), tiny_refiner().config, SumLevels(), batch, torch.Generator())
 
 
+def test_a_latent_target_draws_the_clips_latent_not_its_z_hat():
+    """`target="latent"`: the flow refiner (and a regression) learns the finer share of the clip's unquantized
+    latent, not of its z_hat; read back from the noisy input the loss builds with the same noise and sigmas."""
+    seen = {}
+
+    def record(cond, states, mask, noisy=None, timestep=None, drop_text=None):
+        seen.update(cond=cond, noisy=noisy, sigma=timestep / NUM_TRAIN_TIMESTEPS)
+        return torch.zeros_like(cond)
+
+    gen = torch.Generator().manual_seed(0)
+    bits = [torch.randn(8, 4, 1, 4, 4, generator=gen), torch.randn(8, 4, 1, 4, 4, generator=gen)]
+    batch = {"bits": bits, "latent_grid": (1, 4, 4), "text_states": torch.randn(8, 3, 16, generator=gen),
+             "text_mask": None, "latent": torch.randn(8, 4, 1, 4, 4, generator=gen)}
+    for target, want in (("z_hat", bits[0] + bits[1]), ("latent", batch["latent"])):
+        refiner = LatentRefiner(latent_channels=4, width=16, depth=1, text_dim=16, text_heads=2, keep_levels=1,
+                                mode="flow", target=target)
+        flow_loss(record, refiner.config, SumLevels(), batch, torch.Generator().manual_seed(1))
+        noise = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))  # the loss's first draw
+        sigma = seen["sigma"].view(-1, 1, 1, 1, 1)
+        data = (seen["noisy"] - sigma * noise) / (1 - sigma)
+        assert torch.equal(seen["cond"], bits[0]) and torch.allclose(data, want - bits[0], atol=1e-4)
+    with pytest.raises(ValueError, match="target='latent' learns the unquantized latents, but the token cache has none"):
+        flow_loss(record, refiner.config, SumLevels(), {**batch, "latent": None}, torch.Generator())
+    with pytest.raises(ValueError, match="target must be one of"):
+        LatentRefiner(mode="flow", target="pixels")
+
+
 def test_the_sigma_location_moves_the_trained_noise_levels():
     """`sigma_location` shifts the logit-normal of training sigmas: the same draws, moved; 0 is the default."""
     refiner, seen = tiny_flow(), {}
@@ -339,6 +370,24 @@ def test_flow_refiner_training_needs_no_generator_and_resumes_exactly(cache_dir,
     fresh = _train_refiner(cache_dir, None, tmp_path / "fresh", 1, *flow, "train.lr=1e-12")
     assert all(torch.allclose(stage[k], straight[k], atol=1e-6) for k in straight)
     assert not all(torch.allclose(fresh[k], straight[k], atol=1e-6) for k in straight)
+
+
+def test_training_reads_the_latent_target(tmp_path):
+    """`model.target=latent` trains on the cache's latents (`build_cache --latents`): one step moves the weights
+    otherwise than the z_hat target, the exported config records it, and a cache without latents is refused."""
+    from factories import tiny_token_cache
+
+    cache, plain = tiny_token_cache(tmp_path / "cache", latents=True), tiny_token_cache(tmp_path / "plain")
+    flow = ["model.mode=flow", "data.generator_dir=null"]
+    z_hat = _train_refiner(cache, None, tmp_path / "z_hat", 1, *flow)
+    latent = _train_refiner(cache, None, tmp_path / "latent", 1, *flow, "model.target=latent")
+    assert not all(torch.allclose(z_hat[k], latent[k]) for k in z_hat)
+    assert LatentRefiner.from_pretrained(tmp_path / "latent" / "refiner").config.target == "latent"
+    assert all(torch.equal(z_hat[k], v) for k, v in _train_refiner(plain, None, tmp_path / "p", 1, *flow).items())
+    with fresh_accelerate_state(), pytest.raises(ValueError, match="model.target=latent learns the clips' unquantized "
+                                                                   "latents, but the token cache .* has none"):
+        refiner_main(["--set", *TINY_REFINER, f"data.token_cache_dir={plain}", *flow, "model.target=latent",
+                      f"train.output_dir={tmp_path / 'refused'}"])
 
 
 def test_training_reads_the_sigma_location(cache_dir, tmp_path):
