@@ -304,8 +304,8 @@ def test_a_flow_refiner_refuses_bad_inputs():
 
 
 def test_a_latent_target_draws_the_clips_latent_not_its_z_hat():
-    """`target="latent"`: the flow refiner (and a regression) learns the finer share of the clip's unquantized
-    latent, not of its z_hat; read back from the noisy input the loss builds with the same noise and sigmas."""
+    """`target="latent"`: the flow refiner learns the finer share of the clip's unquantized latent, not of its
+    z_hat; read back from the noisy input the loss builds with the same noise and sigmas."""
     seen = {}
 
     def record(cond, states, mask, noisy=None, timestep=None, drop_text=None):
