@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -27,8 +29,11 @@ from generator.refiner import LatentRefiner, check_guidance_scale  # noqa: E402
 from pyratok.data.contact_sheet import save_contact_sheet  # noqa: E402
 from pyratok.data.shapes import ShapesDataset, video_to_uint8  # noqa: E402
 from pyratok.data.shapes_judge import judge_video, score_caption  # noqa: E402
-from pyratok.text_encoder import TextEncoder, join_phrases, text_reading  # noqa: E402
+from pyratok.text_encoder import TextEncoder, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from level_oracle import read_as  # noqa: E402
 
 
 def clips(num: int, size: int, seed: int, two_objects: bool) -> list[dict]:
@@ -65,10 +70,8 @@ def judge_rows(tokenizer, text_encoder, refiners: dict, items: list[dict], two_o
         pyramid, z = tokenizer.encode(video, text.hidden_states, text.attention_mask, return_latent=True)
         decoded = {"clips": video, "z_hat": tokenizer.decode(pyramid), "z": tokenizer.decode_latent(z)}
         for name, refiner in refiners.items():
-            reading = text_reading(refiner.config)
-            states, mask = text.hidden_states, text.attention_mask
-            if reading["phrases"]:
-                states, mask = join_phrases(states, mask, *text_encoder.phrases(captions), words=reading["words"])
+            phrases = text_encoder.phrases(captions) if text_reading(refiner.config)["phrases"] else None
+            states, mask = read_as(refiner.config, text, phrases)  # the caption as this refiner reads it
             gens = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
             drawn = refiner.refine(refiner.condition(pyramid, tokenizer.quantizer), states, mask, generator=gens,
                                    guidance_scale=guidance_scale)
