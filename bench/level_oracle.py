@@ -2,7 +2,7 @@
 
     python bench/level_oracle.py --tokenizer DIR --generator DIR [--size 64] [--n 48] [--seed 77]
         [--temperature 1.0] [--finest-decode sample|expected] [--finest-bits N] [--refiner DIR] [--keep K ...]
-        [--shape circle|square|triangle]
+        [--shape circle|square|triangle] [--two-objects]
 
 Encodes `n` fresh single-object Shapes train clips (seed 77: no token cache is built from it) with their
 captions, then for k = 0 .. L keeps the clip's own first k levels (`generate(prefix_bits=...)`) and lets
@@ -13,6 +13,8 @@ video from the first N bits of each finest token only (bench/finest_bits.py), to
 bit groups beside the clip's own. Beside each share judged right it prints the mean fill ratio the shape is
 judged by (object area / box area on the middle frame: circle 0.785, square 1, triangle 0.5); `--shape S`
 measures only clips of that shape (the first n of the seed that show it), to see where its outline is lost.
+`--two-objects` measures two-object clips instead, judged per pair as SHAPES.md says: both objects right in
+colour and shape ("pair_colour_shape"), and also in motion ("pair_right").
 """
 from __future__ import annotations
 
@@ -31,13 +33,16 @@ from generator.refiner import LatentRefiner  # noqa: E402
 from generator.sampling import (FINEST_DECODES, GUIDANCE_SCHEDULE_HELP, parse_guidance_schedule,  # noqa: E402
                                 temperature_per_level)
 from pyratok.data.shapes import SHAPES, ShapesDataset, video_to_uint8  # noqa: E402
-from pyratok.data.shapes_judge import judge_video  # noqa: E402
+from pyratok.data.shapes_judge import judge_video, score_caption  # noqa: E402
 from pyratok.evaluate import JUDGED, judged_right  # noqa: E402
 from pyratok.text_encoder import TextEncoder, join_phrases, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from finest_bits import decode_keeping  # noqa: E402
+
+
+PAIR_JUDGED = ("pair_colour_shape", "pair_right")  # two-object clips: both right in colour + shape / also in motion
 
 
 def read_as(config, text, phrases):
@@ -54,13 +59,14 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                    guidance_schedule=None, seed: int = 0, batch_size: int = 8, temperature: float = 1.0,
                    finest_decode: str = "sample", finest_bits: int | None = None,
                    finest_conv_passes: int | None = None, refiner=None,
-                   keeps: list[int] | None = None) -> dict[int, dict[str, float]]:
+                   keeps: list[int] | None = None, two_objects: bool = False) -> dict[int, dict[str, float]]:
     """{levels kept: {attribute: share judged right, "fill_ratio": mean fill ratio}} for every number of kept
     levels 0 .. L (or `keeps`); the sampled levels are drawn at `temperature`, the finest one decoded as
     `finest_decode` says (`generator.sampling.generate`), or from its first `finest_bits` bits only (drawn
     bits); with a `refiner` (`generator.refiner.LatentRefiner`) the drawn z_hat is refined from the caption, as
     the refiner reads it, before decoding (a "flow" refiner reads only the first `keep_levels` levels and draws
-    the rest, so the clip's levels from keep_levels on are not used)."""
+    the rest, so the clip's levels from keep_levels on are not used). two_objects: the items are two-object clips,
+    judged per pair ({levels kept: {"pair_colour_shape": ..., "pair_right": ...}})."""
     num_levels = model.config.num_levels
     levels = len(tokenizer.quantizer.config.level_strides)
     if levels != num_levels:
@@ -73,7 +79,8 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
     keeps = list(range(num_levels + 1)) if keeps is None else sorted(set(keeps))
     if not all(0 <= k <= num_levels for k in keeps):
         raise ValueError(f"levels kept must be in [0, {num_levels}], got {keeps}")
-    right = {k: {a: [] for a in (*JUDGED, "fill_ratio")} for k in keeps}
+    attributes = PAIR_JUDGED if two_objects else (*JUDGED, "fill_ratio")
+    right = {k: {a: [] for a in attributes} for k in keeps}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         video = torch.stack([x["video"] for x in chunk])
@@ -100,6 +107,11 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
             else:
                 recon = decode_keeping(tokenizer, sampled, finest_bits)
             for i, item in enumerate(chunk):
+                if two_objects:
+                    scored = score_caption(video_to_uint8(recon[i].clamp(-1, 1)), item["caption"])
+                    right[keep]["pair_colour_shape"].append(scored["colour_shape_right"])
+                    right[keep]["pair_right"].append(scored["all_right"])
+                    continue
                 for attribute, ok in judged_right(recon[i].clamp(-1, 1), item).items():
                     right[keep][attribute].append(ok)
                 fill = judge_video(video_to_uint8(recon[i].clamp(-1, 1)))["fill_ratio"]
@@ -131,24 +143,29 @@ def main(argv=None) -> int:
                         help="only clips of this shape: the first n of the seed that show it (default: every clip)")
     parser.add_argument("--keep", type=int, action="append", default=None, metavar="K",
                         help="measure only with the clip's first K levels kept (repeatable; default: every K)")
+    parser.add_argument("--two-objects", action="store_true", help="two-object clips, judged per pair")
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 16:
         raise ValueError(f"--n must be >= 1 and --size >= 16, got {args.n}, {args.size}")
+    if args.two_objects and args.shape is not None:
+        raise ValueError(f"--shape {args.shape} picks single-object clips: leave it out with --two-objects")
     temperature_per_level(args.temperature, 1)  # a finite number > 0, checked before any model loads
     schedule = parse_guidance_schedule(args.guidance_schedule)
     tokenizer = PyraTokTokenizer.from_pretrained(args.tokenizer).eval()
     model = PyraTokGenerator.from_pretrained(args.generator, variant=args.variant).eval()
     pool = ShapesDataset(split="train", num_frames=17, height=args.size, width=args.size, seed=args.seed,
-                         length=args.n if args.shape is None else 20 * args.n)  # one object per clip
+                         length=args.n if args.shape is None else 20 * args.n,
+                         num_objects=2 if args.two_objects else 1)
     chosen = [i for i in range(len(pool)) if args.shape in (None, pool.plan(i)[0][0].shape)][:args.n]
     items = [pool[i] for i in chosen]
     result = judge_prefixes(tokenizer, model, TextEncoder.from_pretrained(), items, args.guidance_scale, schedule,
                             temperature=args.temperature, finest_decode=args.finest_decode,
                             finest_bits=args.finest_bits, finest_conv_passes=args.finest_conv_passes,
                             refiner=None if args.refiner is None else LatentRefiner.from_pretrained(args.refiner).eval(),
-                            keeps=args.keep)
+                            keeps=args.keep, two_objects=args.two_objects)
     of_shape = f" of {args.shape}s" if args.shape else ""
-    print(f"{args.generator}: {len(items)} single-object train Shapes clips{of_shape}, 17x{args.size}x{args.size}, "
+    kind = "two-object" if args.two_objects else "single-object"
+    print(f"{args.generator}: {len(items)} {kind} train Shapes clips{of_shape}, 17x{args.size}x{args.size}, "
           f"seed {args.seed}, guidance {args.guidance_schedule or args.guidance_scale}, temperature {args.temperature}, "
           f"finest level decoded from its {'expected' if args.finest_decode == 'expected' else 'drawn'} bits"
           + (f", its first {args.finest_bits} only" if args.finest_bits is not None else "")

@@ -46,6 +46,10 @@ class RefinerConfig:
     sample_steps: int = 16  # flow: Euler steps of a draw
     guidance_scale: float = 3.0  # flow: classifier-free guidance of a draw
     target: str = "z_hat"  # what it learns: the clips' z_hat, or "latent" (their unquantized latents)
+    # how it reads the caption; None: as data.generator_dir's generator does (its token states without one).
+    # phrase_tokens: one vector per phrase after the token states; word_tokens False: the phrase vectors alone
+    phrase_tokens: bool | None = None
+    word_tokens: bool | None = None
 
     def __post_init__(self):
         if self.scales < 1:
@@ -56,6 +60,9 @@ class RefinerConfig:
             raise ValueError(f"model.mode must be one of {MODES}, got {self.mode!r}")
         if self.target not in TARGETS:
             raise ValueError(f"model.target must be one of {TARGETS}, got {self.target!r}")
+        if self.word_tokens is False and self.phrase_tokens is not True:
+            raise ValueError(f"model.word_tokens=False leaves the refiner no text: it needs model.phrase_tokens=True, "
+                             f"got {self.phrase_tokens}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"model.text_dropout must be in [0, 1), got {self.text_dropout}")
         if not math.isfinite(self.sigma_location):
@@ -90,6 +97,17 @@ class RefinerTrainConfig:
     model: RefinerConfig = field(default_factory=RefinerConfig)
     data: RefinerDataConfig = field(default_factory=RefinerDataConfig)
     train: RefinerTrainLoop = field(default_factory=RefinerTrainLoop)
+
+
+def caption_reading(m: RefinerConfig, generator) -> dict[str, bool]:
+    """How the refiner reads the caption (`text_reading` keywords): model.phrase_tokens / model.word_tokens where
+    set, else as the generator does (its token states without one). Never no text: the config refuses
+    word_tokens=False without phrase_tokens=True, and a generator's config refuses it too."""
+    reading = text_reading({} if generator is None else generator.config)
+    for key, value in (("phrases", m.phrase_tokens), ("words", m.word_tokens)):
+        if value is not None:
+            reading[key] = bool(value)
+    return reading
 
 
 def build_refiner(cfg: RefinerTrainConfig, dataset: TokenCacheDataset, quantizer, generator) -> LatentRefiner:
@@ -129,8 +147,7 @@ def train(cfg: RefinerTrainConfig, resume: str | None = None) -> tuple[Trainer, 
     if cfg.data.generator_dir is not None:
         generator = PyraTokGenerator.from_pretrained(cfg.data.generator_dir, variant=cfg.data.generator_variant)
         generator = generator.to(acc.device).eval().requires_grad_(False)
-    # a refiner given a generator reads the caption as that generator does; else by its token states
-    reading = text_reading({} if generator is None else generator.config)
+    reading = caption_reading(cfg.model, generator)
     dataset = TokenCacheDataset(cfg.data.token_cache_dir, phrase_tokens=reading["phrases"],
                                 word_tokens=reading["words"])
     quantizer = dataset.load_quantizer(acc.device)

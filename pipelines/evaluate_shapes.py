@@ -69,6 +69,16 @@ def prompt_text(split: str, item: tuple) -> str:
     return " and ".join(caption_for(*o) for o in item) if split == TWO_OBJECT else caption_for(*item)
 
 
+def traded_caption(split: str, item: tuple) -> str | None:
+    """A two-object item's canonical caption with the two motions traded ("a red circle moving up and a blue
+    square moving left" for "... moving left and ... moving up"): the wrong binding, as a negative prompt.
+    None for a single object, or a pair whose motions are the same."""
+    if split != TWO_OBJECT:
+        return None
+    (c1, s1, m1), (c2, s2, m2) = item
+    return None if m1 == m2 else prompt_text(split, ((c1, s1, m2), (c2, s2, m1)))
+
+
 def _judge(split: str, item: tuple, clip: np.ndarray) -> dict:
     """Per-video record fields: the single-object verdict, or the two-object score with one row per object."""
     if split != TWO_OBJECT:
@@ -125,12 +135,15 @@ def _accuracies(records: list[dict]) -> dict:
 
 
 def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_size: int = 8,
-             out_dir: Path | None = None, seed_base: int = SEED_BASE, **sampling) -> dict:
+             out_dir: Path | None = None, seed_base: int = SEED_BASE, traded_negatives: bool = False,
+             **sampling) -> dict:
     """Generate `num_seeds` videos per prompt (seed `seed_base` + k, counted over all videos), judge each.
 
     Returns {"splits": {split: accuracies}, "chance": ..., "videos": [per-video records]}; with `out_dir`,
     writes `{split}_sheet.png` (one row per prompt, its first seed, at most 24 rows). The "two_object"
     category reports both_right (= all_acc), both_colour_shape_right, per-object rates and motion_of_other.
+    traded_negatives: the generator is guided away from each pair's caption with its motions traded
+    (`traded_caption`) instead of the null text, and from the empty caption for every other prompt.
     """
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
@@ -143,6 +156,8 @@ def evaluate(pipe, prompts: dict[str, list[tuple]], num_seeds: int = 4, batch_si
         chunk = jobs[start : start + batch_size]
         seeds = [seed_base + start + j for j in range(len(chunk))]
         texts = [prompt_text(split, item) for split, item, _ in chunk]
+        if traded_negatives:
+            sampling["negative_prompt"] = [traded_caption(split, item) or "" for split, item, _ in chunk]
         frames = pipe(texts, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np",
                       **sampling).frames  # (b, f, h, w, 3) in [0, 1]
         for (split, item, k), text, seed, video in zip(chunk, texts, seeds, frames):
@@ -189,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes of a FinestConv that draws in passes (default: the model's; 1: one pass)")
     p.add_argument("--refiner-guidance-scale", type=float, default=None,
                    help="the refiner's classifier-free guidance (default: its config's)")
+    p.add_argument("--traded-negatives", action="store_true",
+                   help="guide each two-object prompt away from its caption with the motions traded, instead of "
+                        "the null text (the empty caption for every other prompt)")
     p.add_argument("--no-refiner", action="store_true",
                    help="decode the sampled z_hat even if the pipeline has a refiner (its ablation)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -215,8 +233,9 @@ def _run(args: argparse.Namespace) -> int:
                       guidance_schedule=schedule,
                       temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base,
                       finest_conv_passes=args.finest_conv_passes, use_refiner=not args.no_refiner,
-                      refiner_guidance_scale=args.refiner_guidance_scale)
+                      refiner_guidance_scale=args.refiner_guidance_scale, traded_negatives=args.traded_negatives)
     result["model"] = str(model)
+    result["traded_negatives"] = args.traded_negatives
     result["prompt_seed"] = args.prompt_seed
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({"model": str(model), "splits": result["splits"], "chance": CHANCE,

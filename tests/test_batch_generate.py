@@ -308,6 +308,25 @@ class ShapesOracle:
         return SimpleNamespace(frames=np.stack(clips))  # (b, f, h, w, 3) in [0, 1]
 
 
+def test_evaluate_shapes_guides_a_pair_away_from_its_traded_motions(pipe, monkeypatch):
+    """traded_negatives (`--traded-negatives`): each pair's negative prompt is its caption with the two motions
+    traded, the empty caption where they are the same and for a single object; without it, no negative."""
+    pair = (("red", "circle", "left"), ("blue", "square", "up"))
+    traded = "a red circle moving up and a blue square moving left"
+    assert evaluate_shapes.traded_caption("two_object", pair) == traded
+    assert evaluate_shapes.traded_caption("two_object", (pair[0], ("blue", "square", "left"))) is None
+    assert evaluate_shapes.traded_caption("train", pair[0]) is None
+    negatives, call = [], type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__",
+                        lambda self, *a, **kw: negatives.append(kw.get("negative_prompt")) or call(self, *a, **kw))
+    prompts = {"train": [pair[0]], "two_object": [pair, (pair[0], ("blue", "square", "left"))]}
+    size = {"num_frames": 5, "height": 16, "width": 16}
+    evaluate_shapes.evaluate(pipe, prompts, num_seeds=1, traded_negatives=True, **size)
+    evaluate_shapes.evaluate(pipe, prompts, num_seeds=1, **size)
+    assert negatives == [["", traded, ""], None]
+    assert evaluate_shapes.build_parser().parse_args(["--traded-negatives"]).traded_negatives
+
+
 def test_evaluate_shapes_two_object_prompts(tmp_path):
     prompts = evaluate_shapes.evaluation_prompts()
     two = prompts["two_object"]

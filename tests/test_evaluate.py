@@ -112,6 +112,33 @@ def test_level_oracle_keeping_every_level_is_the_reconstruction(monkeypatch):
         bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, keeps=[4])
 
 
+def test_level_oracle_judges_two_object_clips_per_pair():
+    """two_objects: each pair judged as SHAPES.md's two-object check (both right in colour and shape / also in
+    motion); with every level kept, the tokenizer's own reconstruction judged so."""
+    from generator import PyraTokGenerator
+    from pyratok.data.shapes import ShapesDataset, video_to_uint8
+    from pyratok.data.shapes_judge import score_caption
+
+    bench = load_bench("level_oracle")
+    tokenizer = tiny_tokenizer(text_dim=384)
+    torch.manual_seed(0)
+    model = PyraTokGenerator(latent_channels=4, num_bits=16, num_levels=3, text_dim=384, width=32, depth=1,
+                             heads=2).eval()
+    items = [ShapesDataset(num_frames=5, height=32, width=32, length=3, seed=1, num_objects=2)[i] for i in range(3)]
+    result = bench.judge_prefixes(tokenizer, model, FakeTextEncoder(), items, batch_size=2, keeps=[0, 3],
+                                  two_objects=True)
+    with torch.no_grad():
+        text = FakeTextEncoder()([x["caption"] for x in items])
+        recon = tokenizer.decode(tokenizer.encode(torch.stack([x["video"] for x in items]), text.hidden_states,
+                                                  text.attention_mask)).clamp(-1, 1)
+    scored = [score_caption(video_to_uint8(r), x["caption"]) for r, x in zip(recon, items)]
+    assert result[3] == {"pair_colour_shape": float(np.mean([s["colour_shape_right"] for s in scored])),
+                         "pair_right": float(np.mean([s["all_right"] for s in scored]))}
+    assert set(result[0]) == set(bench.PAIR_JUDGED)
+    with pytest.raises(ValueError, match="--shape square picks single-object clips"):
+        bench.main(["--tokenizer", "missing", "--generator", "missing", "--two-objects", "--shape", "square"])
+
+
 def test_level_oracle_gives_each_model_the_caption_as_it_reads_it(monkeypatch):
     """A generator that reads the phrase vectors alone beside a refiner that reads the token states: each gets its
     own reading (the refiner given the generator's phrase vectors would read a caption it never learned from)."""

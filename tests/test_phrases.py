@@ -169,3 +169,27 @@ def test_the_refiner_reads_the_caption_its_own_way_beside_a_phrase_only_generato
     pipe(prompt_embeds=embeds, prompt_attention_mask=mask, use_refiner=False, output_type="latent", **SMALL)
     with pytest.raises(ValueError, match="leaves the refiner no text"):
         LatentRefiner(word_tokens=False)
+
+
+def test_a_refiner_reads_the_caption_as_its_config_says(text_encoder, tmp_path):
+    """`model.phrase_tokens` / `model.word_tokens` set a refiner's own reading, whatever a generator reads (no
+    generator here: the token states by default). The phrase vectors beside the token states move one step's
+    weights otherwise, the exported config says how it reads, and no text at all is refused."""
+    cache = _phrase_cache(tmp_path / "cache", text_encoder)
+    flow = ["model.mode=flow", "model.width=16", "model.depth=1", "model.text_heads=2", "train.batch_size=2",
+            "train.max_steps=1", f"data.token_cache_dir={cache}", "data.generator_dir=null"]
+
+    def trained(name, *extra):
+        with fresh_accelerate_state():
+            assert refiner_main(["--set", *flow, f"train.output_dir={tmp_path / name}", *extra]) == 0
+        return LatentRefiner.from_pretrained(str(tmp_path / name / "refiner"))
+
+    words, both = trained("words"), trained("both", "model.phrase_tokens=true")
+    alone = trained("alone", "model.phrase_tokens=true", "model.word_tokens=false")
+    assert (words.config.phrase_tokens, words.config.word_tokens) == (False, True)
+    assert (both.config.phrase_tokens, both.config.word_tokens) == (True, True)
+    assert (alone.config.phrase_tokens, alone.config.word_tokens) == (True, False)
+    assert not all(torch.allclose(a, b) for a, b in zip(words.parameters(), both.parameters()))
+    assert not all(torch.allclose(a, b) for a, b in zip(both.parameters(), alone.parameters()))
+    with pytest.raises(ValueError, match="model.word_tokens=False leaves the refiner no text"), fresh_accelerate_state():
+        refiner_main(["--set", *flow, f"train.output_dir={tmp_path / 'none'}", "model.word_tokens=false"])

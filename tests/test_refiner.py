@@ -135,11 +135,15 @@ def test_the_refiner_config_round_trips(tmp_path):
     latent = round_trip("flow128_unet_k2_latent")  # stage 4: the same refiner, drawing the unquantized latent
     assert latent.model == dataclasses.replace(k2.model, target="latent", guidance_scale=2.0)  # chosen again
     assert latent.train.init_from == f"{k2.train.output_dir}/refiner"
+    phrases = round_trip("flow128_unet_k2_latent_phrases")  # stage 5: the same refiner, reading the phrase vectors too
+    assert phrases.model == dataclasses.replace(latent.model, phrase_tokens=True, word_tokens=True)
+    assert phrases.train.init_from == f"{latent.train.output_dir}/refiner"
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
             ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
             ("model.mode=diffuse", "model.mode must be one of"),
             ("model.target=pixels", "model.target must be one of"),
+            ("model.word_tokens=false", "model.word_tokens=False leaves the refiner no text"),
             ("model.scales=0", "model.scales must be >= 1, got 0"),
             ("model.sigma_location=inf", "model.sigma_location must be a finite number, got inf"),
             ("model.sample_steps=0", "model.sample_steps must be >= 1 and model.guidance_scale a finite number >= 0, got 0")]:
