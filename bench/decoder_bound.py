@@ -28,12 +28,12 @@ import torch  # noqa: E402
 from generator.refiner import LatentRefiner, check_guidance_scale  # noqa: E402
 from pyratok.data.contact_sheet import save_contact_sheet  # noqa: E402
 from pyratok.data.shapes import ShapesDataset, video_to_uint8  # noqa: E402
-from pyratok.data.shapes_judge import judge_video, score_caption  # noqa: E402
+from pyratok.data.shapes_judge import judge_video  # noqa: E402
 from pyratok.text_encoder import TextEncoder, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from level_oracle import read_as  # noqa: E402
+from level_oracle import pair_verdict, read_as  # noqa: E402
 
 
 def clips(num: int, size: int, seed: int, two_objects: bool) -> list[dict]:
@@ -49,8 +49,7 @@ def clips(num: int, size: int, seed: int, two_objects: bool) -> list[dict]:
 def verdict(frames: np.ndarray, caption: str, two_objects: bool) -> tuple[float, float]:
     """Two objects: (both right in colour and shape, also in motion); a square: (judged square, fill ratio)."""
     if two_objects:
-        scored = score_caption(frames, caption)
-        return float(scored["colour_shape_right"]), float(scored["all_right"])
+        return pair_verdict(frames, caption)
     judged = judge_video(frames)
     return float(judged["shape"] == "square"), np.nan if judged["fill_ratio"] is None else judged["fill_ratio"]
 
@@ -69,8 +68,9 @@ def judge_rows(tokenizer, text_encoder, refiners: dict, items: list[dict], two_o
         text = text_encoder(captions)
         pyramid, z = tokenizer.encode(video, text.hidden_states, text.attention_mask, return_latent=True)
         decoded = {"clips": video, "z_hat": tokenizer.decode(pyramid), "z": tokenizer.decode_latent(z)}
+        phrase_readers = any(text_reading(r.config)["phrases"] for r in refiners.values())
+        phrases = text_encoder.phrases(captions) if phrase_readers else None  # once for every refiner
         for name, refiner in refiners.items():
-            phrases = text_encoder.phrases(captions) if text_reading(refiner.config)["phrases"] else None
             states, mask = read_as(refiner.config, text, phrases)  # the caption as this refiner reads it
             gens = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
             drawn = refiner.refine(refiner.condition(pyramid, tokenizer.quantizer), states, mask, generator=gens,

@@ -45,6 +45,13 @@ from finest_bits import decode_keeping  # noqa: E402
 PAIR_JUDGED = ("pair_colour_shape", "pair_right")  # two-object clips: both right in colour + shape / also in motion
 
 
+def pair_verdict(frames: np.ndarray, caption: str) -> tuple[float, float]:
+    """A two-object clip's uint8 frames against its caption (SHAPES.md's two-object check): (both objects right
+    in colour and shape, both also in motion)."""
+    scored = score_caption(frames, caption)
+    return float(scored["colour_shape_right"]), float(scored["all_right"])
+
+
 def read_as(config, text, phrases):
     """The caption's states (b, s, d) and mask (b, s) as a model with this config reads them (`text_reading`):
     its token states, its phrase vectors (`TextEncoder.phrases`, or None when no model reads them), or both."""
@@ -108,9 +115,9 @@ def judge_prefixes(tokenizer, model, text_encoder, items: list[dict], guidance_s
                 recon = decode_keeping(tokenizer, sampled, finest_bits)
             for i, item in enumerate(chunk):
                 if two_objects:
-                    scored = score_caption(video_to_uint8(recon[i].clamp(-1, 1)), item["caption"])
-                    right[keep]["pair_colour_shape"].append(scored["colour_shape_right"])
-                    right[keep]["pair_right"].append(scored["all_right"])
+                    verdicts = pair_verdict(video_to_uint8(recon[i].clamp(-1, 1)), item["caption"])
+                    for attribute, ok in zip(PAIR_JUDGED, verdicts):
+                        right[keep][attribute].append(ok)
                     continue
                 for attribute, ok in judged_right(recon[i].clamp(-1, 1), item).items():
                     right[keep][attribute].append(ok)
