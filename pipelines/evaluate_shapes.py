@@ -99,7 +99,8 @@ def _two_object_accuracies(records: list[dict]) -> dict:
     """both_right (SHAPES.md: both present, right shape and motion; also as all_acc), both_colour_shape_right,
     per-object rates of colour (present), shape and motion, found_rate (both colours show at all), and
     motion_of_other: of the objects whose motion differs from the other object's, the share drawn with the
-    other's (a binding error: the motion given to the wrong object)."""
+    other's (a binding error: the motion given to the wrong object); shape_confusion per object (`shape_confusion`;
+    "None": the object's colour was not found)."""
     n, objects = len(records), [o for r in records for o in r["objects"]]
     acc = {f"{a}_acc": sum(bool(o[f"{a}_ok"]) for o in objects) / len(objects) for a in ATTRIBUTES}
     acc["both_right"] = acc["all_acc"] = sum(r["both_right"] for r in records) / n
@@ -108,11 +109,13 @@ def _two_object_accuracies(records: list[dict]) -> dict:
     differ = [(mine, other) for r in records for mine, other in zip(r["objects"], r["objects"][::-1])
               if None not in (mine["motion"], other["motion"]) and mine["motion"] != other["motion"]]
     acc["motion_of_other"] = sum(mine["judged"]["motion"] == other["motion"] for mine, other in differ) / max(len(differ), 1)
+    acc["shape_confusion"] = shape_confusion(objects)
     return {**acc, "num_videos": n, "num_prompts": len({r["prompt"] for r in records})}
 
 
 def shape_confusion(records: list[dict]) -> dict[str, dict[str, int]]:
-    """{shape named: {shape judged (None: no object found): videos}} over single-object records."""
+    """{shape named: {shape judged (None: no object found): count}} over single-object records, or over the
+    objects of two-object records (each with its own "shape" and "judged")."""
     confusion: dict[str, dict[str, int]] = {}
     for r in records:
         row, judged = confusion.setdefault(r["shape"], {}), str(r["judged"]["shape"])

@@ -291,16 +291,17 @@ class ShapesOracle:
     """A stand-in pipeline that renders the Shapes clip each prompt names, its objects' shapes swapped if asked,
     or the two objects' motions traded (each drawn with the other's)."""
 
+    NEXT_SHAPE = {"circle": "square", "square": "triangle", "triangle": "circle"}  # what a swapped shape becomes
+
     def __init__(self, swap_shapes: bool = False, trade_motions: bool = False):
         self.swap, self.trade = swap_shapes, trade_motions
 
     def __call__(self, prompts, generator, output_type, num_frames=17, height=64, width=64):
         assert output_type == "np" and len(generator) == len(prompts)
-        nxt = {"circle": "square", "square": "triangle", "triangle": "circle"}
         clips = []
         for text, g in zip(prompts, generator):
             rng = np.random.default_rng(g.initial_seed())
-            named = [(c, nxt[s] if self.swap else s, m) for c, s, m in parse_objects(text)]
+            named = [(c, self.NEXT_SHAPE[s] if self.swap else s, m) for c, s, m in parse_objects(text)]
             if self.trade:
                 named = [(c, s, m) for (c, s, _), (_, _, m) in zip(named, named[::-1])]
             objects = [sample_object(rng, *o, num_frames, height, width) for o in named]
@@ -356,6 +357,9 @@ def test_evaluate_shapes_two_object_prompts(tmp_path):
         evaluate_shapes.evaluate(ShapesOracle(), only_two, seed_base=-3)
     stats = swapped["splits"]["two_object"]
     assert stats["both_colour_shape_right"] <= 0.1 and stats["shape_acc"] <= 0.2 and stats["colour_acc"] >= 0.9
+    named = [shape for item in two[:12] for _, shape, _ in item]  # per object: each shape drawn as the next one
+    assert sum(n for row in stats["shape_confusion"].values() for n in row.values()) == len(named) == 24
+    assert sum(stats["shape_confusion"][s].get(ShapesOracle.NEXT_SHAPE[s], 0) for s in set(named)) >= 20
     record = swapped["videos"][0]
     assert record["prompt"] == evaluate_shapes.prompt_text("two_object", two[0]) and len(record["objects"]) == 2
     assert {"present", "shape", "motion", "frames"} <= set(record["objects"][0]["judged"])

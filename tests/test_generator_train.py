@@ -3,6 +3,7 @@ resume, and two-process DDP / DeepSpeed ZeRO-2 runs under `accelerate launch` (C
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -97,6 +98,12 @@ def test_config_files_are_valid():
         assert cfg.model.width % cfg.model.heads == 0, path
     base = load_config(GeneratorTrainConfig, ROOT / "configs/generator/base.yaml")
     assert base.model.gradient_checkpointing and base.train.mixed_precision == "bf16"
+    conv, pairs = (load_config(GeneratorTrainConfig, ROOT / f"configs/generator/{name}.yaml")
+                   for name in ("shapes_parent_conv128", "shapes_parent_conv128_pairs"))
+    # stage 2 on more pairs: the stage-1 generator as the default model trains it (one vector per phrase), carried on
+    assert pairs.model == dataclasses.replace(conv.model, phrase_tokens=True, word_tokens=False)
+    assert pairs.train.init_from == f"{conv.train.output_dir}/generator"
+    assert pairs.data.token_cache_dir != conv.data.token_cache_dir
     for path in (ROOT / "configs/deepspeed").glob("*.json"):
         ds = json.loads(path.read_text())
         assert "optimizer" not in ds and ds["train_micro_batch_size_per_gpu"] == "auto"

@@ -138,6 +138,10 @@ def test_the_refiner_config_round_trips(tmp_path):
     phrases = round_trip("flow128_unet_k2_latent_phrases")  # stage 5: the same refiner, reading the phrase vectors too
     assert phrases.model == dataclasses.replace(latent.model, phrase_tokens=True, word_tokens=True)
     assert phrases.train.init_from == f"{latent.train.output_dir}/refiner"
+    pairs = round_trip("flow128_unet_k2_latent_pairs")  # stage 5 tried: the same refiner, more two-object clips
+    assert pairs.model == dataclasses.replace(latent.model, phrase_tokens=False, word_tokens=True)
+    assert pairs.train.init_from == f"{latent.train.output_dir}/refiner"
+    assert pairs.data.token_cache_dir != latent.data.token_cache_dir
     for override, message in [
             ("model.keep_levels=-2", "model.keep_levels must be >= 0, or -1 for all but the finest, got -2"),
             ("data.guidance_scale=nan", "data.guidance_scale must be a finite number > 0, got nan"),
