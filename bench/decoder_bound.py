@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from generator.refiner import LatentRefiner, check_guidance_scale  # noqa: E402
 from pyratok.data.contact_sheet import save_contact_sheet  # noqa: E402
 from pyratok.data.shapes import ShapesDataset, video_to_uint8  # noqa: E402
-from pyratok.data.shapes_judge import judge_video  # noqa: E402
+from pyratok.data.shapes_judge import judge_video, score_caption  # noqa: E402
 from pyratok.text_encoder import TextEncoder, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
@@ -46,10 +46,13 @@ def clips(num: int, size: int, seed: int, two_objects: bool) -> list[dict]:
     return [pool[i] for i in range(len(pool)) if pool.plan(i)[0][0].shape == "square"][:num]
 
 
-def verdict(frames: np.ndarray, caption: str, two_objects: bool) -> tuple[float, float]:
-    """Two objects: (both right in colour and shape, also in motion); a square: (judged square, fill ratio)."""
+def verdict(frames: np.ndarray, caption: str, two_objects: bool) -> tuple[float, ...]:
+    """Two objects: (both right in colour and shape, also in motion, the share of the squares it names that are
+    judged square: nan where it names none); a square: (judged square, fill ratio)."""
     if two_objects:
-        return pair_verdict(frames, caption)
+        named = [row for row in score_caption(frames, caption)["objects"] if row["shape"] == "square"]
+        squares = np.mean([row["judged"]["shape"] == "square" for row in named]) if named else np.nan
+        return (*pair_verdict(frames, caption), float(squares))
     judged = judge_video(frames)
     return float(judged["shape"] == "square"), np.nan if judged["fill_ratio"] is None else judged["fill_ratio"]
 
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
         print(f"wrote {save_contact_sheet([f for _, f in shown], args.sheet, labels=[t for t, _ in shown])}")
     print(f"{args.tokenizer}: Shapes seed {args.seed}, 17x{args.size}x{args.size}; {args.two_objects} two-object "
           f"clips, {args.squares} squares; refiners' guidance {args.guidance_scale or 'as configured'}")
-    print("| decoded from | two objects: colour+shape / with motion | squares: judged square / fill |")
+    print("| decoded from | two objects: colour+shape / with motion / their squares judged square | squares: judged square / fill |")
     print("|---|---|---|")
     for row in ("clips", "z_hat", "z", *refiners):
         cells = [" / ".join(f"{v:.3f}" for v in table[k][row]) if k in table else "-" for k in (True, False)]

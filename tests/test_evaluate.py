@@ -258,6 +258,7 @@ def test_decoder_bound_judges_the_clips_their_z_hat_their_z_and_a_refiners_draw(
         z = tokenizer.encode_latent(torch.stack([x["video"] for x in squares]))[0]
         fills = [bench.verdict(video_to_uint8(v.clamp(-1, 1)), "", False)[1] for v in tokenizer.decode_latent(z)]
     assert np.isclose(rows["z"][1], np.nanmean(fills), equal_nan=True)
-    pairs = bench.clips(2, 64, 1, two_objects=True)
-    assert all(" and " in x["caption"] for x in pairs)
-    assert bench.judge_rows(tokenizer, FakeTextEncoder(), {}, pairs, True)["clips"] == [1.0, 1.0]
+    pairs = bench.clips(4, 64, 1, two_objects=True)
+    assert all(" and " in x["caption"] for x in pairs) and any(" square" in x["caption"] for x in pairs)
+    # both right, with motion, and every square a pair names judged square
+    assert bench.judge_rows(tokenizer, FakeTextEncoder(), {}, pairs, True)["clips"] == [1.0, 1.0, 1.0]
