@@ -8,7 +8,8 @@ Fresh Shapes train clips (seed 77: no token cache is built from it) are encoded 
 the clips themselves (the judge's own accuracy), the tokenizer's decoded z_hat (what a refiner of
 `target="z_hat"` learns to give back), its decoded z (what a refiner of `target="latent"` learns), and per
 `--refiner` the clip's first `keep_levels` levels kept and the rest drawn from the caption (seeded per clip).
-Columns: two-object clips with both objects right in colour and shape / also in motion, and single-object
+Columns: two-object clips with both objects right in colour and shape / also in motion / the squares they name
+judged square (per clip, over the clips that name one), and single-object
 squares judged square / their mean fill ratio (area over box; the judge's line to circle is 0.8925).
 `--sheet PATH` writes the first 4 clips of each kind, one line each: every row's decoding of the clip side by
 side (frames 0, 8 and 16 of each, in the order of the rows above).
