@@ -34,7 +34,7 @@ from pyratok.text_encoder import TextEncoder, text_reading  # noqa: E402
 from pyratok.tokenizer import PyraTokTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from level_oracle import pair_verdict, read_as  # noqa: E402
+from level_oracle import pair_scores, read_as  # noqa: E402
 
 
 def clips(num: int, size: int, seed: int, two_objects: bool) -> list[dict]:
@@ -51,9 +51,10 @@ def verdict(frames: np.ndarray, caption: str, two_objects: bool) -> tuple[float,
     """Two objects: (both right in colour and shape, also in motion, the share of the squares it names that are
     judged square: nan where it names none); a square: (judged square, fill ratio)."""
     if two_objects:
-        named = [row for row in score_caption(frames, caption)["objects"] if row["shape"] == "square"]
+        scored = score_caption(frames, caption)  # once: both verdicts and the squares come from it
+        named = [row for row in scored["objects"] if row["shape"] == "square"]
         squares = np.mean([row["judged"]["shape"] == "square" for row in named]) if named else np.nan
-        return (*pair_verdict(frames, caption), float(squares))
+        return (*pair_scores(scored), float(squares))
     judged = judge_video(frames)
     return float(judged["shape"] == "square"), np.nan if judged["fill_ratio"] is None else judged["fill_ratio"]
 

@@ -48,7 +48,11 @@ PAIR_JUDGED = ("pair_colour_shape", "pair_right")  # two-object clips: both righ
 def pair_verdict(frames: np.ndarray, caption: str) -> tuple[float, float]:
     """A two-object clip's uint8 frames against its caption (SHAPES.md's two-object check): (both objects right
     in colour and shape, both also in motion)."""
-    scored = score_caption(frames, caption)
+    return pair_scores(score_caption(frames, caption))
+
+
+def pair_scores(scored: dict) -> tuple[float, float]:
+    """The two verdicts of a `score_caption` result: (both right in colour and shape, both also in motion)."""
     return float(scored["colour_shape_right"]), float(scored["all_right"])
 
 
