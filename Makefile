@@ -32,9 +32,10 @@ clean:
 	rm -rf $(VENV) outputs runs
 
 # The shipped default model (checkpoints/pyratok-shapes-tiny: 17x128x128 clips), retrained from the parent VAE
-# with the project's own scripts (CPU, about 4 hours on 2 cores; its README records each stage's command and wall
+# with the project's own scripts (CPU, about 5 hours on 2 cores; its README records each stage's command and wall
 # time): the shipped tokenizer (`default-tokenizer`); 400 steps of it with the AR objective at 5.0 and its own
-# alignment stage (the alignment head does not change the tokens, so the cache is built from the tokenizer stage);
+# alignment stage, then its decoder alone fine-tuned on two-object clips and on the unquantized latent (neither
+# changes the tokens, so the cache is built from the tokenizer stage);
 # a 17x128x128 token cache (2,000 Shapes clips and 1,000 two-object ones, with their unquantized latents); the
 # generator reading one vector per phrase; the U-Net flow refiner in four stages (configs/refiner/flow128_unet*.yaml,
 # the last drawing the unquantized latent); the pipeline in fp16.
@@ -51,6 +52,8 @@ default-model: default-tokenizer
 	  train.quantizer_fit_steps=0 train.max_steps=400 loss.ar=5.0
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(PY) -m pyratok.train_alignment --tokenizer $(DM)/tokenizer/tokenizer \
 	  --output_dir $(DM)/alignment --resume_from_checkpoint latest --set train.max_steps=$(DM_ALIGN_STEPS)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(ACCEL2) -m pyratok.train --config configs/tokenizer/decoder_pairs.yaml \
+	  --output_dir $(DM)/decoder --resume_from_checkpoint latest
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(ACCEL2) -m generator.build_cache --tokenizer $(DM)/tokenizer/tokenizer \
 	  --out $(DM)/token_cache --n 2000 --two-objects 1000 --seed 0 --size 128 --batch-size 8 --latents
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(ACCEL2) -m generator.train --config configs/generator/shapes_parent_conv128.yaml \
@@ -60,7 +63,7 @@ default-model: default-tokenizer
 	$(call dm_refiner,flow128_unet_more,train.init_from=$(DM)/refiner_flow128_unet/refiner)
 	$(call dm_refiner,flow128_unet_k2,train.init_from=$(DM)/refiner_flow128_unet_more/refiner)
 	$(call dm_refiner,flow128_unet_k2_latent,train.init_from=$(DM)/refiner_flow128_unet_k2/refiner)
-	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(DM)/alignment/alignment --generator $(DM)/generator/generator \
+	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(DM)/decoder/tokenizer --generator $(DM)/generator/generator \
 	  --refiner $(DM)/refiner_flow128_unet_k2_latent/refiner --out checkpoints/pyratok-shapes-tiny --sample-size 128 \
 	  --raw-weights --half
 

@@ -49,6 +49,10 @@ class TokenizerTrainLoop(TrainConfig):
     # before decoding, so the decoder learns to draw clean content from the noisy finest bits a generator
     # samples (the target stays the clip itself)
     finest_flip_max: float = 0.0
+    # with decoder_only: the share of steps that decode the clips' unquantized latent (the posterior mean)
+    # instead of their z_hat, for a pipeline whose refiner draws that latent (`target: latent`); the decoder
+    # then learns both inputs, and the tokens still stay those of the starting model
+    decoder_latent_prob: float = 0.0
     image_every: int = 200
     pretrained_vae: str | None = None  # local folder with AutoencoderKLWan weights (Wan 2.1)
     text_encoder: str | None = None  # local folder; None = the installed MiniLM
@@ -69,6 +73,11 @@ class TokenizerTrainLoop(TrainConfig):
         if self.finest_flip_max and not self.decoder_only:
             raise ValueError(f"train.finest_flip_max={self.finest_flip_max} needs train.decoder_only: flipped bits "
                              "train the decoder, while the tokens stay those of the starting model")
+        if not 0.0 <= self.decoder_latent_prob <= 1.0:
+            raise ValueError(f"train.decoder_latent_prob must be in [0, 1], got {self.decoder_latent_prob}")
+        if self.decoder_latent_prob and not self.decoder_only:
+            raise ValueError(f"train.decoder_latent_prob={self.decoder_latent_prob} needs train.decoder_only: "
+                             "only a decoder stage may decode the latent in place of the tokens")
         if self.quantizer_fit_steps < 0:
             raise ValueError(f"train.quantizer_fit_steps must be >= 0, got {self.quantizer_fit_steps}")
         if self.quantizer_fit_steps and not self.freeze_encoder:
@@ -128,6 +137,13 @@ def finest_flips(tokenizer: PyraTokTokenizer, video: torch.Tensor, max_rate: flo
     return u < rate.view(b, 1, 1, 1, 1)
 
 
+def latent_step_draw(seed: int, step: int) -> float:
+    """The uniform that decides whether optimizer step `step` decodes the latent (train.decoder_latent_prob): one
+    draw per step from the seed alone, so every rank and micro-batch of a step decodes the same input (their
+    logged terms must match to be reduced) and a resumed run draws what an uninterrupted one did."""
+    return float(torch.rand((), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)))
+
+
 def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
     tc = cfg.train
     trainer = Trainer(tc, "tokenizer", cfg, find_unused_parameters=True)
@@ -149,9 +165,11 @@ def train(cfg: TokenizerTrainConfig, resume: str | None = None) -> Path:
         video = batch["video"].to(device)
         text = text_encoder(batch["caption"])
         drop = (torch.rand(video.shape[0], generator=rng) < tc.text_dropout).to(device)
-        flip = finest_flips(objective.tokenizer, video, tc.finest_flip_max, rng) if tc.finest_flip_max else None
+        latent_step = bool(tc.decoder_latent_prob and latent_step_draw(tc.seed, trainer.step) < tc.decoder_latent_prob)
+        quantize = trainer.step >= tc.vae_steps and not latent_step
+        flip = finest_flips(objective.tokenizer, video, tc.finest_flip_max, rng) if tc.finest_flip_max and quantize else None
         terms, output = model(video, text.hidden_states, text.attention_mask, text.pooled, drop,
-                              quantize=trainer.step >= tc.vae_steps, sample_posterior=tc.vae_sample,
+                              quantize=quantize, sample_posterior=tc.vae_sample and not latent_step,
                               flip_finest=None if flip is None else flip.to(device))
         last.update(video=video, recon=output.recon)
         return terms["loss"], {k: v for k, v in terms.items() if k != "loss"}

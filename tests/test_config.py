@@ -11,13 +11,26 @@ from pyratok.train import TokenizerTrainConfig
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "wan2.1"])
+@pytest.mark.parametrize("name", ["tiny", "small", "wan2.1", "on_parent", "decoder_pairs"])
 def test_tokenizer_configs_round_trip(name, tmp_path):
     cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / f"{name}.yaml")
     for suffix in (".yaml", ".json"):
         again = load_config(TokenizerTrainConfig, save_config(cfg, tmp_path / f"cfg{suffix}"))
         assert again == cfg
         assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_the_decoder_stage_config_trains_the_decoder_of_the_tokenizer_on_parent():
+    """configs/tokenizer/decoder_pairs.yaml starts from a tokenizer of configs/tokenizer/on_parent.yaml (the same
+    model, so its weights load strictly), trains its decoder alone on both inputs, with two-object clips."""
+    stage = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "decoder_pairs.yaml")
+    parent = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "on_parent.yaml")
+    assert stage.model.alignment.background_text == "background"  # as the alignment stage left it
+    stage.model.alignment.background_text = None
+    assert stage.model == parent.model
+    assert stage.train.decoder_only and 0 < stage.train.decoder_latent_prob < 1 and stage.train.init_from
+    assert stage.data.multi_object_prob > 0 and stage.data.real_clips == "train"  # carphone stays held out
+    assert stage.loss.ar == stage.loss.align == stage.loss.latent == 0  # terms of frozen parts: nothing to learn
 
 
 def test_overrides_parse_values():

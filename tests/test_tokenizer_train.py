@@ -201,3 +201,41 @@ def test_decoder_stage_decodes_flipped_finest_bits(tmp_path, monkeypatch):
     seen.clear()
     main(["--config", str(config), *stage, f"train.output_dir={tmp_path / 'run0'}"])
     assert seen and all(f is None for f in seen)
+
+
+def test_decoder_stage_decodes_the_latent_on_its_share_of_steps(tmp_path, monkeypatch):
+    """train.decoder_latent_prob: a decoder-only step decodes the clips' posterior mean (the latent a
+    `target: latent` refiner draws) instead of their z_hat; the choice is one draw per step from the seed (every
+    rank the same), and the stage still changes only the decoder."""
+    from pyratok.train import TokenizerTrainLoop, latent_step_draw, main
+
+    with pytest.raises(ValueError, match="needs train.decoder_only"):
+        TokenizerTrainLoop(decoder_latent_prob=0.5)
+    with pytest.raises(ValueError, match="decoder_latent_prob must be in"):
+        TokenizerTrainLoop(decoder_latent_prob=1.5, decoder_only=True)
+    draws = [latent_step_draw(0, step) for step in range(2000)]
+    assert draws == [latent_step_draw(0, step) for step in range(2000)] != [latent_step_draw(1, s) for s in range(2000)]
+    assert 0.45 < sum(d < 0.5 for d in draws) / len(draws) < 0.55
+    seen = []
+    forward = PyraTokTokenizer.forward
+
+    def spy(self, *args, quantize=True, sample_posterior=True, **kwargs):
+        seen.append((quantize, sample_posterior))
+        return forward(self, *args, quantize=quantize, sample_posterior=sample_posterior, **kwargs)
+
+    monkeypatch.setattr(PyraTokTokenizer, "forward", spy)
+    torch.manual_seed(0)
+    start = _micro_tokenizer()
+    start.save_pretrained(tmp_path / "start")
+    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
+    stage = ["--set", f"train.init_from={tmp_path / 'start'}", "train.decoder_only=true",
+             "train.write_param_checksum=false", "loss.align=0", "loss.ar=0", "loss.latent=0"]
+    main(["--config", str(config), *stage, "train.decoder_latent_prob=1.0"])
+    assert seen and all(s == (False, False) for s in seen)  # every step: the posterior mean, no noise
+    trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
+    before, after = start.state_dict(), trained.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
+    seen.clear()
+    main(["--config", str(config), *stage, f"train.output_dir={tmp_path / 'run0'}"])
+    assert seen and all(q for q, _ in seen)  # without the option every step decodes z_hat
