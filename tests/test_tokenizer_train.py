@@ -171,6 +171,23 @@ def test_finest_flips_are_checked_and_decode_the_flipped_tokens():
 
 
 
+def _decoder_stage(tmp_path, *overrides: str) -> tuple[PyraTokTokenizer, list[str]]:
+    """A micro tokenizer saved to tmp_path/start, and the arguments of a decoder-only stage from it (writing
+    tmp_path/run), with the frozen parts' losses off."""
+    torch.manual_seed(0)
+    start = _micro_tokenizer()
+    start.save_pretrained(tmp_path / "start")
+    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
+    return start, ["--config", str(config), "--set", f"train.init_from={tmp_path / 'start'}", "train.decoder_only=true",
+                   "train.write_param_checksum=false", "loss.align=0", "loss.ar=0", *overrides]
+
+
+def _assert_only_the_decoder_changed(start: PyraTokTokenizer, folder) -> None:
+    before, after = start.state_dict(), PyraTokTokenizer.from_pretrained(folder).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
+
+
 def test_decoder_stage_decodes_flipped_finest_bits(tmp_path, monkeypatch):
     """train.finest_flip_max reaches the decoder: every training forward of the decoder-only stage gets its
     own flips of the finest level (none without the option), and the stage still changes only the decoder."""
@@ -184,22 +201,14 @@ def test_decoder_stage_decodes_flipped_finest_bits(tmp_path, monkeypatch):
         return forward(self, *args, flip_finest=flip_finest, **kwargs)
 
     monkeypatch.setattr(PyraTokTokenizer, "forward", spy)
-    torch.manual_seed(0)
-    start = _micro_tokenizer()
-    start.save_pretrained(tmp_path / "start")
-    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
-    stage = ["--set", f"train.init_from={tmp_path / 'start'}", "train.decoder_only=true",
-             "train.write_param_checksum=false", "train.batch_size=4", "loss.align=0", "loss.ar=0"]
-    main(["--config", str(config), *stage, "train.finest_flip_max=0.5"])
+    start, stage = _decoder_stage(tmp_path, "train.batch_size=4")
+    main([*stage, "train.finest_flip_max=0.5"])
     flips = [f for f in seen if f is not None]
     assert len(flips) == 2 and all(f.dtype == torch.bool and f.shape[0] == 4 and f.shape[-1] == 16 for f in flips)
     assert 0 < float(torch.stack(flips).float().mean()) < 0.5 and not torch.equal(flips[0], flips[1])
-    trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
-    before, after = start.state_dict(), trained.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
+    _assert_only_the_decoder_changed(start, tmp_path / "run" / "tokenizer")
     seen.clear()
-    main(["--config", str(config), *stage, f"train.output_dir={tmp_path / 'run0'}"])
+    main([*stage, f"train.output_dir={tmp_path / 'run0'}"])
     assert seen and all(f is None for f in seen)
 
 
@@ -224,18 +233,10 @@ def test_decoder_stage_decodes_the_latent_on_its_share_of_steps(tmp_path, monkey
         return forward(self, *args, quantize=quantize, sample_posterior=sample_posterior, **kwargs)
 
     monkeypatch.setattr(PyraTokTokenizer, "forward", spy)
-    torch.manual_seed(0)
-    start = _micro_tokenizer()
-    start.save_pretrained(tmp_path / "start")
-    config = _write_config(tmp_path / "micro.yaml", tmp_path / "run")
-    stage = ["--set", f"train.init_from={tmp_path / 'start'}", "train.decoder_only=true",
-             "train.write_param_checksum=false", "loss.align=0", "loss.ar=0", "loss.latent=0"]
-    main(["--config", str(config), *stage, "train.decoder_latent_prob=1.0"])
+    start, stage = _decoder_stage(tmp_path, "loss.latent=0")
+    main([*stage, "train.decoder_latent_prob=1.0"])
     assert seen and all(s == (False, False) for s in seen)  # every step: the posterior mean, no noise
-    trained = PyraTokTokenizer.from_pretrained(tmp_path / "run" / "tokenizer")
-    before, after = start.state_dict(), trained.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(("backbone.decoder.", "backbone.post_quant_conv.")) for k in changed)
+    _assert_only_the_decoder_changed(start, tmp_path / "run" / "tokenizer")
     seen.clear()
-    main(["--config", str(config), *stage, f"train.output_dir={tmp_path / 'run0'}"])
+    main([*stage, f"train.output_dir={tmp_path / 'run0'}"])
     assert seen and all(q for q, _ in seen)  # without the option every step decodes z_hat
