@@ -10,8 +10,9 @@ Protocol (fixed so numbers compare across runs):
   with the same n captions as the gallery. Scores: `retrieval.pyramid_text_scores` (pooled cosine mixed with
   the mean of the caption's phrase scores, `PHRASE_WEIGHT`).
 - localisation: every object that enters late or leaves early is queried with "a {colour} {shape}"; temporal
-  IoU of its presence (T,) and the frames inside `localize` segments (its default threshold, min_len 2,
-  merge_gap 2); mean tIoU and the share of objects with tIoU >= 0.5.
+  IoU of its presence (T,) and the frames inside `localize` segments (its defaults: the curve interpolated
+  between latent frames, the "low" threshold, min_len 2, merge_gap 2); mean tIoU and the share of objects
+  with tIoU >= 0.5. Beside it, "tIoU mid": the rule before session 42 (step curve, midpoint threshold).
 - segmentation: every object is queried with "a {colour} {shape}"; IoU of the `segment` masks (the finest
   level's evidence, thresholded at `MASK_THRESHOLD` of the per-video normalised heatmap) and the object's
   masks over the whole clip volume (T x H x W); mean IoU, of the token similarity upsampled as it is
@@ -45,7 +46,8 @@ from pyratok.understanding.plots import overlay, save_image_grid, save_score_cur
 from pyratok.understanding.retrieval import encode_queries, pyramid_text_scores, rank
 from pyratok.understanding.segment import SEGMENT_LEVELS, segment_volume
 
-COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "seg mIoU", "guided", "names raw", "names obj")
+COLUMNS = ("t2v R@1", "t2v R@5", "v2t R@1", "tIoU", "tIoU>=.5", "tIoU mid", "seg mIoU", "guided", "names raw",
+           "names obj")
 
 
 def object_query(obj: dict) -> str:
@@ -93,7 +95,7 @@ def all_present(data: list[dict]) -> dict:
     ious = [iou(torch.ones_like(m), m) for d in data for m in d["object_masks"]]
     return {"t2v R@1": math.nan, "t2v R@5": math.nan, "v2t R@1": math.nan,
             "tIoU": float(np.mean(tious)) if tious else math.nan,
-            "tIoU>=.5": float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan,
+            "tIoU>=.5": float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan, "tIoU mid": math.nan,
             "seg mIoU": float(np.mean(ious)), "guided": math.nan, "names raw": math.nan, "names obj": math.nan}
 
 
@@ -105,12 +107,14 @@ def score(scores: torch.Tensor, volumes: dict, seg_volumes: dict, data: list[dic
     target = torch.arange(n)
     metrics = {"t2v R@1": recall_at_k(t2v, target, 1), "t2v R@5": recall_at_k(t2v, target, min(5, n)),
                "v2t R@1": recall_at_k(v2t, target, 1)}
-    tious, ious, named, found, masks = [], [], {"raw": [], "guided": []}, {}, {}
+    tious, tious_mid, ious, named, found, masks = [], [], [], {"raw": [], "guided": []}, {}, {}
     for (i, j), volume in volumes.items():
         presence, size = data[i]["presence"][j], tuple(data[i]["video"].shape[1:])
         if not presence.all():
             found[i, j] = localize_scores(frame_scores(volume, size[0], tf), min_len=2, merge_gap=2)
             tious.append(temporal_iou(found[i, j].segments, presence))
+            step = localize_scores(frame_scores(volume, size[0], tf, interpolate=False), "midpoint", 2, 2)
+            tious_mid.append(temporal_iou(step.segments, presence))
         raw = segment_volume(seg_volumes[i, j], size, tf, sf)
         masks[i, j] = segment_volume(seg_volumes[i, j], size, tf, sf, guide=data[i]["video"])
         if len(data[i]["object_masks"]) == 2:
@@ -122,6 +126,7 @@ def score(scores: torch.Tensor, volumes: dict, seg_volumes: dict, data: list[dic
         ious.append((iou(raw.masks, data[i]["object_masks"][j]), iou(masks[i, j].masks, data[i]["object_masks"][j])))
     metrics["tIoU"] = float(np.mean(tious)) if tious else math.nan
     metrics["tIoU>=.5"] = float(np.mean([v >= 0.5 for v in tious])) if tious else math.nan
+    metrics["tIoU mid"] = float(np.mean(tious_mid)) if tious_mid else math.nan
     metrics["seg mIoU"] = float(np.mean([raw for raw, _ in ious]))
     metrics["guided"] = float(np.mean([guided for _, guided in ious]))
     metrics["names raw"] = float(np.mean(named["raw"])) if named["raw"] else math.nan

@@ -14,13 +14,15 @@ HELP = "find when and where a text query appears in a video (scores.png, heatmap
 
 
 def _threshold(value: str) -> float | str:
-    """argparse type: "otsu", "midpoint" or a number."""
-    if value in ("otsu", "midpoint"):
+    """argparse type: one of THRESHOLD_RULES ("otsu", "midpoint", "low") or a number."""
+    from pyratok.understanding.thresholds import THRESHOLD_RULES
+
+    if value in THRESHOLD_RULES:
         return value
     try:
         return float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'otsu', 'midpoint' or a number, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"must be one of {THRESHOLD_RULES} or a number, got {value!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="pipeline folder (tokenizer/ inside) or tokenizer folder; default: the shipped tokenizer "
                         "(checkpoints/pyratok-tokenizer-tiny)")
-    p.add_argument("--threshold", type=_threshold, default="midpoint",
-                   help="segments: 'midpoint' (default, halfway between the lowest and highest frame score), "
-                        "'otsu' or a score value; masks use 0.6 of each video's heatmap range")
+    p.add_argument("--threshold", type=_threshold, default="low",
+                   help="segments: 'low' (default, 0.15 of the way from the lowest frame score to the highest), "
+                        "'midpoint', 'otsu' or a score value; masks use 0.6 of each video's heatmap range")
     p.add_argument("--size", type=int, default=None,
                    help="resize so the short side has this many pixels, aspect kept (default: native size; "
                         "the shipped tokenizer was trained at 64)")

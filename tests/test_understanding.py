@@ -17,8 +17,8 @@ import torch
 from factories import tiny_tokenizer
 
 from pyratok.understanding import (
-    classify, fit_video, fitted_size, frame_scores, iou, localize, localize_scores, otsu_threshold, recall_at_k,
-    resolve_threshold, retrieve, segment, segment_volume, segments_from_scores, temporal_iou,
+    classify, fit_video, fitted_size, frame_scores, iou, localize, localize_scores, otsu_threshold, range_threshold,
+    recall_at_k, resolve_threshold, retrieve, segment, segment_volume, segments_from_scores, temporal_iou,
 )
 from pyratok.understanding.refine import guided_filter
 from pyratok.understanding.segment import MASK_THRESHOLD, SEGMENT_LEVELS
@@ -94,6 +94,10 @@ def test_thresholds():
     assert 0.2 < otsu_threshold([0.1, 0.12, 0.11, 0.9, 0.95]) < 0.9
     assert otsu_threshold(torch.full((7,), 0.3)) == pytest.approx(0.3)
     assert resolve_threshold([0.0, 1.0, 0.2], "midpoint") == 0.5
+    assert resolve_threshold([2.0, 4.0, 3.0], "low") == pytest.approx(2.3) == range_threshold([4.0, 2.0], 0.15)
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="fraction"):
+            range_threshold([0.0, 1.0], bad)
     assert resolve_threshold([0.0, 1.0], 0.25) == 0.25 and resolve_threshold([0.0], np.float32(0.5)) == 0.5
     for bad in ("mean", True, float("nan"), [0.5]):
         with pytest.raises(ValueError, match="threshold"):
@@ -118,13 +122,21 @@ def test_fit_video_pads_without_dropping_frames_or_pixels():
 def test_frame_scores_map_latent_frames_to_video_frames_and_localise():
     volume = torch.zeros(5, 4, 4)  # 17 frames -> latent t = 5
     volume[2:4, 1, 2] = 1.0  # one hot token in latent frames 2 and 3 = video frames 5..12
-    scores = frame_scores(volume, 17, temporal_factor=4, top_fraction=1 / 16)
-    assert scores.shape == (17,) and scores[5:13].eq(1).all() and scores[:5].eq(0).all() and scores[13:].eq(0).all()
+    step = frame_scores(volume, 17, temporal_factor=4, top_fraction=1 / 16, interpolate=False)
+    assert step.shape == (17,) and step[5:13].eq(1).all() and step[:5].eq(0).all() and step[13:].eq(0).all()
     ramp = torch.arange(5.0)[:, None, None].expand(5, 2, 2)  # latent frame j scores j
-    assert frame_scores(ramp, 17, 4).tolist() == [0] + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
-    found = localize_scores(scores)
-    assert [(s.start, s.end) for s in found.segments] == [(5, 13)] and 0 < found.threshold < 1
+    assert frame_scores(ramp, 17, 4, interpolate=False).tolist() == [0] + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    # interpolated: latent frame k >= 1 sits at the centre of its frames, 4k - 1.5; the ends hold their value
+    smooth = frame_scores(ramp, 17, 4)
+    assert smooth[[0, 15, 16]].tolist() == [0, 4, 4] and smooth[3].item() == pytest.approx(1.125)
+    assert torch.allclose(smooth[3:15].diff(), torch.full((11,), 0.25))
+    scores = frame_scores(volume, 17, temporal_factor=4, top_fraction=1 / 16)
+    assert scores[7:11].eq(1).all() and scores[[3, 14]].allclose(torch.tensor(0.125))
+    assert [(s.start, s.end) for s in localize_scores(scores, "midpoint").segments] == [(5, 13)]
+    found = localize_scores(scores)  # "low": 0.15 of the range, so frames whose centre is near also count
+    assert found.threshold == pytest.approx(0.15) and [(s.start, s.end) for s in found.segments] == [(4, 14)]
     assert frame_scores(volume, 14, 4).shape == (14,)  # a padded clip: cropped back to its own frames
+    assert torch.equal(frame_scores(volume, 14, 4, top_fraction=1 / 16), scores[:14])
     with pytest.raises(ValueError, match="top_fraction"):
         frame_scores(volume, 17, 4, top_fraction=0.0)
     with pytest.raises(ValueError, match="latent frames"):

@@ -13,11 +13,11 @@ from .retrieval import (
     retrieve, video_text_scores,
 )
 from .segment import SegmentationResult, segment, segment_volume
-from .thresholds import midpoint_threshold, otsu_threshold, resolve_threshold
+from .thresholds import midpoint_threshold, otsu_threshold, range_threshold, resolve_threshold
 
 __all__ = [
     "Classification", "classify", "encode_queries", "fit_video", "fitted_size", "frame_scores", "iou",
-    "LocalizationResult", "localize", "localize_scores", "midpoint_threshold", "otsu_threshold",
+    "LocalizationResult", "localize", "localize_scores", "midpoint_threshold", "otsu_threshold", "range_threshold",
     "PHRASE_WEIGHT", "pyramid_text_scores", "rank", "recall_at_k", "resolve_threshold", "Retrieval",
     "retrieve", "Segment", "segment", "segment_volume", "SegmentationResult", "segments_from_scores",
     "segments_to_mask", "similarity_volume", "temporal_iou", "TextQueries", "video_text_scores",

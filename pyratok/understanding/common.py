@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -126,3 +127,15 @@ def frame_to_latent(num_frames: int, temporal_factor: int) -> torch.Tensor:
     """(T,) latent frame of each video frame: frame 0 -> 0, frame f >= 1 -> 1 + (f - 1) // tf."""
     f = torch.arange(num_frames)
     return torch.where(f == 0, 0, 1 + (f - 1) // temporal_factor)
+
+
+def latent_to_frame_weights(num_frames: int, temporal_factor: int, num_latent: int) -> torch.Tensor:
+    """(T, t) weights that interpolate per-latent-frame values to video frames, linearly in time.
+
+    Latent frame 0 holds frame 0; latent frame k >= 1 holds frames tf*k - tf + 1 .. tf*k and sits at their
+    centre, tf*k - (tf - 1) / 2. Frames beyond the first or last centre take that latent frame's value.
+    Each row sums to 1; `values (..., t) @ weights.T` gives (..., T)."""
+    centres = np.array([0.0] + [temporal_factor * k - (temporal_factor - 1) / 2 for k in range(1, num_latent)])
+    frames = np.arange(num_frames, dtype=np.float64)
+    columns = [np.interp(frames, centres, one_hot) for one_hot in np.eye(num_latent)]  # t x (T,)
+    return torch.from_numpy(np.stack(columns, axis=1)).float()
