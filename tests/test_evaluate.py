@@ -262,3 +262,32 @@ def test_decoder_bound_judges_the_clips_their_z_hat_their_z_and_a_refiners_draw(
     assert all(" and " in x["caption"] for x in pairs) and any(" square" in x["caption"] for x in pairs)
     # both right, with motion, and every square a pair names judged square
     assert bench.judge_rows(tokenizer, FakeTextEncoder(), {}, pairs, True)["clips"] == [1.0, 1.0, 1.0]
+
+
+def test_rerank_pairs_keeps_one_video_per_group_of_seeds():
+    """bench/rerank_pairs.py: the nine shape pairings of a pair's caption, a score for each per video, and per
+    group of N seeds the first seed, the best-scored video and the oracle (any right)."""
+    from pyratok.understanding.common import encode_videos
+
+    bench = load_bench("rerank_pairs")
+    item = (("red", "square", "left"), ("blue", "circle", "up"))
+    captions = bench.shape_captions(item)
+    assert len(set(captions)) == 9 and captions[3] == "a red square moving left and a blue circle moving up"
+    assert all(c.startswith("a red ") and " and a blue " in c for c in captions)
+    tokenizer = tiny_tokenizer(text_dim=384)
+
+    def pooled_text(texts):  # a random unit vector per text, as MiniLM's pooled output
+        rows = [torch.randn(384, generator=torch.Generator().manual_seed(len(t))) for t in texts]
+        return type("Out", (), {"pooled": torch.nn.functional.normalize(torch.stack(rows), dim=-1)})()
+
+    with torch.no_grad():
+        pyramid = encode_videos(tokenizer, torch.rand(2, 3, 5, 32, 32) * 2 - 1)
+        scores = bench.own_scores(tokenizer, pooled_text, pyramid, [item, item])
+    assert len(scores) == 2 and scores[0].shape == (9,) and np.isfinite(scores).all()
+    # two prompts x 4 seeds: right videos are prompt a's second and prompt b's fourth; the score finds a's only
+    right = {("a", 1): True, ("b", 3): True}
+    own = {("a", 1): 0.9, ("b", 0): 0.9}
+    records = [{"prompt": p, "both_colour_shape_right": right.get((p, k), False), "own": own.get((p, k), 0.1 * k)}
+               for p in "ab" for k in range(4)]
+    assert bench.best_of(records, 4) == {"first seed": 0.0, "tokenizer score": 0.5, "oracle": 1.0}
+    assert bench.best_of(records, 2) == {"first seed": 0.0, "tokenizer score": 0.5, "oracle": 0.5}

@@ -68,7 +68,7 @@ def test_shipped_tokens_say_when_the_named_object_is_in_the_clip(folder):
     data = ShapesDataset(split="train", length=24, num_frames=17, height=64, width=64, num_objects=2, seed=9100)
     clips = [data[i] for i in range(len(data))]
     tokenizer, text_encoder = load_models(folder())
-    phrase = lambda obj: f"a {obj['colour']} {obj['shape']}"  # noqa: E731
+    phrase = lambda obj: f"{'an' if obj['colour'][0] in 'aeiou' else 'a'} {obj['colour']} {obj['shape']}"  # noqa: E731
     phrases = sorted({phrase(obj) for clip in clips for obj in clip["objects"]})
     pyramid = encode_videos(tokenizer, torch.stack([clip["video"] for clip in clips]))
     volume = query_volume(tokenizer, text_encoder, pyramid, phrases).cpu()  # (b, phrases, t, h, w)
