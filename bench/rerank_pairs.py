@@ -1,12 +1,12 @@
 """Can the tokenizer's own text scores pick the right video of a pair among several seeds? Best-of-N probe.
 
     python bench/rerank_pairs.py [--model DIR] [--prompts 48] [--num-seeds 8] [--prompt-seed 2]
-        [--seed-base 3000000] [--size 128]
+        [--seed-base 3000000] [--size 128] [--score-size 64]
 
 Two-object prompts (`evaluate_shapes.two_object_prompts`; the defaults are tuning set C) are drawn with
 `--num-seeds` seeds each (seed base + k, counted over all videos, as `evaluate_shapes` counts). Each video is
 judged (SHAPES.md: both objects right in colour and shape, "c+s"; also in motion, "both right"), re-encoded by the
-pipeline's tokenizer, and scored against nine captions: its own colours and motions with every pairing of the
+pipeline's tokenizer (resized to `--score-size` first, when given), and scored against nine captions: its own colours and motions with every pairing of the
 three shapes (`retrieval.pyramid_text_scores`, as zero-shot retrieval scores). Groups of N consecutive seeds
 of a prompt then keep one video: the first seed (what one draw gives), the highest score for the prompt's own
 caption, or any right one (the oracle: a perfect reranker). Last, the same nine-caption choice on fresh
@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.evaluate_shapes import TWO_OBJECT, _judge, prompt_text, two_object_prompts  # noqa: E402
@@ -94,11 +95,15 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-seed", type=int, default=2)
     parser.add_argument("--seed-base", type=int, default=3_000_000)
     parser.add_argument("--size", type=int, default=None, help="pixels (default: the model's sample size)")
+    parser.add_argument("--score-size", type=int, default=None,
+                        help="resize the drawn videos to this many pixels before scoring (default: as drawn)")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     if args.prompts < 1 or args.num_seeds < 2:
         raise SystemExit(f"--prompts must be >= 1 and --num-seeds >= 2, got {args.prompts} and {args.num_seeds}")
+    if args.score_size is not None and args.score_size < 8:
+        raise SystemExit(f"--score-size must be at least 8 pixels, got {args.score_size}")
     model = args.model or default_model_path()
     pipe = load_pipeline(model, "cpu")
     tokenizer, text_encoder = pipe.vae, load_text_encoder(model)
@@ -114,7 +119,10 @@ def main(argv=None) -> int:
         video = pipe.vae.decode(pyramid.latent)  # (b, 3, f, h, w) in [-1, 1]
         frames = pipe.postprocess(video, "np")  # (b, f, h, w, 3) in [0, 1]
         items = [item for item, _ in chunk]
-        scores = own_scores(tokenizer, text_encoder, encode_videos(tokenizer, video.clamp(-1, 1).float()), items)
+        scored = video.clamp(-1, 1).float()  # (b, 3, f, h, w)
+        if args.score_size is not None:
+            scored = F.interpolate(scored, size=(scored.shape[2], args.score_size, args.score_size), mode="area")
+        scores = own_scores(tokenizer, text_encoder, encode_videos(tokenizer, scored), items)
         for item, text, clip, s in zip(items, texts, frames, scores):
             own = float(s[shape_captions(item).index(text)])
             records.append({"prompt": text, "own": own, **_judge(TWO_OBJECT, item, frames_to_uint8(clip))})
