@@ -44,13 +44,17 @@ def shape_captions(item: tuple) -> list[str]:
     return [prompt_text(TWO_OBJECT, ((c1, a, m1), (c2, b, m2))) for a in SHAPES for b in SHAPES]
 
 
-def own_scores(tokenizer, text_encoder, pyramid: TokenPyramid, items: list[tuple]) -> list[np.ndarray]:
-    """Per video of the batch, (9,) scores of its item's nine captions, in `shape_captions` order."""
+def own_scores(tokenizer, text_encoder, pyramid: TokenPyramid, items: list[tuple],
+               queries: dict | None = None) -> list[np.ndarray]:
+    """Per video of the batch, (9,) scores of its item's nine captions, in `shape_captions` order. `queries`:
+    a dict kept across calls, so each item's captions are encoded once however many seeds draw it."""
+    queries = {} if queries is None else queries
     out = []
     for b, item in enumerate(items):
+        if item not in queries:
+            queries[item] = encode_queries(tokenizer, text_encoder, shape_captions(item))
         one = TokenPyramid([bits[b : b + 1] for bits in pyramid.bits], pyramid.latent_grid)
-        scores = pyramid_text_scores(tokenizer, one, encode_queries(tokenizer, text_encoder, shape_captions(item)))
-        out.append(scores[0].float().cpu().numpy())
+        out.append(pyramid_text_scores(tokenizer, one, queries[item])[0].float().cpu().numpy())
     return out
 
 
@@ -109,7 +113,7 @@ def main(argv=None) -> int:
     tokenizer, text_encoder = pipe.vae, load_text_encoder(model)
     size = args.size or pipe.default_size()[0]
     jobs = [(item, k) for item in two_object_prompts(args.prompts, args.prompt_seed) for k in range(args.num_seeds)]
-    records = []
+    records, queries = [], {}
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start : start + args.batch_size]
         seeds = [args.seed_base + start + j for j in range(len(chunk))]
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
         scored = video.clamp(-1, 1).float()  # (b, 3, f, h, w)
         if args.score_size is not None:
             scored = F.interpolate(scored, size=(scored.shape[2], args.score_size, args.score_size), mode="area")
-        scores = own_scores(tokenizer, text_encoder, encode_videos(tokenizer, scored), items)
+        scores = own_scores(tokenizer, text_encoder, encode_videos(tokenizer, scored), items, queries)
         for item, text, clip, s in zip(items, texts, frames, scores):
             own = float(s[shape_captions(item).index(text)])
             records.append({"prompt": text, "own": own, **_judge(TWO_OBJECT, item, frames_to_uint8(clip))})
