@@ -65,7 +65,7 @@ default-model: default-tokenizer
 	$(call dm_refiner,flow128_unet_k2_latent,train.init_from=$(DM)/refiner_flow128_unet_k2/refiner)
 	HF_HUB_OFFLINE=1 $(PY) -m pipelines.assemble --tokenizer $(DM)/decoder/tokenizer --generator $(DM)/generator/generator \
 	  --refiner $(DM)/refiner_flow128_unet_k2_latent/refiner --out checkpoints/pyratok-shapes-tiny --sample-size 128 \
-	  --raw-weights --half
+	  --raw-weights --half --compose-phrases
 
 # The shipped tokenizer fine-tuned on real clips with bit whitening (~50 min on 2 CPU cores), then its
 # reconstruction and codebook utilization on 96 real 17x128x128 clips, encoded with and without their caption.

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trained latent refiner folder (generator.train_refiner), optional")
     parser.add_argument("--out", required=True, help="pipeline folder to write")
     parser.add_argument("--sample-size", type=int, default=64, help="default height and width of generated videos")
+    parser.add_argument("--compose-phrases", action="store_true",
+                        help="draw each object of a several-object prompt as a layer by default (the pipeline's "
+                             "compose_phrases; pipelines.compose)")
     parser.add_argument("--raw-weights", action="store_true",
                         help="the generator's raw weights even if EMA ones exist (default: EMA when present)")
     parser.add_argument("--half", action="store_true", help="write the weights in fp16 (half the bytes)")
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         **{name: None if model is None else shipped_copy(model, f"{Path(args.out).name}/{name}", args.half)
            for name, model in models.items()},
         sample_size=args.sample_size,
+        compose_phrases=args.compose_phrases,
     )
     pipe.save_pretrained(args.out, include_text_encoder=False)
     print(f"wrote {args.out} (generator weights: {'EMA' if ema else 'raw'}, {'fp16' if args.half else 'fp32'})")

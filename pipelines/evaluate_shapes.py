@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traded-negatives", action="store_true",
                    help="guide each two-object prompt away from its caption with the motions traded, instead of "
                         "the null text (the empty caption for every other prompt)")
+    p.add_argument("--compose-phrases", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw each object of a two-object prompt as a layer and composite them "
+                        "(`pipelines.compose`); --no-compose-phrases: one joint draw, its ablation (default: the "
+                        "pipeline's config)")
+    p.add_argument("--layer-candidates", type=int, default=3,
+                   help="draws of each layer, of which the pick whose objects overlap least is kept (1: no choice)")
     p.add_argument("--no-refiner", action="store_true",
                    help="decode the sampled z_hat even if the pipeline has a refiner (its ablation)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -236,8 +242,12 @@ def _run(args: argparse.Namespace) -> int:
                       guidance_schedule=schedule,
                       temperature=args.temperature, finest_decode=args.finest_decode, seed_base=args.seed_base,
                       finest_conv_passes=args.finest_conv_passes, use_refiner=not args.no_refiner,
-                      refiner_guidance_scale=args.refiner_guidance_scale, traded_negatives=args.traded_negatives)
+                      refiner_guidance_scale=args.refiner_guidance_scale, traded_negatives=args.traded_negatives,
+                      compose_phrases=args.compose_phrases, layer_candidates=args.layer_candidates)
     result["model"] = str(model)
+    result["compose_phrases"] = bool(pipe.config.get("compose_phrases", False) if args.compose_phrases is None
+                                     else args.compose_phrases)
+    result["layer_candidates"] = args.layer_candidates
     result["traded_negatives"] = args.traded_negatives
     result["prompt_seed"] = args.prompt_seed
     (args.out / "results.json").write_text(json.dumps(result, indent=1))

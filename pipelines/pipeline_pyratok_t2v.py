@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -24,9 +24,10 @@ from einops import rearrange
 from generator.model import PyraTokGenerator
 from generator.refiner import LatentRefiner
 from pyratok.pyramid import TokenPyramid
-from pyratok.text_encoder import TextEncoder, text_reading
+from pyratok.text_encoder import TextEncoder, split_phrases, text_reading
 from pyratok.tokenizer import PyraTokTokenizer
 
+from .compose import check_candidates, composite, layer_generators, layer_maps, pick_layers, plan_layers
 from .pipeline_checks import check_call, check_refiner
 from .pipeline_loading import check_finite_weights, is_legacy_folder, load_legacy_components, mark_for_generic_loader
 from .pipeline_loading import plain_class_name, quiet_loading
@@ -41,6 +42,16 @@ class PyraTokT2VPipelineOutput(BaseOutput):
     "pt" (b, f, c, h, w) float in [0, 1]; "latent" the sampled `TokenPyramid` (bits + z_hat)."""
 
     frames: list | np.ndarray | torch.Tensor | TokenPyramid
+
+
+class LayeredDraw(NamedTuple):
+    """`PyraTokT2VPipeline.draw_layers`: layers (n, 3, f, h, w) in [-1, 1], their maps (n, f, h, w) in [0, 1],
+    each layer's phrase, and each video's number of layers (videos in order; `compose.composite` joins them)."""
+
+    layers: torch.Tensor
+    maps: torch.Tensor
+    phrases: list[str]
+    counts: list[int]
 
 
 class PyraTokT2VPipeline(DiffusionPipeline):
@@ -80,6 +91,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         tokenizer: transformers.PreTrainedTokenizerBase | None = None,
         refiner: LatentRefiner | None = None,
         sample_size: int | list[int] | None = None,
+        compose_phrases: bool = False,
     ):
         super().__init__()
         self._default_text = text_encoder is None and tokenizer is None
@@ -93,7 +105,9 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         check_refiner(refiner, vae, transformer)
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
                               refiner=refiner)
-        self.register_to_config(sample_size=sample_size)
+        if not isinstance(compose_phrases, bool):
+            raise ValueError(f"compose_phrases must be True or False, got {compose_phrases!r}")
+        self.register_to_config(sample_size=sample_size, compose_phrases=compose_phrases)
         self._interrupt = False
         self._memory_estimates = {}  # request -> generator.memory estimate (pipeline_checks.estimate_memory)
         dims = {"text encoder": self.text_encoder_wrapper().dim, "transformer": transformer.config.text_dim}
@@ -241,7 +255,66 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                  "use_refiner", "refiner_guidance_scale")
         check_call(self, **{name: call[name] for name in names}, height=height, width=width,
                    callback_tensor_inputs=tensor_inputs)
+        compose = call["compose_phrases"]
+        check_candidates(call["layer_candidates"])
+        if compose not in (None, True, False):
+            raise ValueError(f"compose_phrases must be True, False or None, got {compose!r}")
+        if compose and (call["prompt"] is None or call["latents"] is not None or call["output_type"] == "latent"):
+            raise ValueError("compose_phrases=True draws layers from prompt texts and returns frames: it takes no "
+                             f"prompt_embeds, no latents and no output_type 'latent' (got {call['output_type']!r})")
+        if self._draws_layers(call) and self.text_encoder_wrapper().dim != self.vae.cfg.text_dim:
+            raise ValueError(f"compose_phrases needs the vae's map of each phrase: the vae's alignment reads "
+                             f"{self.vae.cfg.text_dim}-d text, the text encoder gives {self.text_encoder_wrapper().dim}-d")
         return height, width
+
+    def _draws_layers(self, call: dict) -> bool:
+        """Whether a checked call draws its prompts' phrases as layers (`compose_phrases` in `__call__`)."""
+        compose = call["compose_phrases"]
+        if compose is None:
+            joint = call["prompt"] is None or call["latents"] is not None or call["output_type"] == "latent"
+            compose = bool(getattr(self.config, "compose_phrases", False)) and not joint
+        prompts = [call["prompt"]] if isinstance(call["prompt"], str) else call["prompt"]
+        return bool(compose) and any(len(split_phrases(p)) > 1 for p in prompts)
+
+    @torch.no_grad()
+    def draw_layers(self, *args, **kwargs) -> LayeredDraw:
+        """The layers of `pipe(*args, **kwargs, compose_phrases=True)` before they are composited (same checks,
+        same draws): every video's phrases drawn in one batch, one layer each with its generator from
+        `compose.layer_generators`, decoded, and the vae's map of each layer's phrase."""
+        bound = inspect.signature(self.__call__).bind(*args, **kwargs)
+        bound.apply_defaults()
+        call = {**bound.arguments, "compose_phrases": True}
+        self._check(call)
+        return self._draw_layers(call)
+
+    def _draw_layers(self, call: dict) -> LayeredDraw:
+        prompts = [call["prompt"]] if isinstance(call["prompt"], str) else list(call["prompt"])
+        repeats = call["num_videos_per_prompt"]
+        plan = plan_layers([p for p in prompts for _ in range(repeats)], call["layer_candidates"])  # video i*n + j
+        negative, generator = call["negative_prompt"], call["generator"]
+        if negative is not None:  # each video's negative prompt for each of its draws
+            negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+            per_video = [q for q in negatives for _ in range(repeats)]
+            negative = [q for q, draws in zip(per_video, plan.draws) for _ in range(draws)]
+        if generator is not None:
+            per_video = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(plan.counts)
+            generator = layer_generators(per_video, plan.draws)
+        drawn = self(**{**call, "prompt": plan.phrases, "negative_prompt": negative, "num_videos_per_prompt": 1,
+                        "generator": generator, "output_type": "latent", "return_dict": True,
+                        "compose_phrases": False}).frames
+        _onload(self.vae)
+        layers = self.vae.decode(drawn.latent.to(self.vae.device))  # (draws, 3, f, h, w) in [-1, 1]
+        _onload(self.text_encoder)
+        maps = layer_maps(self.vae, self.text_encoder_wrapper(call["max_sequence_length"]), layers, plan.phrases)
+        kept = pick_layers(plan, maps)
+        return LayeredDraw(layers[kept], maps[kept], [plan.phrases[i] for i in kept], plan.counts)
+
+    def _call_in_layers(self, call: dict):
+        """`__call__` for prompts drawn as layers (`draw_layers`), composited per video (`compose.composite`)."""
+        draw = self._draw_layers(call)
+        frames = self.postprocess(composite(draw.layers, draw.maps, draw.counts), call["output_type"])
+        self.maybe_free_model_hooks()
+        return PyraTokT2VPipelineOutput(frames=frames) if call["return_dict"] else (frames,)
 
     # --- the pipeline ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -261,6 +334,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         finest_conv_passes: int | None = None,
         use_refiner: bool = True,
         refiner_guidance_scale: float | None = None,
+        compose_phrases: bool | None = None,
+        layer_candidates: int = 3,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: TokenPyramid | None = None,
@@ -283,6 +358,13 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         transformer's config; see `GeneratorConfig.finest_conv_passes`): see `generator.sampling.generate`.
         use_refiner: decode the refiner's z_hat (when the pipeline has a refiner), else the sampled one.
         refiner_guidance_scale: a flow refiner's classifier-free guidance (None: the refiner's config).
+        compose_phrases: draw each object phrase of a prompt ("a red circle moving left and a blue square
+        growing": split at " and ") as a video of its own and composite them where the vae's own map of each
+        phrase is strongest (`pipelines.compose`); the layers of all prompts are one batch through every step
+        (the callback sees them). None: the pipeline's config `compose_phrases` for text prompts decoded to
+        frames; a latent output, `latents` or `prompt_embeds` are one joint draw per video. A one-phrase prompt
+        is drawn as without it. layer_candidates: each layer of a several-phrase prompt is drawn this many times
+        and the pick of one per phrase whose objects overlap least is kept (`compose.least_overlap`; 1: no choice).
         generator:
         one `torch.Generator` for the batch, or a list with one per video (video k then depends on generator
         k alone, so a video generated alone equals the same video in a batch). latents: a `TokenPyramid`
@@ -295,7 +377,10 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         h_l, w_l, k) this level's bits; tensors it returns replace them, and `pipe._interrupt = True` stops
         sampling there (the video then decodes from the levels sampled so far).
         """
-        height, width = self._check({k: v for k, v in locals().items() if k != "self"})
+        call = {k: v for k, v in locals().items() if k != "self"}
+        height, width = self._check(call)
+        if self._draws_layers(call):
+            return self._call_in_layers(call)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         device = self._execution_device
