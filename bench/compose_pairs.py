@@ -2,13 +2,13 @@
 composites that do without the tokenizer's maps; a picture of the layers and their maps.
 
     python bench/compose_pairs.py [--model DIR] [--prompts 24] [--num-seeds 2] [--prompt-seed 2]
-        [--seed-base 3000000] [--layer-candidates 3] [--sheet docs/compose_pairs.png] [--sheet-rows 4]
+        [--seed-base 3000000] [--layer-candidates 3] [--sheet docs/compose_pairs.jpg] [--sheet-rows 4]
 
 Prompts are `evaluate_shapes.two_object_prompts` (the defaults: tuning set C's first 24 prompts, seeds from
 3,000,000, counted over all videos as `evaluate_shapes` counts); each video is judged as SHAPES.md says (both
 objects right in colour and shape, "c+s"; also in motion, "both right"). Rows, all from the same draws:
 - joint: the caption drawn at once (`compose_phrases=False`);
-- layers: each phrase drawn alone, composited where the vae's map of its phrase is highest (the pipeline);
+- layers: each phrase drawn alone, composited by the vae's maps of the phrases (the pipeline, `compose.composite`);
 - first layer only: the composite with every map equal (ties go to the first phrase): no maps;
 - brightest layer: each pixel from the brighter layer, a rule that knows the background is black.
 Beside them, how much the kept layers' objects overlap (`compose.overlap` of their masks, all frames): with
@@ -86,15 +86,16 @@ def main() -> None:
         draw = pipe.draw_layers(texts, generator=[torch.Generator().manual_seed(s) for s in seeds],
                                 layer_candidates=args.layer_candidates)
         masks = draw.maps >= MASK_THRESHOLD  # (2b, f, h, w): two layers per video
-        overlaps += [overlap(masks[2 * b], masks[2 * b + 1]) for b in range(len(items))]
+        firsts = [sum(draw.counts[:b]) for b in range(len(items))]  # each video's first layer
+        overlaps += [overlap(masks[n], masks[n + 1]) for n in firsts]
         videos = {"joint": joint.permute(0, 2, 1, 3, 4) * 2 - 1, **composites(draw)}  # each (b, 3, f, h, w)
         for row, batch in videos.items():
             for item, video in zip(items, batch):
                 verdicts[row].append(_judge(TWO_OBJECT, item, frames_to_uint8(((video + 1) / 2).permute(1, 2, 3, 0))))
         for b, text in enumerate(texts):
-            if len(picture) < args.sheet_rows and start + b < len(jobs) and b % args.num_seeds == 0:
+            if len(picture) < args.sheet_rows and b % args.num_seeds == 0:
                 picture.append((text.replace(" and ", " and\n"),
-                                sheet_row(mid(videos["joint"][b]), draw, videos["layers"][b], sum(draw.counts[:b]))))
+                                sheet_row(mid(videos["joint"][b]), draw, videos["layers"][b], firsts[b])))
         done = len(verdicts["joint"])
         print(f"{done}/{len(jobs)} " + "  ".join(
             f"{row}: {np.mean([v['both_colour_shape_right'] for v in verdicts[row]]):.3f}" for row in ROWS), flush=True)
