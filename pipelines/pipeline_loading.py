@@ -114,3 +114,10 @@ def quiet_loading():
         for lib, enabled in states:
             if enabled:
                 lib.enable_progress_bar()
+
+
+def onload(module) -> None:
+    """Model CPU offload hooks fire on `forward`; this pipeline calls other methods, so trigger them here."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)

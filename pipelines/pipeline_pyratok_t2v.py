@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import PIL.Image
@@ -24,13 +24,13 @@ from einops import rearrange
 from generator.model import PyraTokGenerator
 from generator.refiner import LatentRefiner
 from pyratok.pyramid import TokenPyramid
-from pyratok.text_encoder import TextEncoder, split_phrases, text_reading
+from pyratok.text_encoder import TextEncoder, text_reading
 from pyratok.tokenizer import PyraTokTokenizer
 
-from .compose import check_candidates, composite, layer_generators, layer_maps, pick_layers, plan_layers
 from .pipeline_checks import check_call, check_refiner
+from .pipeline_layers import LayeredDrawMixin
 from .pipeline_loading import check_finite_weights, is_legacy_folder, load_legacy_components, mark_for_generic_loader
-from .pipeline_loading import plain_class_name, quiet_loading
+from .pipeline_loading import onload, plain_class_name, quiet_loading
 
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 DEFAULT_SIZE = 64
@@ -44,17 +44,7 @@ class PyraTokT2VPipelineOutput(BaseOutput):
     frames: list | np.ndarray | torch.Tensor | TokenPyramid
 
 
-class LayeredDraw(NamedTuple):
-    """`PyraTokT2VPipeline.draw_layers`: layers (n, 3, f, h, w) in [-1, 1], their maps (n, f, h, w) in [0, 1],
-    each layer's phrase, and each video's number of layers (videos in order; `compose.composite` joins them)."""
-
-    layers: torch.Tensor
-    maps: torch.Tensor
-    phrases: list[str]
-    counts: list[int]
-
-
-class PyraTokT2VPipeline(DiffusionPipeline):
+class PyraTokT2VPipeline(LayeredDrawMixin, DiffusionPipeline):
     r"""Text-to-video with PyraTok: `pipe("a red circle moving left").frames[0]` -> list of PIL frames.
 
     Components, in diffusers' names: `vae` (`PyraTokTokenizer`: LaPQ + video decoder), `transformer`
@@ -192,7 +182,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         device = device if device is not None else self._execution_device
         text = None
         if prompt_embeds is None or (negative_prompt is not None and negative_prompt_embeds is None):
-            _onload(self.text_encoder)
+            onload(self.text_encoder)
             text = self.text_encoder_wrapper(max_sequence_length)
         if reading is None:  # the generator reads phrase vectors, words or both
             reading = text_reading(self.transformer.config)
@@ -255,66 +245,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
                  "use_refiner", "refiner_guidance_scale")
         check_call(self, **{name: call[name] for name in names}, height=height, width=width,
                    callback_tensor_inputs=tensor_inputs)
-        compose = call["compose_phrases"]
-        check_candidates(call["layer_candidates"])
-        if compose not in (None, True, False):
-            raise ValueError(f"compose_phrases must be True, False or None, got {compose!r}")
-        if compose and (call["prompt"] is None or call["latents"] is not None or call["output_type"] == "latent"):
-            raise ValueError("compose_phrases=True draws layers from prompt texts and returns frames: it takes no "
-                             f"prompt_embeds, no latents and no output_type 'latent' (got {call['output_type']!r})")
-        if self._draws_layers(call) and self.text_encoder_wrapper().dim != self.vae.cfg.text_dim:
-            raise ValueError(f"compose_phrases needs the vae's map of each phrase: the vae's alignment reads "
-                             f"{self.vae.cfg.text_dim}-d text, the text encoder gives {self.text_encoder_wrapper().dim}-d")
+        self._check_layers(call)
         return height, width
-
-    def _draws_layers(self, call: dict) -> bool:
-        """Whether a checked call draws its prompts' phrases as layers (`compose_phrases` in `__call__`)."""
-        compose = call["compose_phrases"]
-        if compose is None:
-            joint = call["prompt"] is None or call["latents"] is not None or call["output_type"] == "latent"
-            compose = bool(getattr(self.config, "compose_phrases", False)) and not joint
-        prompts = [call["prompt"]] if isinstance(call["prompt"], str) else call["prompt"]
-        return bool(compose) and any(len(split_phrases(p)) > 1 for p in prompts)
-
-    @torch.no_grad()
-    def draw_layers(self, *args, **kwargs) -> LayeredDraw:
-        """The layers of `pipe(*args, **kwargs, compose_phrases=True)` before they are composited (same checks,
-        same draws): every video's phrases drawn in one batch, one layer each with its generator from
-        `compose.layer_generators`, decoded, and the vae's map of each layer's phrase."""
-        bound = inspect.signature(self.__call__).bind(*args, **kwargs)
-        bound.apply_defaults()
-        call = {**bound.arguments, "compose_phrases": True}
-        self._check(call)
-        return self._draw_layers(call)
-
-    def _draw_layers(self, call: dict) -> LayeredDraw:
-        prompts = [call["prompt"]] if isinstance(call["prompt"], str) else list(call["prompt"])
-        repeats = call["num_videos_per_prompt"]
-        plan = plan_layers([p for p in prompts for _ in range(repeats)], call["layer_candidates"])  # video i*n + j
-        negative, generator = call["negative_prompt"], call["generator"]
-        if negative is not None:  # each video's negative prompt for each of its draws
-            negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
-            per_video = [q for q in negatives for _ in range(repeats)]
-            negative = [q for q, draws in zip(per_video, plan.draws) for _ in range(draws)]
-        if generator is not None:
-            per_video = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(plan.counts)
-            generator = layer_generators(per_video, plan.draws)
-        drawn = self(**{**call, "prompt": plan.phrases, "negative_prompt": negative, "num_videos_per_prompt": 1,
-                        "generator": generator, "output_type": "latent", "return_dict": True,
-                        "compose_phrases": False}).frames
-        _onload(self.vae)
-        layers = self.vae.decode(drawn.latent.to(self.vae.device))  # (draws, 3, f, h, w) in [-1, 1]
-        _onload(self.text_encoder)
-        maps = layer_maps(self.vae, self.text_encoder_wrapper(call["max_sequence_length"]), layers, plan.phrases)
-        kept = pick_layers(plan, maps)
-        return LayeredDraw(layers[kept], maps[kept], [plan.phrases[i] for i in kept], plan.counts)
-
-    def _call_in_layers(self, call: dict):
-        """`__call__` for prompts drawn as layers (`draw_layers`), composited per video (`compose.composite`)."""
-        draw = self._draw_layers(call)
-        frames = self.postprocess(composite(draw.layers, draw.maps, draw.counts), call["output_type"])
-        self.maybe_free_model_hooks()
-        return PyraTokT2VPipelineOutput(frames=frames) if call["return_dict"] else (frames,)
 
     # --- the pipeline ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -380,7 +312,8 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         call = {k: v for k, v in locals().items() if k != "self"}
         height, width = self._check(call)
         if self._draws_layers(call):
-            return self._call_in_layers(call)
+            frames = self._composited_frames(call)
+            return PyraTokT2VPipelineOutput(frames=frames) if return_dict else (frames,)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         device = self._execution_device
@@ -396,7 +329,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         # 2. sample the token pyramid level by level, coarse to fine (the first levels from `latents`)
         latent_grid = self.vae.latent_grid(num_frames, height, width)
         num_levels = self.transformer.config.num_levels
-        _onload(self.transformer)
+        onload(self.transformer)
         lora_scale = (attention_kwargs or {}).get("scale", 1.0)
         if USE_PEFT_BACKEND:
             scale_lora_layers(self.transformer, lora_scale)
@@ -425,7 +358,7 @@ class PyraTokT2VPipeline(DiffusionPipeline):
 
         # 3. refine z_hat from the prompt (the pyramid keeps the sampled bits; its latent becomes the refined one)
         if use_refiner and self.refiner is not None and pyramid.num_levels == num_levels:
-            _onload(self.refiner)
+            onload(self.refiner)
             device = self.refiner.device
             reading = text_reading(self.refiner.config)
             if reading != text_reading(self.transformer.config):  # the refiner reads the caption its own way
@@ -441,19 +374,12 @@ class PyraTokT2VPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames = pyramid
         else:
-            _onload(self.vae)
+            onload(self.vae)
             # sampling left z_hat on the quantizer's device; under model offload the vae has moved since
             video = self.vae.decode(pyramid.latent.to(self.vae.device))  # (b, 3, f, h, w) in [-1, 1]
             frames = self.postprocess(video, output_type)
         self.maybe_free_model_hooks()
         return PyraTokT2VPipelineOutput(frames=frames) if return_dict else (frames,)
-
-def _onload(module) -> None:
-    """Model CPU offload hooks fire on `forward`; this pipeline calls other methods, so trigger them here."""
-    hook = getattr(module, "_hf_hook", None)
-    if hook is not None and hasattr(hook, "pre_forward"):
-        hook.pre_forward(module)
-
 
 def load_pipeline(path: str | Path, device: str | torch.device | None = None) -> PyraTokT2VPipeline:
     """`PyraTokT2VPipeline.from_pretrained` with a clear error for a missing folder, on `device`, without
